@@ -1,0 +1,1 @@
+"""The HTTP edge of citadel-gateway and the process around it."""
