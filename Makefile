@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint demo bench clean
+.PHONY: test lint demo bench bench-actors clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: $(STAMP)
+# Four mock model services on 11400-11403 and the gateway on 127.0.0.1:8000. Ctrl-C stops all.
+demo: $(STAMP)
+	$(BIN)/citadel-gateway demo
+
+bench-actors: $(STAMP)
 	$(BIN)/python -m ops.bench.actors
 
 clean:

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from actors.kernel.actor import Actor, ActorContext
-from actors.kernel.envelope import Crash, Envelope, Stop, SystemMessage
+from actors.kernel.envelope import Crash, Envelope, Notice, Stop, SystemMessage
 from actors.kernel.errors import ActorDead, ActorStartError
 from actors.kernel.mailbox import Mailbox
 from actors.kernel.ref import ActorRef
@@ -114,7 +114,7 @@ class ActorCell:
         self.incarnation += 1
         incarnation = self.incarnation
         self._stopping_by_parent = False
-        self.mailbox.drop_system()
+        self.mailbox.drop_control_signals()
         self.mailbox.reopen()
         self.state = ActorState.STARTING
         instance = self.spec.factory()
@@ -241,6 +241,13 @@ class ActorCell:
                     else:
                         if not reply.done():
                             reply.set_result(result)
+                self.messages_handled += 1
+            elif type(item) is Notice:
+                try:
+                    await receive(item.message)
+                except Exception as exc:
+                    self.messages_handled += 1
+                    return exc
                 self.messages_handled += 1
             elif type(item) is Stop:
                 return None

@@ -42,3 +42,14 @@ class Crash(SystemMessage):
 
     error: BaseException
     incarnation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Notice(SystemMessage):
+    """A user message that settles work the actor already admitted (a lease's release).
+
+    It bypasses the mailbox capacity: refusing it would leak what was admitted. It is handled
+    like a tell (an exception crashes the actor), ahead of queued user messages.
+    """
+
+    message: object

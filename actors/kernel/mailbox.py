@@ -10,7 +10,7 @@ import asyncio
 from collections import deque
 from enum import StrEnum
 
-from actors.kernel.envelope import Envelope, SystemMessage
+from actors.kernel.envelope import Crash, Envelope, Stop, SystemMessage
 from actors.kernel.errors import ActorDead, MailboxFull
 
 
@@ -107,9 +107,10 @@ class Mailbox:
     def reopen(self) -> None:
         self._closed = None
 
-    def drop_system(self) -> None:
-        """Forget stale system signals (a restart begins from a clean slate)."""
-        self._system.clear()
+    def drop_control_signals(self) -> None:
+        """Forget stop and crash signals left by a previous instance; keep the rest (notices,
+        children's exits), which the next instance must still see."""
+        self._system = deque(m for m in self._system if not isinstance(m, Stop | Crash))
 
     def _wake_getter(self) -> None:
         getter = self._getter

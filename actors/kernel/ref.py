@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from actors.kernel.envelope import Envelope
+from actors.kernel.envelope import Envelope, Notice
 from actors.kernel.errors import AskTimeout
 from actors.kernel.mailbox import Overflow
 
@@ -58,6 +58,14 @@ class ActorRef:
         """Fire and forget. A full mailbox raises MailboxFull (overflow=fail) or makes this
         wait for room (overflow=wait)."""
         await self._cell.mailbox.put(Envelope(message, None))
+
+    def notify(self, message: Any) -> None:
+        """Deliver a message that settles admitted work (a release): never refused for capacity,
+        handled ahead of queued messages, like a tell. Dropped silently if the actor is stopped
+        for good, since nothing is left to settle."""
+        mailbox = self._cell.mailbox
+        if not mailbox.closed:
+            mailbox.put_system(Notice(message))
 
     async def ask(self, message: Any, timeout: float | None = DEFAULT_ASK_TIMEOUT) -> Any:
         """Send and await the reply. The actor's exception, if it raised, is raised here.

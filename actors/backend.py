@@ -1,0 +1,236 @@
+"""BackendActor: one per replica of a model service.
+
+It owns the replica's aiohttp connection pool and decides admission: a request task asks for
+a `Lease`, does its network I/O itself on the leased session (never inside this actor), then
+`notify`s a `Release` with the outcome. The actor keeps the in-flight count exact (a lease is
+released once; releases of leases it never granted, such as those of an instance that crashed
+before a restart, are ignored) and learns latency and error statistics from the outcomes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from yarl import URL
+
+from actors.kernel import Actor, ActorRef
+
+
+class BackendTimeouts(BaseModel):
+    """Upstream timeouts, in seconds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connect: float = Field(5.0, gt=0, description="TCP connect to the replica")
+    first_byte: float = Field(
+        120.0,
+        gt=0,
+        description="until the response headers (non-streaming: the whole answer) or, for a "
+        "stream, the first event",
+    )
+    idle: float = Field(60.0, gt=0, description="between two chunks of a stream")
+    total: float = Field(900.0, gt=0, description="the whole request")
+
+
+class BackendPool(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_connections: int = Field(1024, ge=1, description="open connections to this replica")
+    keepalive: float = Field(60.0, gt=0, description="idle keep-alive connections, seconds")
+
+
+class BackendSettings(BaseModel):
+    """One replica of a model service."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(description="base URL of the OpenAI-compatible server, e.g. http://h:8000")
+    model: str | None = Field(
+        None, description="the model name this upstream serves, if not the public id"
+    )
+    api_key: str | None = Field(None, description="bearer token the upstream requires, if any")
+    max_in_flight: int = Field(512, ge=1, description="concurrent requests this replica takes")
+    timeouts: BackendTimeouts = BackendTimeouts()
+    pool: BackendPool = BackendPool()
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parsed = URL(url)
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parsed.query_string or parsed.fragment:
+            raise ValueError("must not carry a query or fragment")
+        return url.rstrip("/")
+
+
+class Outcome(StrEnum):
+    """How a leased request ended, from the replica's point of view."""
+
+    OK = "ok"  # a complete answer (including the upstream's 4xx for a bad request)
+    UPSTREAM_ERROR = "upstream_error"  # 5xx, malformed answer, error inside a stream
+    CONNECT_ERROR = "connect_error"  # refused, reset, DNS
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"  # the client went away; says nothing about the replica
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Permission to send one request to this replica, with what the request task needs."""
+
+    lease_id: int
+    backend: str
+    base_url: str
+    upstream_model: str
+    session: aiohttp.ClientSession
+    timeouts: BackendTimeouts
+    headers: dict[str, str]
+    ref: ActorRef
+
+
+@dataclass(frozen=True, slots=True)
+class AcquireLease:
+    """Ask: a Lease, or None when the replica is at its in-flight limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Notify: a leased request ended. Times are seconds; ttft is None for non-streams."""
+
+    lease_id: int
+    outcome: Outcome
+    latency: float
+    ttft: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendStats:
+    """Ask GetStats: a consistent view for /admin/backends and tests."""
+
+    name: str
+    url: str
+    in_flight: int
+    served: int
+    failures: int
+    latency_ewma_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class GetStats:
+    pass
+
+
+_EWMA_WEIGHT = 0.2
+
+
+class BackendActor(Actor):
+    def __init__(self, name: str, public_model: str, settings: BackendSettings) -> None:
+        self._name = name
+        self._public_model = public_model
+        self._settings = settings
+        self._session: aiohttp.ClientSession | None = None
+        self._leases: dict[int, float] = {}  # lease id -> monotonic start
+        self._ids = itertools.count(1)
+        self._served = 0
+        self._failures = 0
+        self._latency_ewma: float | None = None
+        self._headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+
+    async def on_start(self) -> None:
+        timeouts = self._settings.timeouts
+        connector = aiohttp.TCPConnector(
+            limit=self._settings.pool.max_connections,
+            limit_per_host=0,
+            keepalive_timeout=self._settings.pool.keepalive,
+            ttl_dns_cache=60,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=timeouts.total, sock_connect=timeouts.connect, connect=timeouts.connect
+            ),
+            auto_decompress=False,  # relay bytes as they come
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def on_stop(self) -> None:
+        await self._close()
+
+    async def on_failure(self, error: BaseException) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def receive(self, message: Any) -> Any:
+        match message:
+            case AcquireLease():
+                return self._acquire()
+            case Release():
+                self._release(message)
+            case GetStats():
+                return self._stats()
+            case _:
+                return await super().receive(message)
+        return None
+
+    def _acquire(self) -> Lease | None:
+        session = self._session
+        if session is None or len(self._leases) >= self._settings.max_in_flight:
+            return None
+        lease_id = next(self._ids)
+        self._leases[lease_id] = time.monotonic()
+        return Lease(
+            lease_id=lease_id,
+            backend=self._name,
+            base_url=self._settings.url,
+            upstream_model=self._settings.model or self._public_model,
+            session=session,
+            timeouts=self._settings.timeouts,
+            headers=self._headers,
+            ref=self.context.self_ref,
+        )
+
+    def _release(self, release: Release) -> None:
+        if self._leases.pop(release.lease_id, None) is None:
+            return  # granted by an earlier instance, or released twice: nothing to undo
+        if release.outcome is Outcome.CANCELLED:
+            return
+        if release.outcome is Outcome.OK:
+            self._served += 1
+            sample = release.ttft if release.ttft is not None else release.latency
+            previous = self._latency_ewma
+            self._latency_ewma = (
+                sample if previous is None else previous + _EWMA_WEIGHT * (sample - previous)
+            )
+        else:
+            self._failures += 1
+
+    def _stats(self) -> BackendStats:
+        return BackendStats(
+            name=self._name,
+            url=self._settings.url,
+            in_flight=len(self._leases),
+            served=self._served,
+            failures=self._failures,
+            latency_ewma_s=self._latency_ewma,
+        )
+
+    def introspect(self) -> dict[str, Any]:
+        stats = self._stats()
+        return {
+            "url": stats.url,
+            "in_flight": stats.in_flight,
+            "max_in_flight": self._settings.max_in_flight,
+            "served": stats.served,
+            "failures": stats.failures,
+            "latency_ewma_s": stats.latency_ewma_s,
+        }

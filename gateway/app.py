@@ -1,0 +1,144 @@
+"""The app factory: routes, the edge middleware, and the actor tree's lifetime.
+
+The actor system starts in a cleanup context, so aiohttp tears it down after the server has
+stopped taking requests, in reverse order of set-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from actors.kernel import ActorSystem
+from actors.tree import ROUTER, gateway_tree
+from gateway import handlers
+from gateway.auth import StaticKeys
+from gateway.config import GatewayConfig
+from gateway.errors import (
+    GatewayError,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+)
+from gateway.state import CONFIG, REQUEST, STATE, GatewayState, RequestContext
+
+log = structlog.get_logger("gateway")
+access_log = structlog.get_logger("gateway.access")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def request_id_of(request: web.Request) -> str:
+    sent = request.headers.get("x-request-id")
+    if sent is not None and _REQUEST_ID.match(sent):
+        return sent
+    return os.urandom(12).hex()
+
+
+def error_response(error: GatewayError, request_id: str) -> web.Response:
+    response = web.json_response(error.body(), status=error.status, headers=error.headers)
+    response.headers["x-request-id"] = request_id
+    return response
+
+
+def _from_http_exception(exc: web.HTTPException, request: web.Request) -> GatewayError:
+    if exc.status == 404:
+        return NotFound(
+            f"Unknown request URL: {request.method} {request.path}.", code="unknown_url"
+        )
+    if exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        return MethodNotAllowed(
+            f"Method {request.method} is not allowed for {request.path}.",
+            headers={"Allow": allowed} if allowed else None,
+        )
+    if exc.status == 413:
+        return PayloadTooLarge("The request body is too large.")
+    error = GatewayError(exc.reason or "HTTP error", code=None)
+    error.status = exc.status  # type: ignore[misc]
+    return error
+
+
+@web.middleware
+async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, OpenAI-style errors for everything, and one access event per request."""
+    request_id = request_id_of(request)
+    context = RequestContext(request_id)
+    request[REQUEST] = context
+    started = time.perf_counter()
+    status = 500
+    try:
+        try:
+            response = await handler(request)
+        except GatewayError as exc:
+            response = error_response(exc, request_id)
+        except web.HTTPException as exc:
+            response = error_response(_from_http_exception(exc, request), request_id)
+        except (asyncio.CancelledError, ConnectionResetError):
+            status = 499  # the client went away
+            raise
+        except Exception:
+            log.exception("request_failed", request_id=request_id, path=request.path)
+            response = error_response(
+                InternalError("The server had an error while processing your request."),
+                request_id,
+            )
+        if not response.prepared:
+            response.headers.setdefault("x-request-id", request_id)
+        status = response.status
+        return response
+    finally:
+        if request.app[CONFIG].logging.access_log:
+            access_log.info(
+                "request",
+                request_id=request_id,
+                method=request.method,
+                path=request.path,
+                status=status,
+                model=context.model,
+                backend=context.backend,
+                key_id=context.key_id,
+                latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+
+
+async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    system = ActorSystem()
+    root = await system.spawn(gateway_tree(config.router_settings(), system.lookup))
+    auth = StaticKeys(config.auth.api_keys)
+    if not auth.enabled:
+        log.warning("auth_disabled", reason="no api_keys configured")
+    app[STATE] = GatewayState(
+        config=config,
+        system=system,
+        root=root,
+        router=system.lookup(ROUTER),
+        auth=auth,
+        started=int(time.time()),
+    )
+    log.info("actor_tree_started", models=[m.name for m in config.models])
+    try:
+        yield
+    finally:
+        await system.shutdown()
+        log.info("actor_tree_stopped")
+
+
+def create_app(config: GatewayConfig) -> web.Application:
+    app = web.Application(
+        middlewares=[edge_middleware], client_max_size=config.limits.max_body_bytes
+    )
+    app[CONFIG] = config
+    app.cleanup_ctx.append(_actor_tree)
+    handlers.add_routes(app)
+    return app

@@ -1,0 +1,95 @@
+"""The `citadel-gateway` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+import uvloop
+
+from gateway.config import ConfigError, load_config
+from gateway.observability import configure_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="citadel-gateway", description="OpenAI-compatible gateway for self-hosted LLMs"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="YAML configuration file (default: $CITADEL_CONFIG)")
+
+    check = commands.add_parser("check-config", help="validate a configuration file and exit")
+    check.add_argument("config", help="YAML configuration file")
+
+    mock = commands.add_parser("mock-backend", help="run a mock vLLM-like model service")
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, required=True)
+    mock.add_argument("--model", required=True, help="the model name it serves")
+    mock.add_argument("--ttft", type=float, default=0.02, help="seconds to the first token")
+    mock.add_argument("--tokens-per-s", type=float, default=200.0)
+    mock.add_argument("--length", type=int, default=16, help="tokens per answer")
+
+    demo = commands.add_parser("demo", help="four mock model services and the gateway")
+    demo.add_argument("--listen", default="127.0.0.1:8000")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        names = ", ".join(m.name for m in config.models)
+        replicas = sum(len(m.backends) for m in config.models)
+        print(f"{args.config}: OK ({len(config.models)} models: {names}; {replicas} replicas)")
+        return 0
+    if args.command == "serve":
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        configure_logging(config.logging.level, config.logging.format)
+        from gateway.server import run_gateway
+
+        return uvloop.run(run_gateway(config))
+    if args.command == "mock-backend":
+        configure_logging("info")
+        return uvloop.run(_run_mock(args))
+    if args.command == "demo":
+        configure_logging("info")
+        from gateway.demo import run_demo
+
+        return uvloop.run(run_demo(args.listen))
+    return 2
+
+
+async def _run_mock(args: argparse.Namespace) -> int:
+    import signal
+
+    from gateway.mock.server import MockSettings, create_mock_app
+    from gateway.server import start_server
+
+    settings = MockSettings(
+        model=args.model, ttft=args.ttft, tokens_per_s=args.tokens_per_s, length=args.length
+    )
+    server = await start_server(create_mock_app(settings), args.host, args.port)
+    print(f"mock model service '{args.model}' on {server.url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The gateway's configuration: one YAML file, validated by pydantic at start-up.
+
+Errors name the offending key and the line it is on, e.g.
+`gateway.yaml:14: models[0].backends[0].url: must be an http:// or https:// URL with a host`.
+The settings each actor needs live with that actor (actors.router.ModelSettings,
+actors.backend.BackendSettings); this module composes them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from actors.router import ModelSettings, RouterSettings
+
+CONFIG_ENV = "CITADEL_CONFIG"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message says where and why, one problem a line."""
+
+
+class AuthSettings(BaseModel):
+    """API keys the gateway accepts. Empty means no authentication (a warning is logged)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api_keys: tuple[str, ...] = ()
+
+    @field_validator("api_keys")
+    @classmethod
+    def _long_enough(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
+        for key in keys:
+            if len(key) < 12 or any(c.isspace() for c in key):
+                raise ValueError("each API key needs at least 12 characters and no spaces")
+        return keys
+
+
+class LimitSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body")
+
+
+class LoggingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+    access_log: bool = True
+
+
+class GatewayConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    listen: str = "0.0.0.0:8000"
+    models: tuple[ModelSettings, ...] = Field(min_length=1)
+    auth: AuthSettings = AuthSettings()
+    limits: LimitSettings = LimitSettings()
+    logging: LoggingSettings = LoggingSettings()
+    shutdown_grace: float = Field(30.0, ge=0, description="seconds in-flight requests may finish")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, listen: str) -> str:
+        host, sep, port = listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError('must be "host:port", e.g. "0.0.0.0:8000"')
+        return listen
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    def router_settings(self) -> RouterSettings:
+        return RouterSettings(models=self.models)
+
+
+def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the configuration must be a mapping of settings")
+    try:
+        config = GatewayConfig.model_validate(data)
+        config.router_settings()  # cross-model checks (unique ids and aliases)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_url=False, include_input=False):
+            loc = tuple(error["loc"])
+            line = _line_of(root, loc)
+            where = f"{source}:{line}" if line else source
+            key = _dotted(loc) or "(top level)"
+            lines.append(f"{where}: {key}: {str(error['msg']).removeprefix('Value error, ')}")
+        raise ConfigError("\n".join(lines)) from None
+    return config
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
+    """Load from `path`, else from $CITADEL_CONFIG."""
+    if path is None:
+        path = os.environ.get(CONFIG_ENV)
+        if not path:
+            raise ConfigError(f"no configuration file given (use --config or ${CONFIG_ENV})")
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
+    return parse_config(text, str(file))
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for item in loc:
+        out += f"[{item}]" if isinstance(item, int) else (f".{item}" if out else str(item))
+    return out
+
+
+def _line_of(node: Any, loc: tuple[int | str, ...]) -> int | None:
+    """The 1-based line of the deepest YAML node on the error's path."""
+    line = None
+    for item in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode) and isinstance(item, str):
+            node = next((v for k, v in node.value if k.value == item), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(item, int):
+            node = node.value[item] if item < len(node.value) else None
+        else:
+            node = None
+    if node is not None:
+        line = node.start_mark.line + 1
+    return line

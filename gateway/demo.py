@@ -1,0 +1,77 @@
+"""`citadel-gateway demo`: the four default model services as mocks, and the gateway in front
+of them on 127.0.0.1:8000, in one process that stops cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import structlog
+
+from gateway.config import AuthSettings, GatewayConfig
+from gateway.defaults import DEFAULT_MODELS, DEMO_API_KEY
+from gateway.mock.server import MockSettings, create_mock_app
+from gateway.server import RunningServer, start_gateway, start_server
+
+log = structlog.get_logger("gateway.demo")
+
+
+def demo_config(listen: str = "127.0.0.1:8000") -> GatewayConfig:
+    return GatewayConfig(
+        listen=listen, models=DEFAULT_MODELS, auth=AuthSettings(api_keys=(DEMO_API_KEY,))
+    )
+
+
+def usage_text(url: str) -> str:
+    return f"""
+citadel-gateway demo is running on {url}  (Ctrl-C stops everything)
+
+  curl {url}/v1/models -H "Authorization: Bearer {DEMO_API_KEY}"
+
+  curl {url}/v1/chat/completions -H "Authorization: Bearer {DEMO_API_KEY}" \\
+       -H "Content-Type: application/json" \\
+       -d '{{"model": "mixtral", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+  curl -N {url}/v1/chat/completions -H "Authorization: Bearer {DEMO_API_KEY}" \\
+       -H "Content-Type: application/json" \\
+       -d '{{"model": "phi-3-mini", "stream": true,
+            "messages": [{{"role": "user", "content": "Hi"}}]}}'
+
+  python - <<'PY'
+  from openai import OpenAI
+  client = OpenAI(base_url="{url}/v1", api_key="{DEMO_API_KEY}")
+  reply = client.chat.completions.create(
+      model="hermes-2-pro", messages=[{{"role": "user", "content": "Hello"}}])
+  print(reply.choices[0].message.content)
+  PY
+"""
+
+
+async def run_demo(listen: str = "127.0.0.1:8000") -> int:
+    config = demo_config(listen)
+    mocks: list[RunningServer] = []
+    gateway: RunningServer | None = None
+    try:
+        for model in config.models:
+            for backend in model.backends:
+                host_port = backend.url.removeprefix("http://")
+                host, _, port = host_port.rpartition(":")
+                settings = MockSettings(
+                    model=backend.model or model.name, ttft=0.05, tokens_per_s=40, length=24
+                )
+                mocks.append(await start_server(create_mock_app(settings), host, int(port)))
+                log.info("mock_service_started", model=model.name, url=backend.url)
+        gateway = await start_gateway(config)
+        print(usage_text(gateway.url), flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        return 0
+    finally:
+        if gateway is not None:
+            await gateway.close()
+        for mock in reversed(mocks):
+            await mock.close()
+        log.info("demo_stopped")

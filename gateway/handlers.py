@@ -1,0 +1,108 @@
+"""The OpenAI-compatible endpoints. Each handler validates what the gateway needs and hands
+the request to the router and a leased replica; see gateway.proxy for the I/O."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from actors.kernel import ActorDead, AskTimeout
+from actors.router import ListModels, ModelEntry, Route, RouteDecision, UnknownModel
+from gateway import proxy
+from gateway.errors import NotFound, ServiceUnavailable
+from gateway.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    parse_request,
+)
+from gateway.state import REQUEST, STATE, GatewayState
+
+ROUTER_ASK_TIMEOUT = 2.0
+
+
+async def _route(state: GatewayState, model: str) -> RouteDecision:
+    try:
+        decision: RouteDecision = await state.router.ask(Route(model), timeout=ROUTER_ASK_TIMEOUT)
+    except UnknownModel:
+        raise NotFound(
+            f"The model '{model}' does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        ) from None
+    except (ActorDead, AskTimeout):
+        raise ServiceUnavailable("The gateway's router is restarting. Retry shortly.") from None
+    return decision
+
+
+async def _generate(
+    request: web.Request, schema: type[ChatCompletionRequest | CompletionRequest], path: str
+) -> web.StreamResponse:
+    state = request.app[STATE]
+    context = request[REQUEST]
+    raw = await request.read()
+    context.key_id = state.auth.authenticate(request)
+    body = parse_request(schema, raw)
+    context.model = body.model
+    decision = await _route(state, body.model)
+    call = proxy.UpstreamCall(path, raw, body.model, body.stream, context.request_id)
+    return await proxy.forward(request, decision, call)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, ChatCompletionRequest, "/v1/chat/completions")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, CompletionRequest, "/v1/completions")
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    context = request[REQUEST]
+    raw = await request.read()
+    context.key_id = state.auth.authenticate(request)
+    body = parse_request(EmbeddingRequest, raw)
+    context.model = body.model
+    decision = await _route(state, body.model)
+    call = proxy.UpstreamCall("/v1/embeddings", raw, body.model, False, context.request_id)
+    return await proxy.forward(request, decision, call)
+
+
+def _model_object(entry: ModelEntry, created: int) -> dict[str, object]:
+    return {"id": entry.id, "object": "model", "created": created, "owned_by": entry.owned_by}
+
+
+async def list_models(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state.auth.authenticate(request)
+    entries: tuple[ModelEntry, ...] = await state.router.ask(
+        ListModels(), timeout=ROUTER_ASK_TIMEOUT
+    )
+    data = [_model_object(entry, state.started) for entry in entries]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state.auth.authenticate(request)
+    model_id = request.match_info["model"]
+    entries: tuple[ModelEntry, ...] = await state.router.ask(
+        ListModels(), timeout=ROUTER_ASK_TIMEOUT
+    )
+    for entry in entries:
+        if entry.id == model_id:
+            return web.json_response(_model_object(entry, state.started))
+    raise NotFound(
+        f"The model '{model_id}' does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/v1/models", list_models)
+    # Model ids may contain "/" (e.g. "mistralai/Mixtral-8x7B"), as in OpenAI's API.
+    app.router.add_get("/v1/models/{model:.+}", get_model)

@@ -1,0 +1,349 @@
+"""The mock model service: an aiohttp app that answers like vLLM's OpenAI server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.mock.faults import NO_FAULT, Fault
+from gateway.mock.text import count_tokens, embedding, pack_float32, tokens
+
+_TRACEBACK = (
+    "Traceback (most recent call last):\n"
+    '  File "/usr/lib/python3/site-packages/vllm/engine/async_llm_engine.py", line 512, in step\n'
+    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+)
+
+
+class MockSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="the name this service serves (its --served-model-name)")
+    ttft: float = Field(0.02, ge=0, description="seconds before the first token")
+    tokens_per_s: float = Field(200.0, gt=0)
+    length: int = Field(16, ge=1, description="tokens per answer unless max_tokens is lower")
+    embedding_dimensions: int = Field(64, ge=1)
+
+
+@dataclass
+class MockStats:
+    requests: int = 0
+    streams_started: int = 0
+    streams_completed: int = 0
+    streams_cancelled: int = 0
+    running: int = 0
+    last_body: dict[str, Any] = field(default_factory=dict)
+    last_headers: dict[str, str] = field(default_factory=dict)
+
+
+class MockState:
+    """Everything a test may look at or change while the service runs."""
+
+    def __init__(self, settings: MockSettings) -> None:
+        self.settings = settings
+        self.fault = NO_FAULT
+        self.stats = MockStats()
+        self.cancelled = asyncio.Event()  # set whenever a stream is cut by its client
+        # When set, a stream sends each token only after the test releases it: lets a test
+        # prove that the gateway relays every event as it comes, without timing.
+        self.token_gate: asyncio.Semaphore | None = None
+
+    def set_fault(self, fault: Fault) -> None:
+        self.fault = fault
+
+    def take_fault(self) -> Fault:
+        fault = self.fault
+        if fault.count is not None:
+            remaining = fault.count - 1
+            self.fault = fault.model_copy(update={"count": remaining}) if remaining else NO_FAULT
+        return fault
+
+
+MOCK_STATE = web.AppKey("mock_state", MockState)
+
+
+def _error(status: int, message: str, error_type: str) -> web.Response:
+    body = {
+        "object": "error",
+        "message": message,
+        "type": error_type,
+        "param": None,
+        "code": status,
+    }
+    return web.json_response(body, status=status)
+
+
+async def _apply_fault(request: web.Request, fault: Fault) -> web.StreamResponse | None:
+    if fault.mode == "error":
+        return _error(fault.status, _TRACEBACK, "InternalServerError")
+    if fault.mode == "hang":
+        await asyncio.Event().wait()
+    if fault.mode == "reset":
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
+        raise ConnectionResetError("mock reset")
+    if fault.mode == "malformed":
+        return web.Response(text="<html><body>502 Bad Gateway</body></html>", status=200)
+    return None
+
+
+async def _read_json(request: web.Request) -> dict[str, Any] | web.Response:
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        return _error(400, "Invalid JSON body", "BadRequestError")
+    if not isinstance(body, dict):
+        return _error(400, "Body must be an object", "BadRequestError")
+    return body
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    state = request.app[MOCK_STATE]
+    state.stats.requests += 1
+    body = await _read_json(request)
+    if isinstance(body, web.Response):
+        return body
+    state.stats.last_body = body
+    state.stats.last_headers = {k.lower(): v for k, v in request.headers.items()}
+    fault = state.take_fault()
+    failed = await _apply_fault(request, fault)
+    if failed is not None:
+        return failed
+    settings = state.settings
+    if body.get("model") != settings.model:
+        return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
+    chat = request.path.endswith("/chat/completions")
+    if chat and not isinstance(body.get("messages"), list):
+        return _error(400, "messages: field required", "BadRequestError")
+    prompt_source = body.get("messages") if chat else body.get("prompt")
+    prompt_tokens = count_tokens(prompt_source or "")
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or settings.length
+    length = min(int(max_tokens), settings.length)
+    finish = "length" if length < settings.length else "stop"
+    words = tokens(json.dumps(prompt_source, sort_keys=True), length)
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": length,
+        "total_tokens": prompt_tokens + length,
+    }
+    slow = fault.slow_factor if fault.mode == "slow" else 1.0
+    ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+    created = int(time.time())
+    if body.get("stream") is True:
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return await _stream(
+            request, state, fault, chat, ident, created, words, finish, usage, include_usage, slow
+        )
+    await asyncio.sleep(settings.ttft * slow + length / settings.tokens_per_s * slow)
+    text = "".join(words)
+    if chat:
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": finish,
+        }
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    return web.json_response(
+        {
+            "id": ident,
+            "object": "chat.completion" if chat else "text_completion",
+            "created": created,
+            "model": settings.model,
+            "choices": [choice],
+            "usage": usage,
+        }
+    )
+
+
+async def _stream(
+    request: web.Request,
+    state: MockState,
+    fault: Fault,
+    chat: bool,
+    ident: str,
+    created: int,
+    words: list[str],
+    finish: str,
+    usage: dict[str, int],
+    include_usage: bool,
+    slow: float,
+) -> web.StreamResponse:
+    settings = state.settings
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        chunk = {"id": ident, "object": kind, "created": created, "model": settings.model}
+        chunk["choices"] = choices
+        chunk.update(extra)
+        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+    def piece(text: str | None, finish_reason: str | None) -> dict[str, Any]:
+        if chat:
+            delta: dict[str, Any] = {} if text is None else {"content": text}
+            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    state.stats.streams_started += 1
+    state.stats.running += 1
+    interval = slow / settings.tokens_per_s
+    try:
+        await asyncio.sleep(settings.ttft * slow)
+        if chat:
+            await response.write(
+                event(
+                    [
+                        {
+                            "index": 0,
+                            "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ]
+                )
+            )
+        for index, word in enumerate(words):
+            if fault.mode in ("cut", "stream_error") and index == fault.after_chunks:
+                if fault.mode == "cut":
+                    if request.transport is not None:
+                        request.transport.abort()
+                    return response
+                error = {
+                    "error": {"message": _TRACEBACK, "type": "InternalServerError", "code": 500}
+                }
+                await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
+                await response.write_eof()
+                return response
+            if state.token_gate is not None:
+                await state.token_gate.acquire()
+            await response.write(event([piece(word, None)]))
+            await asyncio.sleep(interval)
+        await response.write(event([piece(None, finish)]))
+        if include_usage:
+            await response.write(event([], usage=usage))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        state.stats.streams_completed += 1
+    except (asyncio.CancelledError, ConnectionResetError):
+        state.stats.streams_cancelled += 1
+        state.cancelled.set()
+        raise
+    finally:
+        state.stats.running -= 1
+    return response
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    state = request.app[MOCK_STATE]
+    state.stats.requests += 1
+    body = await _read_json(request)
+    if isinstance(body, web.Response):
+        return body
+    state.stats.last_body = body
+    state.stats.last_headers = {k.lower(): v for k, v in request.headers.items()}
+    failed = await _apply_fault(request, state.take_fault())
+    if failed is not None:
+        assert isinstance(failed, web.Response)
+        return failed
+    if body.get("model") != state.settings.model:
+        return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
+    inputs = body.get("input")
+    items = (
+        inputs
+        if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int)
+        else [inputs]
+    )
+    dimensions = int(body.get("dimensions") or state.settings.embedding_dimensions)
+    data = []
+    for index, item in enumerate(items):
+        vector = embedding(json.dumps(item), dimensions)
+        value: Any = vector
+        if body.get("encoding_format") == "base64":
+            value = base64.b64encode(pack_float32(vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": value})
+    prompt_tokens = count_tokens(inputs)
+    return web.json_response(
+        {
+            "object": "list",
+            "data": data,
+            "model": state.settings.model,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        }
+    )
+
+
+async def models(request: web.Request) -> web.Response:
+    model = request.app[MOCK_STATE].settings.model
+    return web.json_response(
+        {
+            "object": "list",
+            "data": [{"id": model, "object": "model", "created": 0, "owned_by": "vllm"}],
+        }
+    )
+
+
+async def health(request: web.Request) -> web.Response:
+    fault = request.app[MOCK_STATE].fault
+    if fault.mode == "error":
+        return web.Response(status=503)
+    if fault.mode == "hang":
+        await asyncio.Event().wait()
+    return web.Response(status=200)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[MOCK_STATE]
+    name = state.settings.model
+    text = (
+        f'vllm:num_requests_running{{model_name="{name}"}} {state.stats.running}\n'
+        f'vllm:num_requests_waiting{{model_name="{name}"}} 0\n'
+    )
+    return web.Response(text=text, content_type="text/plain")
+
+
+async def set_fault(request: web.Request) -> web.Response:
+    try:
+        fault = Fault.model_validate_json(await request.read())
+    except ValidationError as exc:
+        return _error(400, str(exc), "BadRequestError")
+    request.app[MOCK_STATE].set_fault(fault)
+    return web.json_response(fault.model_dump())
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    stats = request.app[MOCK_STATE].stats
+    return web.json_response(
+        {
+            "requests": stats.requests,
+            "streams_started": stats.streams_started,
+            "streams_completed": stats.streams_completed,
+            "streams_cancelled": stats.streams_cancelled,
+            "running": stats.running,
+        }
+    )
+
+
+def create_mock_app(settings: MockSettings) -> web.Application:
+    app = web.Application()
+    app[MOCK_STATE] = MockState(settings)
+    app.router.add_post("/v1/chat/completions", generate)
+    app.router.add_post("/v1/completions", generate)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/mock/fault", set_fault)
+    app.router.add_get("/mock/stats", get_stats)
+    return app

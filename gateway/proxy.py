@@ -1,0 +1,297 @@
+"""The I/O of one request against one leased replica, in the request's own task.
+
+A BackendActor decided that this request may go to its replica (the lease); everything here
+runs concurrently with every other request, on the replica's connection pool. Whatever
+happens (success, upstream failure, timeout, the client going away), the lease is released
+exactly once with the outcome, so the actor's in-flight count stays exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from actors.backend import AcquireLease, Lease, Outcome, Release
+from actors.kernel import ActorDead, AskTimeout, MailboxFull
+from actors.router import RouteDecision
+from gateway import sse, upstream_errors
+from gateway.errors import GatewayError, ServiceUnavailable, UpstreamFailed, UpstreamTimeout
+from gateway.rewrite import request_body, response_rewriter
+from gateway.state import REQUEST
+
+log = structlog.get_logger("gateway.proxy")
+
+LEASE_ASK_TIMEOUT = 2.0
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+class ClientGone(Exception):
+    """Writing to the client failed: it disconnected."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamCall:
+    """What the handler parsed, for one forwarded request."""
+
+    path: str  # "/v1/chat/completions"
+    raw: bytes  # the client's body, forwarded untouched but for "model"
+    sent_model: str  # the id or alias the client sent
+    stream: bool
+    request_id: str
+
+
+class Attempt:
+    """One request on one lease: what happened, for the release and the access log."""
+
+    __slots__ = ("lease", "outcome", "started", "ttft")
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+        self.outcome = Outcome.CANCELLED
+        self.started = time.monotonic()
+        self.ttft: float | None = None
+
+    def release(self) -> None:
+        latency = time.monotonic() - self.started
+        self.lease.ref.notify(Release(self.lease.lease_id, self.outcome, latency, self.ttft))
+
+
+async def acquire(decision: RouteDecision) -> Lease:
+    """A lease from the first replica, in the router's order, that grants one."""
+    for ref in decision.candidates:
+        try:
+            lease: Lease | None = await ref.ask(AcquireLease(), timeout=LEASE_ASK_TIMEOUT)
+        except (ActorDead, AskTimeout, MailboxFull):
+            continue  # restarting or swamped: try the next replica
+        if lease is not None:
+            return lease
+    raise ServiceUnavailable(
+        f"All replicas of model '{decision.model}' are busy or unavailable. Retry shortly.",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def forward(
+    request: web.Request, decision: RouteDecision, call: UpstreamCall
+) -> web.StreamResponse:
+    lease = await acquire(decision)
+    request[REQUEST].backend = lease.backend
+    attempt = Attempt(lease)
+    try:
+        body = request_body(call.raw, call.sent_model, lease.upstream_model)
+        headers = {
+            **lease.headers,
+            "Content-Type": "application/json",
+            "x-request-id": call.request_id,
+        }
+        response_headers = {
+            "x-request-id": call.request_id,
+            "x-citadel-model": decision.model,
+            "x-citadel-backend": lease.backend,
+        }
+        if call.stream:
+            return await _relay_stream(
+                request, attempt, call, decision, body, headers, response_headers
+            )
+        return await _relay_unary(attempt, call, decision, body, headers, response_headers)
+    finally:
+        attempt.release()
+
+
+def _upstream_failure(exc: BaseException, attempt: Attempt) -> GatewayError:
+    """Map a client-library exception from talking to the upstream."""
+    if isinstance(exc, TimeoutError):
+        attempt.outcome = Outcome.TIMEOUT
+        return UpstreamTimeout("The model service did not answer in time.")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        attempt.outcome = Outcome.CONNECT_ERROR
+        return UpstreamFailed("The model service could not be reached.")
+    attempt.outcome = Outcome.UPSTREAM_ERROR
+    return UpstreamFailed("The connection to the model service failed.")
+
+
+async def _relay_unary(
+    attempt: Attempt,
+    call: UpstreamCall,
+    decision: RouteDecision,
+    body: bytes,
+    headers: dict[str, str],
+    response_headers: dict[str, str],
+) -> web.Response:
+    lease = attempt.lease
+    try:
+        async with asyncio.timeout(lease.timeouts.first_byte):
+            async with lease.session.post(
+                lease.base_url + call.path, data=body, headers=headers
+            ) as up:
+                status = up.status
+                payload = await up.read()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        log.warning("upstream_failed", backend=lease.backend, error=repr(exc))
+        raise _upstream_failure(exc, attempt) from None
+    rename = (lease.upstream_model, decision.model)
+    if status != 200:
+        error, attempt.outcome = upstream_errors.from_status(status, payload, rename)
+        log.warning(
+            "upstream_error_status", backend=lease.backend, status=status, body=payload[:500]
+        )
+        raise error
+    if not payload.startswith(b"{") or upstream_errors.error_object(payload) is not None:
+        attempt.outcome = Outcome.UPSTREAM_ERROR
+        log.warning("upstream_error_body", backend=lease.backend, body=payload[:500])
+        error_obj = upstream_errors.error_object(payload)
+        if error_obj is not None:
+            raise upstream_errors.from_error_event(error_obj, rename)
+        raise UpstreamFailed("The model service returned a malformed response.")
+    attempt.outcome = Outcome.OK
+    rewrite = response_rewriter(lease.upstream_model, decision.model)
+    return web.Response(
+        body=rewrite(payload), content_type="application/json", headers=response_headers
+    )
+
+
+async def _relay_stream(
+    request: web.Request,
+    attempt: Attempt,
+    call: UpstreamCall,
+    decision: RouteDecision,
+    body: bytes,
+    headers: dict[str, str],
+    response_headers: dict[str, str],
+) -> web.StreamResponse:
+    lease = attempt.lease
+    timeouts = lease.timeouts
+    rename = (lease.upstream_model, decision.model)
+    framer = sse.EventFramer()
+    upstream: aiohttp.ClientResponse | None = None
+    clean_end = False
+    try:
+        # Before the first byte reaches the client, a failure is an ordinary HTTP error.
+        try:
+            async with asyncio.timeout(timeouts.first_byte):
+                upstream = await lease.session.post(
+                    lease.base_url + call.path,
+                    data=body,
+                    headers={**headers, "Accept": "text/event-stream"},
+                    timeout=aiohttp.ClientTimeout(
+                        total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.idle
+                    ),
+                )
+                if upstream.status != 200:
+                    payload = await upstream.read()
+                    error, attempt.outcome = upstream_errors.from_status(
+                        upstream.status, payload, rename
+                    )
+                    log.warning(
+                        "upstream_error_status",
+                        backend=lease.backend,
+                        status=upstream.status,
+                        body=payload[:500],
+                    )
+                    raise error
+                first = b""
+                while not first:
+                    chunk = await upstream.content.readany()
+                    if not chunk:
+                        attempt.outcome = Outcome.UPSTREAM_ERROR
+                        raise UpstreamFailed("The model service closed the stream before any data.")
+                    first = framer.feed(chunk)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            log.warning("upstream_failed", backend=lease.backend, error=repr(exc))
+            raise _upstream_failure(exc, attempt) from None
+        first_error = sse.find_error(first)
+        if first_error is not None:
+            attempt.outcome = Outcome.UPSTREAM_ERROR
+            log.warning(
+                "upstream_stream_error", backend=lease.backend, error=str(first_error)[:500]
+            )
+            raise upstream_errors.from_error_event(first_error, rename)
+        attempt.ttft = time.monotonic() - attempt.started
+
+        response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **response_headers})
+        await response.prepare(request)
+        rewrite = response_rewriter(lease.upstream_model, decision.model)
+        try:
+            clean_end = await _pump(response, upstream, framer, first, rewrite, attempt, rename)
+            await response.write_eof()
+        except ClientGone:
+            attempt.outcome = Outcome.CANCELLED
+        return response
+    finally:
+        if upstream is not None:
+            if clean_end:
+                upstream.release()
+            else:
+                upstream.close()  # drop the connection: the model server stops generating
+
+
+async def _pump(
+    response: web.StreamResponse,
+    upstream: aiohttp.ClientResponse,
+    framer: sse.EventFramer,
+    first: bytes,
+    rewrite: Callable[[bytes], bytes],
+    attempt: Attempt,
+    rename: tuple[str, str],
+) -> bool:
+    """Relay events until [DONE]. After the first byte, a failure ends the stream with an
+    error event, never a silent cut. Returns True if the upstream finished cleanly."""
+    lease = attempt.lease
+    events = first
+    try:
+        while True:
+            if events:
+                error = sse.find_error(events)
+                if error is not None:
+                    attempt.outcome = Outcome.UPSTREAM_ERROR
+                    log.warning(
+                        "upstream_stream_error", backend=lease.backend, error=str(error)[:500]
+                    )
+                    await _write(
+                        response,
+                        sse.error_event(upstream_errors.from_error_event(error, rename).body()),
+                    )
+                    return False
+                await _write(response, rewrite(events))
+                if sse.is_done(events):
+                    break
+            chunk = await upstream.content.readany()
+            if not chunk:
+                attempt.outcome = Outcome.UPSTREAM_ERROR
+                log.warning("upstream_stream_cut", backend=lease.backend)
+                cut = UpstreamFailed("The model service ended the stream before it was complete.")
+                await _write(response, sse.error_event(cut.body()))
+                return False
+            events = framer.feed(chunk)
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        failure = _upstream_failure(exc, attempt)
+        if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+            failure = UpstreamFailed("The model service ended the stream before it was complete.")
+        log.warning("upstream_stream_failed", backend=lease.backend, error=repr(exc))
+        await _write(response, sse.error_event(failure.body()))
+        return False
+    attempt.outcome = Outcome.OK
+    # Read to the end of the body (the chunked terminator) so the connection can be reused.
+    try:
+        while await upstream.content.readany():
+            pass
+    except (TimeoutError, aiohttp.ClientError):
+        return False
+    return True
+
+
+async def _write(response: web.StreamResponse, data: bytes) -> None:
+    try:
+        await response.write(data)
+    except ConnectionResetError as exc:
+        raise ClientGone from exc

@@ -1,0 +1,91 @@
+"""Running an aiohttp app on a socket, for the gateway, the mock services and the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.config import GatewayConfig
+from gateway.state import STATE
+
+log = structlog.get_logger("gateway")
+
+
+@dataclass
+class RunningServer:
+    runner: web.AppRunner
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def close(self) -> None:
+        """Stop accepting, let in-flight requests finish within the shutdown timeout, then
+        run the app's cleanup (which stops the actor tree)."""
+        await self.runner.cleanup()
+
+
+async def start_server(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    shutdown_timeout: float = 30.0,
+    reuse_port: bool = False,
+) -> RunningServer:
+    """Serve `app` on host:port (port 0 picks a free one). Handler cancellation is on: when a
+    client disconnects, its handler is cancelled, and so is the upstream request."""
+    runner = web.AppRunner(
+        app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=4096, reuse_port=reuse_port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = runner.addresses[0]
+    return RunningServer(runner, host, int(bound[1]))
+
+
+async def start_gateway(config: GatewayConfig, *, port: int | None = None) -> RunningServer:
+    return await start_server(
+        create_app(config),
+        config.host,
+        config.port if port is None else port,
+        shutdown_timeout=config.shutdown_grace,
+    )
+
+
+async def run_gateway(config: GatewayConfig) -> int:
+    """Run until SIGTERM/SIGINT (exit 0) or until the actor tree gives up (exit 1)."""
+    server = await start_gateway(config)
+    state = server.runner.app[STATE]
+    log.info("gateway_listening", url=server.url)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    stopped = asyncio.ensure_future(stop.wait())
+    tree_exit = asyncio.ensure_future(state.system.wait_exit())
+    try:
+        done, _ = await asyncio.wait({stopped, tree_exit}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        tree_exit.cancel()
+    code = 0 if stopped in done else 1
+    if code:
+        log.error("gateway_actor_tree_failed")
+    log.info("gateway_stopping")
+    await server.close()
+    log.info("gateway_stopped", exit_code=code)
+    return code

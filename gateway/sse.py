@@ -1,0 +1,77 @@
+"""Server-sent events as the OpenAI streaming API uses them: framing an upstream byte stream
+into events, recognising what matters in them, and writing the gateway's own events."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+DONE = b"data: [DONE]\n\n"
+
+
+class EventFramer:
+    """Splits a byte stream into complete events (each ending with a blank line).
+
+    Bytes of an unfinished event are held until the rest arrives; complete events are handed
+    on at once, never held back to be coalesced with later ones.
+    """
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The complete events now available, as one bytes object (possibly empty)."""
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n")
+        data = self._pending + chunk if self._pending else chunk
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self._pending = data
+            return b""
+        self._pending = data[end + 2 :]
+        return data[: end + 2]
+
+    @property
+    def pending(self) -> bytes:
+        return self._pending
+
+
+def is_done(events: bytes) -> bool:
+    return b"data: [DONE]" in events or b"data:[DONE]" in events
+
+
+def find_error(events: bytes) -> dict[str, Any] | None:
+    """The error object if an upstream put an error inside its 200 stream.
+
+    vLLM and others send `data: {"error": {...}}` or `data: {"object": "error", ...}`. Only
+    events that mention "error" as a key are parsed, so ordinary chunks cost a substring scan.
+    """
+    if b'"error"' not in events and b'"object":"error"' not in events:
+        return None
+    for line in events.split(b"\n"):
+        if not line.startswith(b"data:"):
+            continue
+        payload = line[5:].strip()
+        if not payload.startswith(b"{"):
+            continue
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            continue
+        if not isinstance(data, dict):
+            continue
+        error = data.get("error")
+        if isinstance(error, dict):
+            return error
+        if isinstance(error, str):
+            return {"message": error}
+        if data.get("object") == "error":
+            return data
+    return None
+
+
+def error_event(body: dict[str, Any]) -> bytes:
+    """An OpenAI-style error event: the official SDKs raise APIError when they read one."""
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"

@@ -1,0 +1,116 @@
+"""Real servers on free ports: mock model services and the gateway in front of them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.backend import BackendSettings, BackendTimeouts
+from actors.router import ModelSettings
+from gateway.config import AuthSettings, GatewayConfig, LimitSettings, LoggingSettings
+from gateway.mock.server import MOCK_STATE, MockSettings, MockState, create_mock_app
+from gateway.server import RunningServer, start_gateway, start_server
+from gateway.state import STATE, GatewayState
+
+API_KEY = "sk-test-0123456789abcdef"
+
+
+@dataclass
+class Mock:
+    server: RunningServer
+    state: MockState
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+@dataclass
+class Deployment:
+    """A gateway and the mocks behind it; `mocks[model]` lists that model's replicas."""
+
+    gateway: RunningServer
+    mocks: dict[str, list[Mock]] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.gateway.url
+
+    @property
+    def state(self) -> GatewayState:
+        return self.gateway.runner.app[STATE]
+
+
+@asynccontextmanager
+async def mock_service(**settings: Any) -> AsyncIterator[Mock]:
+    app = create_mock_app(MockSettings(**settings))
+    server = await start_server(app, "127.0.0.1", 0)
+    try:
+        yield Mock(server, app[MOCK_STATE])
+    finally:
+        await server.close()
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    name: str
+    served_as: str | None = None  # the upstream's name, when it differs
+    replicas: int = 1
+    aliases: tuple[str, ...] = ()
+    context_window: int = 4096
+    timeouts: BackendTimeouts = field(default_factory=BackendTimeouts)
+    max_in_flight: int = 512
+    mock: dict[str, Any] = field(default_factory=dict)
+
+
+@asynccontextmanager
+async def deployment(
+    plans: Sequence[ModelPlan],
+    *,
+    api_keys: tuple[str, ...] = (API_KEY,),
+    max_body_bytes: int = 1024 * 1024,
+) -> AsyncIterator[Deployment]:
+    started: list[RunningServer] = []
+    mocks: dict[str, list[Mock]] = {}
+    try:
+        models = []
+        for plan in plans:
+            backends = []
+            for _ in range(plan.replicas):
+                app = create_mock_app(MockSettings(model=plan.served_as or plan.name, **plan.mock))
+                server = await start_server(app, "127.0.0.1", 0)
+                started.append(server)
+                mocks.setdefault(plan.name, []).append(Mock(server, app[MOCK_STATE]))
+                backends.append(
+                    BackendSettings(
+                        url=server.url,
+                        model=plan.served_as,
+                        timeouts=plan.timeouts,
+                        max_in_flight=plan.max_in_flight,
+                    )
+                )
+            models.append(
+                ModelSettings(
+                    name=plan.name,
+                    aliases=plan.aliases,
+                    context_window=plan.context_window,
+                    backends=tuple(backends),
+                )
+            )
+        config = GatewayConfig(
+            listen="127.0.0.1:0",
+            models=tuple(models),
+            auth=AuthSettings(api_keys=api_keys),
+            limits=LimitSettings(max_body_bytes=max_body_bytes),
+            logging=LoggingSettings(access_log=False),
+        )
+        gateway = await start_gateway(config)
+        try:
+            yield Deployment(gateway, mocks)
+        finally:
+            await gateway.close()
+    finally:
+        for server in reversed(started):
+            await server.close()
