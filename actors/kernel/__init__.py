@@ -4,7 +4,7 @@ OTP-style supervisors, introspection, and a bridge to pykka for blocking work.
 See docs/architecture.md for the semantics and how they map to OTP.
 """
 
-from actors.kernel.actor import Actor, ActorContext
+from actors.kernel.actor import Actor, ActorContext, SyncActor
 from actors.kernel.cell import ActorCell, ChildExited
 from actors.kernel.errors import (
     ActorDead,
@@ -56,6 +56,7 @@ __all__ = [
     "Strategy",
     "Supervisor",
     "SupervisorGaveUp",
+    "SyncActor",
     "TerminateChild",
     "UnhandledMessage",
     "WhichChildren",

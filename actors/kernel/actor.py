@@ -50,6 +50,23 @@ class Actor:
         return {}
 
 
+class SyncActor(Actor):
+    """An actor whose every message is handled synchronously, by `handle`.
+
+    Nothing in `handle` can await, so it runs to completion without interleaving. That lets
+    the kernel serve an ask to an idle SyncActor (empty mailbox) by calling `handle` directly
+    in the asker's task, with no trip through the event loop: the ordering and one-at-a-time
+    guarantees are the same as through the mailbox, and the ask costs a function call. The
+    hot-path actors (router, backends) are SyncActors.
+    """
+
+    def handle(self, message: Any) -> Any:
+        raise UnhandledMessage(f"{type(self).__name__} has no case for {type(message).__name__}")
+
+    async def receive(self, message: Any) -> Any:
+        return self.handle(message)
+
+
 class ActorContext:
     """What an actor may do to itself: its ref, child tasks, stopping or failing itself."""
 

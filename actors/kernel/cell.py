@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from actors.kernel.actor import Actor, ActorContext
+from actors.kernel.actor import Actor, ActorContext, SyncActor
 from actors.kernel.envelope import Crash, Envelope, Notice, Stop, SystemMessage
 from actors.kernel.errors import ActorDead, ActorStartError
 from actors.kernel.mailbox import Mailbox
@@ -51,6 +51,7 @@ class ActorCell:
         "_task",
         "_tasks",
         "children",
+        "direct",
         "incarnation",
         "last_failure",
         "mailbox",
@@ -89,6 +90,9 @@ class ActorCell:
         self.started_at = 0.0
         self._exit_listener = exit_listener
         self._instance: Actor | None = None
+        # The running SyncActor's handle, for asks served in the asker's task (see SyncActor);
+        # None whenever the actor is not running or is not a SyncActor.
+        self.direct: Callable[[Any], Any] | None = None
         self._class_name = getattr(spec.factory, "__name__", type(spec.factory).__name__)
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -134,6 +138,8 @@ class ActorCell:
             raise ActorStartError(f"{self.path} failed to start: {exc!r}") from exc
         self.state = ActorState.RUNNING
         self.started_at = time.monotonic()
+        if isinstance(instance, SyncActor):
+            self.direct = instance.handle
         self._task = asyncio.get_running_loop().create_task(
             self._run(instance, incarnation), name=f"actor:{self.path}"
         )
@@ -146,6 +152,7 @@ class ActorCell:
         ActorDead). final=False: the cell is RESTARTING and its mailbox kept for the next
         instance.
         """
+        self.direct = None
         task = self._task
         if task is not None and not task.done():
             self._stopping_by_parent = True
@@ -209,8 +216,10 @@ class ActorCell:
         try:
             error = await self._serve(instance, incarnation)
         except asyncio.CancelledError:
+            self.direct = None
             await self._cancel_tasks()
             raise
+        self.direct = None
         if error is None:
             await self._exit_normally(instance, incarnation)
         else:

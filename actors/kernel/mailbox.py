@@ -41,6 +41,11 @@ class Mailbox:
         return len(self._items)
 
     @property
+    def idle(self) -> bool:
+        """Nothing waits: no user message and no system signal."""
+        return not self._items and not self._system
+
+    @property
     def closed(self) -> bool:
         return self._closed is not None
 

@@ -24,6 +24,7 @@ from actors.kernel import (
     BridgedThreadingActor,
     ChildSpec,
     MailboxConfig,
+    SyncActor,
     ask_bridged,
     await_pykka,
 )
@@ -42,6 +43,11 @@ class Echo(Actor):
         if self.done is not None and self.received >= self.expected:
             self.done.set_result(None)
             self.done = None
+        return message
+
+
+class SyncEcho(SyncActor):
+    def handle(self, message: Any) -> Any:
         return message
 
 
@@ -107,6 +113,10 @@ async def run(messages: int) -> dict[str, float]:
     results["asyncio ask round trip, p50 (us)"] = p50
     results["asyncio ask round trip, p99 (us)"] = p99
     results["asyncio tell throughput (msg/s)"] = await tell_throughput(system, messages)
+    sync_echo = await system.spawn(ChildSpec("sync-echo", SyncEcho))
+    results["SyncActor ask, served directly (us)"] = await per_op_us(
+        lambda: sync_echo.ask(1), messages
+    )
 
     bridged = PykkaEcho.start()
     plain = PlainPykkaEcho.start()
