@@ -19,7 +19,7 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from yarl import URL
 
-from actors.kernel import Actor, ActorRef
+from actors.kernel import ActorRef, SyncActor
 
 
 class BackendTimeouts(BaseModel):
@@ -90,6 +90,8 @@ class Lease:
     upstream_model: str
     session: aiohttp.ClientSession
     timeouts: BackendTimeouts
+    unary_timeout: aiohttp.ClientTimeout  # reads bounded by first_byte: the whole answer
+    stream_timeout: aiohttp.ClientTimeout  # total and connect only: idle is watched per stream
     headers: dict[str, str]
     ref: ActorRef
 
@@ -129,7 +131,7 @@ class GetStats:
 _EWMA_WEIGHT = 0.2
 
 
-class BackendActor(Actor):
+class BackendActor(SyncActor):
     def __init__(self, name: str, public_model: str, settings: BackendSettings) -> None:
         self._name = name
         self._public_model = public_model
@@ -141,6 +143,18 @@ class BackendActor(Actor):
         self._failures = 0
         self._latency_ewma: float | None = None
         self._headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        timeouts = settings.timeouts
+        # A non-streaming answer arrives all at once when generation ends: "first byte" and
+        # "whole answer" are the same deadline. Timers are per request, not per read: each
+        # timer aiohttp arms costs on the hot path (sock_read would re-arm on every read).
+        self._unary_timeout = aiohttp.ClientTimeout(
+            total=min(timeouts.first_byte, timeouts.total), sock_connect=timeouts.connect
+        )
+        # No sock_read for streams: aiohttp would re-arm a timer on every chunk. The request
+        # task watches the idle gap itself (gateway.proxy.IdleWatchdog) at a fraction of that.
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=timeouts.total, sock_connect=timeouts.connect
+        )
 
     async def on_start(self) -> None:
         timeouts = self._settings.timeouts
@@ -152,9 +166,9 @@ class BackendActor(Actor):
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=timeouts.total, sock_connect=timeouts.connect, connect=timeouts.connect
-            ),
+            # sock_connect bounds a new connection only; `connect` would also arm a timer
+            # around every pooled-connection checkout.
+            timeout=aiohttp.ClientTimeout(total=timeouts.total, sock_connect=timeouts.connect),
             auto_decompress=False,  # relay bytes as they come
             skip_auto_headers=("User-Agent",),
         )
@@ -170,7 +184,7 @@ class BackendActor(Actor):
             await self._session.close()
             self._session = None
 
-    async def receive(self, message: Any) -> Any:
+    def handle(self, message: Any) -> Any:
         match message:
             case AcquireLease():
                 return self._acquire()
@@ -179,7 +193,7 @@ class BackendActor(Actor):
             case GetStats():
                 return self._stats()
             case _:
-                return await super().receive(message)
+                return super().handle(message)
         return None
 
     def _acquire(self) -> Lease | None:
@@ -195,6 +209,8 @@ class BackendActor(Actor):
             upstream_model=self._settings.model or self._public_model,
             session=session,
             timeouts=self._settings.timeouts,
+            unary_timeout=self._unary_timeout,
+            stream_timeout=self._stream_timeout,
             headers=self._headers,
             ref=self.context.self_ref,
         )

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from actors.backend import BackendSettings
-from actors.kernel import Actor, ActorRef
+from actors.kernel import ActorRef, SyncActor
 
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
 
@@ -100,7 +100,7 @@ class ListModels:
     """Ask: every model id and alias, each once, in configuration order."""
 
 
-class RouterActor(Actor):
+class RouterActor(SyncActor):
     def __init__(self, settings: RouterSettings, resolve: Callable[[str], ActorRef]) -> None:
         """`resolve` maps a backend name ("mixtral-8x7b#0") to its ref; the backends start
         before the router, so they exist by the time on_start runs."""
@@ -121,14 +121,14 @@ class RouterActor(Actor):
                 entries.append(ModelEntry(model_id, model.owned_by, model.name))
         self._entries = tuple(entries)
 
-    async def receive(self, message: Any) -> Any:
+    def handle(self, message: Any) -> Any:
         match message:
             case Route(model=model_id):
                 return self._route(model_id)
             case ListModels():
                 return self._entries
             case _:
-                return await super().receive(message)
+                return super().handle(message)
 
     def _route(self, model_id: str) -> RouteDecision:
         model = self._by_id.get(model_id)

@@ -39,8 +39,8 @@ async def _generate(
 ) -> web.StreamResponse:
     state = request.app[STATE]
     context = request[REQUEST]
+    context.key_id = state.auth.authenticate(request)  # before reading a body from a stranger
     raw = await request.read()
-    context.key_id = state.auth.authenticate(request)
     body = parse_request(schema, raw)
     context.model = body.model
     decision = await _route(state, body.model)
@@ -59,8 +59,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
 async def embeddings(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     context = request[REQUEST]
-    raw = await request.read()
     context.key_id = state.auth.authenticate(request)
+    raw = await request.read()
     body = parse_request(EmbeddingRequest, raw)
     context.model = body.model
     decision = await _route(state, body.model)

@@ -28,6 +28,7 @@ from gateway.state import REQUEST
 log = structlog.get_logger("gateway.proxy")
 
 LEASE_ASK_TIMEOUT = 2.0
+DRAIN_TIMEOUT = 1.0
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
@@ -48,6 +49,38 @@ class UpstreamCall:
     sent_model: str  # the id or alias the client sent
     stream: bool
     request_id: str
+
+
+class IdleWatchdog:
+    """Ends a stream whose upstream falls silent for `idle` seconds.
+
+    A chunk only stamps the time; one timer per stream re-arms itself when it finds the stream
+    was active, so the cost per chunk is an attribute store, not a timer reschedule.
+    """
+
+    __slots__ = ("_handle", "_idle", "_loop", "_on_idle", "fired", "last")
+
+    def __init__(self, idle: float, on_idle: Callable[[], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._idle = idle
+        self._on_idle = on_idle
+        self.fired = False
+        self.last = self._loop.time()
+        self._handle = self._loop.call_at(self.last + idle, self._check)
+
+    def touch(self) -> None:
+        self.last = self._loop.time()
+
+    def _check(self) -> None:
+        deadline = self.last + self._idle
+        if self._loop.time() >= deadline:
+            self.fired = True
+            self._on_idle()
+        else:
+            self._handle = self._loop.call_at(deadline, self._check)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 class Attempt:
@@ -130,12 +163,11 @@ async def _relay_unary(
 ) -> web.Response:
     lease = attempt.lease
     try:
-        async with asyncio.timeout(lease.timeouts.first_byte):
-            async with lease.session.post(
-                lease.base_url + call.path, data=body, headers=headers
-            ) as up:
-                status = up.status
-                payload = await up.read()
+        async with lease.session.post(
+            lease.base_url + call.path, data=body, headers=headers, timeout=lease.unary_timeout
+        ) as up:
+            status = up.status
+            payload = await up.read()
     except (TimeoutError, aiohttp.ClientError) as exc:
         log.warning("upstream_failed", backend=lease.backend, error=repr(exc))
         raise _upstream_failure(exc, attempt) from None
@@ -146,7 +178,9 @@ async def _relay_unary(
             "upstream_error_status", backend=lease.backend, status=status, body=payload[:500]
         )
         raise error
-    if not payload.startswith(b"{") or upstream_errors.error_object(payload) is not None:
+    # An error object announces itself in its first bytes ({"error": / {"object":"error"):
+    # a successful answer is never parsed here.
+    if not payload.startswith(b"{") or b'error"' in payload[:48]:
         attempt.outcome = Outcome.UPSTREAM_ERROR
         log.warning("upstream_error_body", backend=lease.backend, body=payload[:500])
         error_obj = upstream_errors.error_object(payload)
@@ -183,9 +217,7 @@ async def _relay_stream(
                     lease.base_url + call.path,
                     data=body,
                     headers={**headers, "Accept": "text/event-stream"},
-                    timeout=aiohttp.ClientTimeout(
-                        total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.idle
-                    ),
+                    timeout=lease.stream_timeout,
                 )
                 if upstream.status != 200:
                     payload = await upstream.read()
@@ -245,49 +277,77 @@ async def _pump(
     rename: tuple[str, str],
 ) -> bool:
     """Relay events until [DONE]. After the first byte, a failure ends the stream with an
-    error event, never a silent cut. Returns True if the upstream finished cleanly."""
-    lease = attempt.lease
+    error event, never a silent cut. Returns True if the upstream finished cleanly.
+
+    This loop runs once per upstream read of every stream: it is kept to a few C-level
+    byte scans and the write; the rare cases (errors, cuts) leave it.
+    """
+    read = upstream.content.readany
+    write = response.write
+    feed = framer.feed
     events = first
+    # Closing the upstream response wakes the pending read with an error; `fired` tells
+    # that error apart from a real cut.
+    watchdog = IdleWatchdog(attempt.lease.timeouts.idle, upstream.close)
+    touch = watchdog.touch
     try:
         while True:
             if events:
-                error = sse.find_error(events)
-                if error is not None:
-                    attempt.outcome = Outcome.UPSTREAM_ERROR
-                    log.warning(
-                        "upstream_stream_error", backend=lease.backend, error=str(error)[:500]
-                    )
-                    await _write(
-                        response,
-                        sse.error_event(upstream_errors.from_error_event(error, rename).body()),
-                    )
+                # `error"` with a bare quote can only be structural JSON: parse only then.
+                if b'error"' in events and (error := sse.find_error(events)) is not None:
+                    await _end_with_error(response, attempt, error, rename)
                     return False
-                await _write(response, rewrite(events))
+                try:
+                    await write(rewrite(events))
+                except ConnectionResetError as gone:
+                    raise ClientGone from gone
                 if sse.is_done(events):
                     break
-            chunk = await upstream.content.readany()
+            chunk = await read()
+            touch()
             if not chunk:
+                if watchdog.fired:
+                    raise TimeoutError("idle")
                 attempt.outcome = Outcome.UPSTREAM_ERROR
-                log.warning("upstream_stream_cut", backend=lease.backend)
+                log.warning("upstream_stream_cut", backend=attempt.lease.backend)
                 cut = UpstreamFailed("The model service ended the stream before it was complete.")
                 await _write(response, sse.error_event(cut.body()))
                 return False
-            events = framer.feed(chunk)
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        failure = _upstream_failure(exc, attempt)
-        if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+            events = feed(chunk)
+    except (TimeoutError, aiohttp.ClientError) as caught:
+        reason: BaseException = caught
+        if watchdog.fired:
+            reason = TimeoutError(f"no data for {attempt.lease.timeouts.idle:g}s")
+        failure = _upstream_failure(reason, attempt)
+        if isinstance(reason, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
             failure = UpstreamFailed("The model service ended the stream before it was complete.")
-        log.warning("upstream_stream_failed", backend=lease.backend, error=repr(exc))
+        log.warning("upstream_stream_failed", backend=attempt.lease.backend, error=repr(reason))
         await _write(response, sse.error_event(failure.body()))
         return False
+    finally:
+        watchdog.cancel()
     attempt.outcome = Outcome.OK
-    # Read to the end of the body (the chunked terminator) so the connection can be reused.
+    # Read to the end of the body (the chunked terminator, normally already here) so the
+    # connection can be reused; an upstream that lingers after [DONE] just loses it.
     try:
-        while await upstream.content.readany():
-            pass
+        async with asyncio.timeout(DRAIN_TIMEOUT):
+            while await read():
+                pass
     except (TimeoutError, aiohttp.ClientError):
         return False
     return True
+
+
+async def _end_with_error(
+    response: web.StreamResponse,
+    attempt: Attempt,
+    error: dict[str, object],
+    rename: tuple[str, str],
+) -> None:
+    attempt.outcome = Outcome.UPSTREAM_ERROR
+    log.warning("upstream_stream_error", backend=attempt.lease.backend, error=str(error)[:500])
+    failure = upstream_errors.from_error_event(error, rename)
+    await _write(response, sse.error_event(failure.body()))
 
 
 async def _write(response: web.StreamResponse, data: bytes) -> None:

@@ -14,14 +14,46 @@ import re
 from collections.abc import Callable
 from functools import lru_cache
 
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
 
 def request_body(raw: bytes, sent_model: str, upstream_model: str) -> bytes:
-    """The client's body with "model" set to the upstream's name; the raw bytes when equal."""
+    """The client's body with "model" set to the upstream's name; the raw bytes when equal.
+
+    The value is spliced into the client's bytes, so every other byte goes up exactly as sent;
+    only when that cannot be done safely (an escaped spelling of the name, a duplicate key)
+    does the body go through a JSON round trip.
+    """
     if sent_model == upstream_model:
         return raw
+    spliced = _splice_model(raw, sent_model, upstream_model)
+    if spliced is not None:
+        return spliced
     payload = json.loads(raw)
     payload["model"] = upstream_model
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@lru_cache(maxsize=1024)
+def _model_key(sent_model: str) -> re.Pattern[bytes]:
+    return re.compile(rb'"model"\s*:\s*' + re.escape(json.dumps(sent_model).encode()))
+
+
+def _splice_model(raw: bytes, sent_model: str, upstream_model: str) -> bytes | None:
+    found: re.Match[bytes] | None = None
+    for match in _model_key(sent_model).finditer(raw):
+        # Bare quotes in valid JSON always delimit strings, so after blanking the strings the
+        # brackets left in front of the match give its depth; the top level is depth 1.
+        prefix = _JSON_STRING.sub(b'""', raw[: match.start()])
+        depth = prefix.count(b"{") + prefix.count(b"[") - prefix.count(b"}") - prefix.count(b"]")
+        if depth == 1:
+            if found is not None:
+                return None  # a duplicate key: let the JSON parser decide which one counts
+            found = match
+    if found is None:
+        return None
+    value = json.dumps(upstream_model, ensure_ascii=False).encode()
+    return raw[: found.start()] + b'"model":' + value + raw[found.end() :]
 
 
 @lru_cache(maxsize=1024)
@@ -33,9 +65,16 @@ def response_rewriter(upstream_model: str, public_model: str) -> Callable[[bytes
     public = json.dumps(public_model)[1:-1].encode()
     pattern = re.compile(rb'("model"\s*:\s*")' + re.escape(upstream) + rb'"')
     replacement = b"\\1" + public.replace(b"\\", b"\\\\") + b'"'
+    # Fast path for the two spellings servers actually emit (compact, and Python's default
+    # separators): bytes.replace, far cheaper per stream event than a regex.
+    compact = (b'"model":"' + upstream + b'"', b'"model":"' + public + b'"')
+    spaced = (b'"model": "' + upstream + b'"', b'"model": "' + public + b'"')
 
     def rewrite(data: bytes) -> bytes:
-        return pattern.sub(replacement, data)
+        data = data.replace(*compact).replace(*spaced)
+        if upstream in data:  # another spelling, or the name elsewhere: the regex decides
+            data = pattern.sub(replacement, data)
+        return data
 
     return rewrite
 

@@ -23,6 +23,8 @@ class EventFramer:
 
     def feed(self, chunk: bytes) -> bytes:
         """The complete events now available, as one bytes object (possibly empty)."""
+        if not self._pending and chunk.endswith(b"\n\n") and b"\r" not in chunk:
+            return chunk  # the common case: whole events, nothing held back
         if b"\r" in chunk:
             chunk = chunk.replace(b"\r\n", b"\n")
         data = self._pending + chunk if self._pending else chunk
@@ -38,8 +40,13 @@ class EventFramer:
         return self._pending
 
 
+_DONE_ENDINGS = (b"data: [DONE]\n\n", b"data:[DONE]\n\n")
+
+
 def is_done(events: bytes) -> bool:
-    return b"data: [DONE]" in events or b"data:[DONE]" in events
+    """Whether these events end with the [DONE] event. It is always the last one, so the end
+    is where to look: generated text that says "data: [DONE]" cannot end a stream early."""
+    return events.endswith(_DONE_ENDINGS)
 
 
 def find_error(events: bytes) -> dict[str, Any] | None:
@@ -48,7 +55,8 @@ def find_error(events: bytes) -> dict[str, Any] | None:
     vLLM and others send `data: {"error": {...}}` or `data: {"object": "error", ...}`. Only
     events that mention "error" as a key are parsed, so ordinary chunks cost a substring scan.
     """
-    if b'"error"' not in events and b'"object":"error"' not in events:
+    # `error"` with a bare quote is structural: inside a JSON string the quote is escaped.
+    if b'error"' not in events:
         return None
     for line in events.split(b"\n"):
         if not line.startswith(b"data:"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway import sse
@@ -54,8 +54,44 @@ def test_valid_request_keeps_unknown_fields() -> None:
 def test_request_body_is_untouched_unless_the_name_differs() -> None:
     raw = b'{"model":"a", "top_k": 3,  "x": {"y": [1.50]}}'
     assert request_body(raw, "a", "a") is raw
-    rewritten = json.loads(request_body(raw, "a", "org/A"))
-    assert rewritten == {"model": "org/A", "top_k": 3, "x": {"y": [1.5]}}
+    assert request_body(raw, "a", "org/A") == b'{"model":"org/A", "top_k": 3,  "x": {"y": [1.50]}}'
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["model", "a", 'm\\"x', "messages"]), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(["a", "messages", "top_k", "meta"]), json_values, max_size=4),
+    st.sampled_from(["phi", "org/Phi-3", "caf\u00e9"]),
+    st.booleans(),
+)
+def test_request_rewrite_changes_only_the_top_level_model(
+    others: dict[str, object], sent: str, spaced: bool
+) -> None:
+    body = {**others, "model": sent}
+    separators = (", ", ": ") if spaced else (",", ":")
+    raw = json.dumps(body, separators=separators).encode()
+    out = request_body(raw, sent, "upstream/Name-7B")
+    assert json.loads(out) == {**others, "model": "upstream/Name-7B"}
+
+
+def test_request_rewrite_splices_without_touching_other_bytes() -> None:
+    raw = b'{"model" : "phi",  "x": {"model": "phi"}, "n": 1.50}'
+    assert (
+        request_body(raw, "phi", "org/P") == b'{"model":"org/P",  "x": {"model": "phi"}, "n": 1.50}'
+    )
+    duplicate = b'{"model": "phi", "model": "phi"}'
+    assert json.loads(request_body(duplicate, "phi", "org/P")) == {"model": "org/P"}
+    escaped = b'{"model": "\\u0070hi"}'
+    assert json.loads(request_body(escaped, "phi", "org/P")) == {"model": "org/P"}
 
 
 def test_response_rewriter_only_touches_the_model_key() -> None:
