@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint demo bench bench-actors clean
+.PHONY: test lint demo bench bench-actors bench-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,15 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/citadel-gateway demo
 
+# The side-by-side benchmark (upstream alone, bare passthrough, gateway). Needs wrk.
+bench: $(STAMP) bench-deps
+	$(BIN)/python -m ops.bench.run
+
 bench-actors: $(STAMP)
 	$(BIN)/python -m ops.bench.actors
+
+bench-deps:
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
