@@ -16,9 +16,12 @@ from enum import StrEnum
 from typing import Any
 
 import aiohttp
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from yarl import URL
 
+from actors.balancer import ReplicaLoad
+from actors.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from actors.kernel import ActorRef, SyncActor
 
 
@@ -55,6 +58,7 @@ class BackendSettings(BaseModel):
         None, description="the model name this upstream serves, if not the public id"
     )
     api_key: str | None = Field(None, description="bearer token the upstream requires, if any")
+    weight: int = Field(1, ge=1, le=1000, description="share of traffic under round robin")
     max_in_flight: int = Field(512, ge=1, description="concurrent requests this replica takes")
     timeouts: BackendTimeouts = BackendTimeouts()
     pool: BackendPool = BackendPool()
@@ -120,7 +124,9 @@ class BackendStats:
     in_flight: int
     served: int
     failures: int
-    latency_ewma_s: float | None
+    latency_s: float  # the peak-EWMA estimate the balancer uses
+    circuit: BreakerState
+    healthy: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,20 +134,34 @@ class GetStats:
     pass
 
 
-_EWMA_WEIGHT = 0.2
+# Outcomes that count against a replica (the circuit breaker's failures).
+FAILURES = frozenset({Outcome.UPSTREAM_ERROR, Outcome.CONNECT_ERROR, Outcome.TIMEOUT})
+log = structlog.get_logger("actors.backend")
 
 
 class BackendActor(SyncActor):
-    def __init__(self, name: str, public_model: str, settings: BackendSettings) -> None:
+    def __init__(
+        self,
+        name: str,
+        public_model: str,
+        settings: BackendSettings,
+        *,
+        load: ReplicaLoad,
+        breaker: BreakerSettings,
+        default_latency: float,
+    ) -> None:
         self._name = name
         self._public_model = public_model
         self._settings = settings
+        self._load = load
+        self._breaker_settings = breaker
+        self._breaker = CircuitBreaker(breaker)
+        self._default_latency = default_latency
         self._session: aiohttp.ClientSession | None = None
         self._leases: dict[int, float] = {}  # lease id -> monotonic start
         self._ids = itertools.count(1)
         self._served = 0
         self._failures = 0
-        self._latency_ewma: float | None = None
         self._headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
         timeouts = settings.timeouts
         # A non-streaming answer arrives all at once when generation ends: "first byte" and
@@ -157,6 +177,7 @@ class BackendActor(SyncActor):
         )
 
     async def on_start(self) -> None:
+        self._load.reset(self._default_latency)
         timeouts = self._settings.timeouts
         connector = aiohttp.TCPConnector(
             limit=self._settings.pool.max_connections,
@@ -200,8 +221,12 @@ class BackendActor(SyncActor):
         session = self._session
         if session is None or len(self._leases) >= self._settings.max_in_flight:
             return None
+        now = time.monotonic()
+        if not self._load.healthy or not self._breaker.allow(now):
+            return None
         lease_id = next(self._ids)
-        self._leases[lease_id] = time.monotonic()
+        self._leases[lease_id] = now
+        self._load.in_flight = len(self._leases)
         return Lease(
             lease_id=lease_id,
             backend=self._name,
@@ -218,17 +243,29 @@ class BackendActor(SyncActor):
     def _release(self, release: Release) -> None:
         if self._leases.pop(release.lease_id, None) is None:
             return  # granted by an earlier instance, or released twice: nothing to undo
+        self._load.in_flight = len(self._leases)
         if release.outcome is Outcome.CANCELLED:
+            self._breaker.abandon()  # says nothing about the replica
             return
-        if release.outcome is Outcome.OK:
+        now = time.monotonic()
+        failed = release.outcome in FAILURES
+        if failed:
+            self._failures += 1
+            # A failing replica answers fast; without a penalty the balancer would prefer it.
+            self._load.observe(max(2 * self._load.latency, self._default_latency), now)
+        else:
             self._served += 1
             sample = release.ttft if release.ttft is not None else release.latency
-            previous = self._latency_ewma
-            self._latency_ewma = (
-                sample if previous is None else previous + _EWMA_WEIGHT * (sample - previous)
+            self._load.observe(sample, now)
+        change = self._breaker.record(failed=failed, now=now)
+        if change is not None:
+            self._load.blocked_until = self._breaker.open_until() if failed else 0.0
+            log.warning(
+                "circuit_" + change.value,
+                backend=self._name,
+                ejections=self._breaker.ejections,
+                open_for_s=round(max(0.0, self._breaker.open_until() - now), 3),
             )
-        else:
-            self._failures += 1
 
     def _stats(self) -> BackendStats:
         return BackendStats(
@@ -237,7 +274,9 @@ class BackendActor(SyncActor):
             in_flight=len(self._leases),
             served=self._served,
             failures=self._failures,
-            latency_ewma_s=self._latency_ewma,
+            latency_s=self._load.latency,
+            circuit=self._breaker.state,
+            healthy=self._load.healthy,
         )
 
     def introspect(self) -> dict[str, Any]:
@@ -248,5 +287,7 @@ class BackendActor(SyncActor):
             "max_in_flight": self._settings.max_in_flight,
             "served": stats.served,
             "failures": stats.failures,
-            "latency_ewma_s": stats.latency_ewma_s,
+            "latency_s": round(stats.latency_s, 6),
+            "circuit": stats.circuit.value,
+            "healthy": stats.healthy,
         }

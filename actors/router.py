@@ -1,23 +1,51 @@
 """RouterActor: which replicas may serve a request for a given model id or alias.
 
 It answers `Route(model)` with the model's canonical id and its BackendActors in the order
-to try them. This is routing by name with round-robin across replicas; balancing policies,
-virtual models and fallbacks build on the same message.
+to try them: the balancing policy's choice first, then the fallbacks. It also keeps each
+model's retry budget, so that retries during an outage cannot multiply the load on the
+replicas that are left (`AllowRetry`).
 """
 
 from __future__ import annotations
 
+import random
 import re
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from actors.backend import BackendSettings
+from actors.balancer import Balancer, BalancerSettings, ReplicaLoad
+from actors.breaker import BreakerSettings
 from actors.kernel import ActorRef, SyncActor
 
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
+
+
+class RetryBudgetSettings(BaseModel):
+    """Retries in flight for a model may be at most `ratio` of its requests in flight, and
+    `min_retries` are always allowed (Envoy's budget_percent and min_retry_concurrency). A
+    replica that dies mid-load has its requests retried on the others; an outage of every
+    replica cannot multiply the load on them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ratio: float = Field(0.2, ge=0, le=1)
+    min_retries: int = Field(3, ge=0)
+
+
+class RoutingSettings(BalancerSettings):
+    """How a model's requests are spread over its replicas and retried."""
+
+    max_attempts: int = Field(3, ge=1, description="tries of one request, across replicas")
+    deadline: float = Field(600.0, gt=0, description="seconds until the first byte, all tries")
+    panic_threshold: float = Field(
+        0.5, ge=0, le=1, description="below this share of usable replicas, use all of them"
+    )
+    retry_budget: RetryBudgetSettings = RetryBudgetSettings()
 
 
 class ModelSettings(BaseModel):
@@ -30,6 +58,8 @@ class ModelSettings(BaseModel):
     context_window: int = Field(4096, ge=1)
     owned_by: str = "citadel"
     backends: tuple[BackendSettings, ...] = Field(min_length=1)
+    routing: RoutingSettings = RoutingSettings()
+    breaker: BreakerSettings = BreakerSettings()
 
     @field_validator("name")
     @classmethod
@@ -85,7 +115,49 @@ class Route:
 class RouteDecision:
     model: str  # the canonical public id
     context_window: int
-    candidates: tuple[ActorRef, ...]
+    candidates: tuple[ActorRef, ...]  # in the order to try them
+    max_attempts: int
+    deadline: float  # seconds until the first byte, all tries included
+
+
+@dataclass(frozen=True, slots=True)
+class AllowRetry:
+    """Ask: may a request for this (canonical) model be tried once more? If yes, the retry
+    counts as in flight until `RetryEnded`."""
+
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetryEnded:
+    """Notify: a retry that AllowRetry granted has ended, however."""
+
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestEnded:
+    """Notify: a request that Route counted as in flight has ended, however."""
+
+    model: str
+
+
+class RetryBudget:
+    """Requests and retries in flight for one model, and the budget they allow."""
+
+    __slots__ = ("_settings", "active", "retrying")
+
+    def __init__(self, settings: RetryBudgetSettings) -> None:
+        self._settings = settings
+        self.active = 0
+        self.retrying = 0
+
+    def try_retry(self) -> bool:
+        allowed = max(self._settings.min_retries, self._settings.ratio * self.active)
+        if self.retrying >= allowed:
+            return False
+        self.retrying += 1
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,21 +173,36 @@ class ListModels:
 
 
 class RouterActor(SyncActor):
-    def __init__(self, settings: RouterSettings, resolve: Callable[[str], ActorRef]) -> None:
+    def __init__(
+        self,
+        settings: RouterSettings,
+        resolve: Callable[[str], ActorRef],
+        loads: Mapping[str, ReplicaLoad],
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
         """`resolve` maps a backend name ("mixtral-8x7b#0") to its ref; the backends start
-        before the router, so they exist by the time on_start runs."""
+        before the router, so they exist by the time on_start runs. `loads` are the replicas'
+        live gauges, by backend name."""
         self._settings = settings
         self._resolve = resolve
+        self._loads = loads
+        self._rng = rng or random.Random()
         self._by_id: dict[str, ModelSettings] = {}
-        self._replicas: dict[str, tuple[ActorRef, ...]] = {}
-        self._next: dict[str, int] = {}
+        self._groups: dict[str, _Group] = {}
         self._entries: tuple[ModelEntry, ...] = ()
 
     async def on_start(self) -> None:
         entries = []
         for model in self._settings.models:
-            self._replicas[model.name] = tuple(self._resolve(n) for n in model.backend_names())
-            self._next[model.name] = 0
+            names = model.backend_names()
+            self._groups[model.name] = _Group(
+                model,
+                tuple(self._resolve(n) for n in names),
+                tuple(self._loads[n] for n in names),
+                Balancer(model.routing.policy, self._rng),
+                RetryBudget(model.routing.retry_budget),
+            )
             for model_id in (model.name, *model.aliases):
                 self._by_id[model_id] = model
                 entries.append(ModelEntry(model_id, model.owned_by, model.name))
@@ -125,20 +212,54 @@ class RouterActor(SyncActor):
         match message:
             case Route(model=model_id):
                 return self._route(model_id)
+            case AllowRetry(model=model_id):
+                return self._groups[model_id].budget.try_retry()
+            case RetryEnded(model=model_id):
+                budget = self._groups[model_id].budget
+                budget.retrying = max(0, budget.retrying - 1)
+            case RequestEnded(model=model_id):
+                budget = self._groups[model_id].budget
+                budget.active = max(0, budget.active - 1)
             case ListModels():
                 return self._entries
             case _:
                 return super().handle(message)
+        return None
 
     def _route(self, model_id: str) -> RouteDecision:
         model = self._by_id.get(model_id)
         if model is None:
             raise UnknownModel(model_id)
-        replicas = self._replicas[model.name]
-        start = self._next[model.name]
-        self._next[model.name] = (start + 1) % len(replicas)
-        ordered = replicas[start:] + replicas[:start]
-        return RouteDecision(model.name, model.context_window, ordered)
+        group = self._groups[model.name]
+        now = time.monotonic()
+        loads = group.loads
+        usable = sum(1 for load in loads if load.has_room(now))
+        panic = usable < model.routing.panic_threshold * len(loads)
+        order = group.balancer.order(loads, now=now, panic=panic)
+        routing = model.routing
+        group.budget.active += 1  # until RequestEnded
+        return RouteDecision(
+            model.name,
+            model.context_window,
+            tuple(group.refs[i] for i in order),
+            routing.max_attempts,
+            routing.deadline,
+        )
 
     def introspect(self) -> dict[str, Any]:
-        return {"models": [m.name for m in self._settings.models], "ids": len(self._entries)}
+        return {
+            "models": {
+                name: {"in_flight": group.budget.active, "retrying": group.budget.retrying}
+                for name, group in self._groups.items()
+            },
+            "ids": len(self._entries),
+        }
+
+
+@dataclass(slots=True)
+class _Group:
+    model: ModelSettings
+    refs: tuple[ActorRef, ...]
+    loads: tuple[ReplicaLoad, ...]
+    balancer: Balancer
+    budget: RetryBudget

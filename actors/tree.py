@@ -13,6 +13,7 @@ from collections.abc import Callable
 from functools import partial
 
 from actors.backend import BackendActor
+from actors.balancer import ReplicaLoad
 from actors.kernel import (
     ActorRef,
     Backoff,
@@ -33,14 +34,39 @@ BACKEND_BACKOFF = Backoff(initial=0.1, maximum=10.0, multiplier=2.0, jitter=0.3,
 HOT_MAILBOX = MailboxConfig(capacity=16384)
 
 
-def backend_specs(settings: RouterSettings) -> list[ChildSpec]:
+def replica_loads(settings: RouterSettings) -> dict[str, ReplicaLoad]:
+    """One live load gauge per replica, shared by its BackendActor (writer) and the router
+    (reader) for the life of the tree."""
+    loads = {}
+    for model in settings.models:
+        for name, backend in zip(model.backend_names(), model.backends, strict=True):
+            loads[name] = ReplicaLoad(
+                name,
+                weight=backend.weight,
+                max_in_flight=backend.max_in_flight,
+                default_latency=model.routing.default_latency,
+                decay=model.routing.decay,
+            )
+    return loads
+
+
+def backend_specs(settings: RouterSettings, loads: dict[str, ReplicaLoad]) -> list[ChildSpec]:
     specs = []
     for model in settings.models:
         for name, backend in zip(model.backend_names(), model.backends, strict=True):
+            factory = partial(
+                BackendActor,
+                name,
+                model.name,
+                backend,
+                load=loads[name],
+                breaker=model.breaker,
+                default_latency=model.routing.default_latency,
+            )
             specs.append(
                 ChildSpec(
                     name=name,
-                    factory=partial(BackendActor, name, model.name, backend),
+                    factory=factory,
                     mailbox=HOT_MAILBOX,
                     backoff=BACKEND_BACKOFF,
                     shutdown_timeout=10.0,
@@ -51,13 +77,16 @@ def backend_specs(settings: RouterSettings) -> list[ChildSpec]:
 
 def gateway_tree(settings: RouterSettings, lookup: Callable[[str], ActorRef]) -> ChildSpec:
     """The root spec. `lookup` resolves a path to a ref (ActorSystem.lookup)."""
+    loads = replica_loads(settings)
     backends = ChildSpec(
         "backends",
-        lambda: Supervisor(backend_specs(settings), strategy=Strategy.ONE_FOR_ONE, intensity=50),
+        lambda: Supervisor(
+            backend_specs(settings, loads), strategy=Strategy.ONE_FOR_ONE, intensity=50
+        ),
     )
     router = ChildSpec(
         "router",
-        lambda: RouterActor(settings, lambda name: lookup(f"{BACKENDS}/{name}")),
+        lambda: RouterActor(settings, lambda name: lookup(f"{BACKENDS}/{name}"), loads),
         mailbox=HOT_MAILBOX,
     )
     return ChildSpec(

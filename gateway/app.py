@@ -108,6 +108,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 model=context.model,
                 backend=context.backend,
                 key_id=context.key_id,
+                attempts=context.attempts,
                 latency_ms=round((time.perf_counter() - started) * 1000, 3),
             )
 

@@ -6,7 +6,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from actors.kernel import ActorDead, AskTimeout
-from actors.router import ListModels, ModelEntry, Route, RouteDecision, UnknownModel
+from actors.router import (
+    ListModels,
+    ModelEntry,
+    RequestEnded,
+    Route,
+    RouteDecision,
+    UnknownModel,
+)
 from gateway import proxy
 from gateway.errors import NotFound, ServiceUnavailable
 from gateway.schemas import (
@@ -45,7 +52,10 @@ async def _generate(
     context.model = body.model
     decision = await _route(state, body.model)
     call = proxy.UpstreamCall(path, raw, body.model, body.stream, context.request_id)
-    return await proxy.forward(request, decision, call)
+    try:
+        return await proxy.forward(request, decision, call, state.router)
+    finally:
+        state.router.notify(RequestEnded(decision.model))
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -65,7 +75,10 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     context.model = body.model
     decision = await _route(state, body.model)
     call = proxy.UpstreamCall("/v1/embeddings", raw, body.model, False, context.request_id)
-    return await proxy.forward(request, decision, call)
+    try:
+        return await proxy.forward(request, decision, call, state.router)
+    finally:
+        state.router.notify(RequestEnded(decision.model))
 
 
 def _model_object(entry: ModelEntry, created: int) -> dict[str, object]:

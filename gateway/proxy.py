@@ -18,8 +18,8 @@ import structlog
 from aiohttp import web
 
 from actors.backend import AcquireLease, Lease, Outcome, Release
-from actors.kernel import ActorDead, AskTimeout, MailboxFull
-from actors.router import RouteDecision
+from actors.kernel import ActorDead, ActorRef, AskTimeout, MailboxFull
+from actors.router import AllowRetry, RetryEnded, RouteDecision
 from gateway import sse, upstream_errors
 from gateway.errors import GatewayError, ServiceUnavailable, UpstreamFailed, UpstreamTimeout
 from gateway.rewrite import request_body, response_rewriter
@@ -28,6 +28,8 @@ from gateway.state import REQUEST
 log = structlog.get_logger("gateway.proxy")
 
 LEASE_ASK_TIMEOUT = 2.0
+# What a failed try says about the replica, when a retry elsewhere may help.
+RETRYABLE = frozenset({Outcome.CONNECT_ERROR, Outcome.TIMEOUT, Outcome.UPSTREAM_ERROR})
 DRAIN_TIMEOUT = 1.0
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -99,46 +101,105 @@ class Attempt:
         self.lease.ref.notify(Release(self.lease.lease_id, self.outcome, latency, self.ttft))
 
 
-async def acquire(decision: RouteDecision) -> Lease:
-    """A lease from the first replica, in the router's order, that grants one."""
-    for ref in decision.candidates:
+async def _lease_from(candidates: tuple[ActorRef, ...], start: int) -> tuple[Lease | None, int]:
+    """The first lease granted by a candidate from `start` on, in the router's order, and the
+    index to continue from."""
+    for index in range(start, len(candidates)):
         try:
-            lease: Lease | None = await ref.ask(AcquireLease(), timeout=LEASE_ASK_TIMEOUT)
+            lease: Lease | None = await candidates[index].ask(
+                AcquireLease(), timeout=LEASE_ASK_TIMEOUT
+            )
         except (ActorDead, AskTimeout, MailboxFull):
             continue  # restarting or swamped: try the next replica
         if lease is not None:
-            return lease
+            return lease, index + 1
+    return None, len(candidates)
+
+
+async def forward(
+    request: web.Request, decision: RouteDecision, call: UpstreamCall, router: ActorRef
+) -> web.StreamResponse:
+    """Send the request to the router's candidates in turn until one answers.
+
+    A try that fails before the first byte reached the client, for a reason that is the
+    replica's (connect error, reset, timeout, 429 or 5xx), moves on to the next replica, as
+    long as the model's retry budget and the request's deadline allow. Errors caused by the
+    request itself (an upstream 4xx) are never retried.
+    """
+    context = request[REQUEST]
+    deadline = time.monotonic() + decision.deadline
+    next_index = 0
+    failure: GatewayError | None = None
+    retrying = False  # this try is a retry the budget granted: it must hand it back
+    for try_number in range(1, decision.max_attempts + 1):
+        lease, next_index = await _lease_from(decision.candidates, next_index)
+        if lease is None:
+            if retrying:
+                router.notify(RetryEnded(decision.model))
+            break
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            lease.ref.notify(Release(lease.lease_id, Outcome.CANCELLED, 0.0))
+            if retrying:
+                router.notify(RetryEnded(decision.model))
+            failure = UpstreamTimeout("The request's deadline passed before any model answered.")
+            break
+        context.backend = lease.backend
+        context.attempts = try_number
+        attempt = Attempt(lease)
+        try:
+            return await _try(request, attempt, decision, call, remaining)
+        except GatewayError as error:
+            if attempt.outcome not in RETRYABLE:
+                raise
+            failure = error
+        finally:
+            attempt.release()
+            if retrying:
+                router.notify(RetryEnded(decision.model))
+                retrying = False
+        if try_number == decision.max_attempts or next_index >= len(decision.candidates):
+            break
+        # A connect failure never reached a model server: trying the next one adds no load
+        # to the fleet, so it is free. Everything else spends the model's retry budget.
+        if attempt.outcome is not Outcome.CONNECT_ERROR:
+            if not await router.ask(AllowRetry(decision.model)):
+                log.warning("retry_budget_exhausted", model=decision.model, backend=lease.backend)
+                break
+            retrying = True
+        log.info("request_retried", model=decision.model, failed_backend=lease.backend)
+    if failure is not None:
+        raise failure
     raise ServiceUnavailable(
         f"All replicas of model '{decision.model}' are busy or unavailable. Retry shortly.",
         headers={"Retry-After": "1"},
     )
 
 
-async def forward(
-    request: web.Request, decision: RouteDecision, call: UpstreamCall
+async def _try(
+    request: web.Request,
+    attempt: Attempt,
+    decision: RouteDecision,
+    call: UpstreamCall,
+    remaining: float,
 ) -> web.StreamResponse:
-    lease = await acquire(decision)
-    request[REQUEST].backend = lease.backend
-    attempt = Attempt(lease)
-    try:
-        body = request_body(call.raw, call.sent_model, lease.upstream_model)
-        headers = {
-            **lease.headers,
-            "Content-Type": "application/json",
-            "x-request-id": call.request_id,
-        }
-        response_headers = {
-            "x-request-id": call.request_id,
-            "x-citadel-model": decision.model,
-            "x-citadel-backend": lease.backend,
-        }
-        if call.stream:
-            return await _relay_stream(
-                request, attempt, call, decision, body, headers, response_headers
-            )
-        return await _relay_unary(attempt, call, decision, body, headers, response_headers)
-    finally:
-        attempt.release()
+    lease = attempt.lease
+    body = request_body(call.raw, call.sent_model, lease.upstream_model)
+    headers = {**lease.headers, "Content-Type": "application/json", "x-request-id": call.request_id}
+    response_headers = {
+        "x-request-id": call.request_id,
+        "x-citadel-model": decision.model,
+        "x-citadel-backend": lease.backend,
+    }
+    first_byte = min(lease.timeouts.first_byte, remaining)
+    if call.stream:
+        return await _relay_stream(
+            request, attempt, call, decision, body, headers, response_headers, first_byte
+        )
+    timeout = lease.unary_timeout
+    if timeout.total is not None and remaining < timeout.total:
+        timeout = aiohttp.ClientTimeout(total=remaining, sock_connect=lease.timeouts.connect)
+    return await _relay_unary(attempt, call, decision, body, headers, response_headers, timeout)
 
 
 def _upstream_failure(exc: BaseException, attempt: Attempt) -> GatewayError:
@@ -160,11 +221,12 @@ async def _relay_unary(
     body: bytes,
     headers: dict[str, str],
     response_headers: dict[str, str],
+    timeout: aiohttp.ClientTimeout,
 ) -> web.Response:
     lease = attempt.lease
     try:
         async with lease.session.post(
-            lease.base_url + call.path, data=body, headers=headers, timeout=lease.unary_timeout
+            lease.base_url + call.path, data=body, headers=headers, timeout=timeout
         ) as up:
             status = up.status
             payload = await up.read()
@@ -202,9 +264,9 @@ async def _relay_stream(
     body: bytes,
     headers: dict[str, str],
     response_headers: dict[str, str],
+    first_byte: float,
 ) -> web.StreamResponse:
     lease = attempt.lease
-    timeouts = lease.timeouts
     rename = (lease.upstream_model, decision.model)
     framer = sse.EventFramer()
     upstream: aiohttp.ClientResponse | None = None
@@ -212,7 +274,7 @@ async def _relay_stream(
     try:
         # Before the first byte reaches the client, a failure is an ordinary HTTP error.
         try:
-            async with asyncio.timeout(timeouts.first_byte):
+            async with asyncio.timeout(first_byte):
                 upstream = await lease.session.post(
                     lease.base_url + call.path,
                     data=body,

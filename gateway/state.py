@@ -28,13 +28,14 @@ CONFIG = web.AppKey("citadel_config", GatewayConfig)
 class RequestContext:
     """What the edge learns about one request as it goes, for headers and the access log."""
 
-    __slots__ = ("backend", "key_id", "model", "request_id")
+    __slots__ = ("attempts", "backend", "key_id", "model", "request_id")
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
         self.key_id: str | None = None
         self.model: str | None = None
         self.backend: str | None = None
+        self.attempts = 0  # tries across replicas (1 unless a replica failed before a byte)
 
 
 REQUEST = web.RequestKey("citadel_request", RequestContext)

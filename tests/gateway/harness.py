@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.backend import BackendSettings, BackendTimeouts
-from actors.router import ModelSettings
+from actors.breaker import BreakerSettings
+from actors.router import ModelSettings, RoutingSettings
 from gateway.config import AuthSettings, GatewayConfig, LimitSettings, LoggingSettings
 from gateway.mock.server import MOCK_STATE, MockSettings, MockState, create_mock_app
 from gateway.server import RunningServer, start_gateway, start_server
@@ -25,6 +26,16 @@ class Mock:
     @property
     def url(self) -> str:
         return self.server.url
+
+    async def kill(self) -> None:
+        """Die like a crashed process: every connection dropped, nothing listening."""
+        runner = self.server.runner
+        if runner.server is not None:
+            for protocol in list(runner.server.connections):
+                if protocol.transport is not None:
+                    protocol.transport.abort()
+        for site in list(runner.sites):
+            await site.stop()
 
 
 @dataclass
@@ -63,6 +74,8 @@ class ModelPlan:
     timeouts: BackendTimeouts = field(default_factory=BackendTimeouts)
     max_in_flight: int = 512
     mock: dict[str, Any] = field(default_factory=dict)
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
 
 
 @asynccontextmanager
@@ -97,6 +110,8 @@ async def deployment(
                     aliases=plan.aliases,
                     context_window=plan.context_window,
                     backends=tuple(backends),
+                    routing=plan.routing,
+                    breaker=plan.breaker,
                 )
             )
         config = GatewayConfig(

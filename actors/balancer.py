@@ -1,0 +1,144 @@
+"""Choosing a replica: live load gauges and the balancing policies that rank replicas by them.
+
+Each replica has one `ReplicaLoad`, written only by its BackendActor and read by the
+RouterActor to order candidates. It lives as long as the replica's place in the tree (it is
+handed to every instance of the BackendActor), so the router's reference never goes stale
+across restarts. Reading it is exact: everything runs on one event loop thread.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Policy(StrEnum):
+    P2C_PEAK_EWMA = "p2c_peak_ewma"  # power of two choices over latency x (in-flight + 1)
+    LEAST_IN_FLIGHT = "least_in_flight"
+    WEIGHTED_ROUND_ROBIN = "weighted_round_robin"
+
+
+class BalancerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: Policy = Policy.P2C_PEAK_EWMA
+    default_latency: float = Field(
+        1.0, gt=0, description="seconds assumed for a replica with no samples yet"
+    )
+    decay: float = Field(10.0, gt=0, description="seconds for a latency peak to fade (1/e)")
+
+
+class ReplicaLoad:
+    """What the router may know of a replica without asking it."""
+
+    __slots__ = (
+        "_latency",
+        "_stamp",
+        "blocked_until",
+        "decay",
+        "healthy",
+        "in_flight",
+        "max_in_flight",
+        "name",
+        "weight",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        weight: int = 1,
+        max_in_flight: int = 512,
+        default_latency: float = 1.0,
+        decay: float = 10.0,
+    ) -> None:
+        self.name = name
+        self.weight = weight
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self.healthy = True  # the health probe's verdict
+        self.blocked_until = 0.0  # monotonic time the circuit stays open until
+        self.decay = decay
+        self._latency = default_latency
+        self._stamp = 0.0
+
+    @property
+    def latency(self) -> float:
+        return self._latency
+
+    def observe(self, sample: float, now: float) -> None:
+        """Peak EWMA (as in Finagle): a slower sample takes effect at once; faster samples pull
+        the estimate down gradually, so a replica that was slow is trusted again slowly."""
+        if sample >= self._latency:
+            self._latency = sample
+        else:
+            weight = math.exp(-max(0.0, now - self._stamp) / self.decay)
+            self._latency = self._latency * weight + sample * (1 - weight)
+        self._stamp = now
+
+    def reset(self, default_latency: float) -> None:
+        self.in_flight = 0
+        self.healthy = True
+        self.blocked_until = 0.0
+        self._latency = default_latency
+
+    def cost(self) -> float:
+        return self._latency * (self.in_flight + 1)
+
+    def has_room(self, now: float) -> bool:
+        return self.healthy and now >= self.blocked_until and self.in_flight < self.max_in_flight
+
+
+class Balancer:
+    """Orders a model's replicas for one request: the chosen one first, then the others in
+    the order to fall back to them."""
+
+    def __init__(self, policy: Policy, rng: random.Random | None = None) -> None:
+        self._policy = policy
+        self._rng = rng or random.Random()
+        self._wrr_current: dict[str, float] = {}
+
+    def order(self, replicas: Sequence[ReplicaLoad], *, now: float, panic: bool) -> list[int]:
+        """Indices into `replicas`. Replicas without room (unhealthy, circuit open, full) go
+        last, unless in panic (too few healthy: then spread over all rather than refuse)."""
+        indices = list(range(len(replicas)))
+        if len(indices) <= 1:
+            return indices
+        usable = indices if panic else [i for i in indices if replicas[i].has_room(now)]
+        rest = [i for i in indices if i not in usable]
+        rest.sort(key=lambda i: replicas[i].cost())
+        if not usable:
+            return rest
+        if self._policy is Policy.P2C_PEAK_EWMA:
+            chosen = self._p2c(replicas, usable)
+        elif self._policy is Policy.LEAST_IN_FLIGHT:
+            least = min(replicas[i].in_flight for i in usable)
+            chosen = self._rng.choice([i for i in usable if replicas[i].in_flight == least])
+        else:
+            chosen = self._weighted_round_robin(replicas, usable)
+        others = sorted((i for i in usable if i != chosen), key=lambda i: replicas[i].cost())
+        return [chosen, *others, *rest]
+
+    def _p2c(self, replicas: Sequence[ReplicaLoad], usable: list[int]) -> int:
+        if len(usable) == 1:
+            return usable[0]
+        first, second = self._rng.sample(usable, 2)
+        return first if replicas[first].cost() <= replicas[second].cost() else second
+
+    def _weighted_round_robin(self, replicas: Sequence[ReplicaLoad], usable: list[int]) -> int:
+        """Smooth weighted round robin (as in nginx): even spread, exact proportions."""
+        current = self._wrr_current
+        total = 0
+        best = usable[0]
+        for i in usable:
+            replica = replicas[i]
+            total += replica.weight
+            current[replica.name] = current.get(replica.name, 0.0) + replica.weight
+            if current[replica.name] > current[replicas[best].name]:
+                best = i
+        current[replicas[best].name] -= total
+        return best

@@ -1,0 +1,71 @@
+"""Balancing policies over live load gauges."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from actors.balancer import Balancer, Policy, ReplicaLoad
+
+
+def replicas(*latencies: float) -> list[ReplicaLoad]:
+    loads = []
+    for index, latency in enumerate(latencies):
+        load = ReplicaLoad(f"r{index}", default_latency=latency)
+        loads.append(load)
+    return loads
+
+
+def test_p2c_prefers_the_cheaper_of_two_and_lists_every_replica() -> None:
+    loads = replicas(0.1, 1.0)
+    balancer = Balancer(Policy.P2C_PEAK_EWMA, random.Random(1))
+    for _ in range(20):
+        assert balancer.order(loads, now=0, panic=False) == [0, 1]
+    loads[0].in_flight = 20  # 0.1 x 21 > 1.0 x 1
+    assert balancer.order(loads, now=0, panic=False) == [1, 0]
+
+
+def test_p2c_spreads_over_equal_replicas() -> None:
+    loads = replicas(1.0, 1.0, 1.0, 1.0)
+    balancer = Balancer(Policy.P2C_PEAK_EWMA, random.Random(2))
+    firsts = Counter(balancer.order(loads, now=0, panic=False)[0] for _ in range(400))
+    assert set(firsts) == {0, 1, 2, 3}
+    assert min(firsts.values()) > 50
+
+
+def test_peak_ewma_jumps_up_at_once_and_decays_slowly() -> None:
+    load = ReplicaLoad("r", default_latency=0.1, decay=10.0)
+    load.observe(2.0, now=1.0)
+    assert load.latency == 2.0
+    load.observe(0.1, now=2.0)  # one second later: still mostly the peak
+    assert 1.5 < load.latency < 2.0
+    load.observe(0.1, now=100.0)  # long after: back to the fast samples
+    assert load.latency < 0.2
+
+
+def test_replicas_without_room_go_last_unless_in_panic() -> None:
+    loads = replicas(1.0, 1.0, 1.0)
+    loads[0].healthy = False
+    loads[1].blocked_until = 50.0
+    balancer = Balancer(Policy.LEAST_IN_FLIGHT, random.Random(3))
+    assert balancer.order(loads, now=10, panic=False)[0] == 2
+    assert balancer.order(loads, now=60, panic=False)[0] in (1, 2)  # the ejection is over
+    panicked = Counter(balancer.order(loads, now=10, panic=True)[0] for _ in range(100))
+    assert set(panicked) == {0, 1, 2}
+
+
+def test_least_in_flight_picks_the_idlest() -> None:
+    loads = replicas(1.0, 1.0, 1.0)
+    loads[0].in_flight, loads[1].in_flight, loads[2].in_flight = 5, 1, 3
+    balancer = Balancer(Policy.LEAST_IN_FLIGHT, random.Random(4))
+    assert balancer.order(loads, now=0, panic=False)[0] == 1
+
+
+def test_weighted_round_robin_is_exact_and_smooth() -> None:
+    loads = replicas(1.0, 1.0, 1.0)
+    for load, weight in zip(loads, (5, 1, 1), strict=True):
+        load.weight = weight
+    balancer = Balancer(Policy.WEIGHTED_ROUND_ROBIN)
+    picks = [balancer.order(loads, now=0, panic=False)[0] for _ in range(7)]
+    assert Counter(picks) == {0: 5, 1: 1, 2: 1}
+    assert picks[:3] != [0, 0, 0]  # smooth: the heavy replica's turns are interleaved

@@ -1,0 +1,88 @@
+"""The circuit breaker's state machine, on a virtual clock."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from actors.breaker import BreakerSettings, BreakerState, CircuitBreaker
+
+SETTINGS = BreakerSettings(
+    consecutive_failures=3,
+    failure_rate=0.5,
+    window=10,
+    minimum_requests=6,
+    ejection=5,
+    max_ejection=20,
+    half_open_trials=1,
+)
+
+
+def test_opens_after_consecutive_failures_and_refuses_until_the_ejection_ends() -> None:
+    breaker = CircuitBreaker(SETTINGS)
+    assert breaker.record(failed=True, now=0) is None
+    assert breaker.record(failed=True, now=0) is None
+    assert breaker.record(failed=True, now=0) is BreakerState.OPEN
+    assert not breaker.allow(4.9)
+    assert breaker.allow(5.0)  # the ejection is over: one trial
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert not breaker.allow(5.0)  # only one trial at a time
+
+
+def test_a_successful_trial_closes_it_and_resets_the_ejection() -> None:
+    breaker = CircuitBreaker(SETTINGS)
+    for _ in range(3):
+        breaker.record(failed=True, now=0)
+    assert breaker.allow(5)
+    assert breaker.record(failed=False, now=5) is BreakerState.CLOSED
+    assert breaker.ejections == 0
+    for _ in range(3):
+        breaker.record(failed=True, now=6)
+    assert breaker.open_until() == 6 + 5  # back to the first ejection time
+
+
+def test_a_failed_trial_reopens_it_for_longer_up_to_the_cap() -> None:
+    breaker = CircuitBreaker(SETTINGS)
+    for _ in range(3):
+        breaker.record(failed=True, now=0)
+    now = 0.0
+    lengths = []
+    for _ in range(4):
+        now = breaker.open_until()
+        assert breaker.allow(now)
+        assert breaker.record(failed=True, now=now) is BreakerState.OPEN
+        lengths.append(breaker.open_until() - now)
+    assert lengths == [10, 20, 20, 20]
+
+
+def test_opens_on_failure_rate_with_enough_volume() -> None:
+    breaker = CircuitBreaker(SETTINGS)
+    pattern = [True, False, True, False, True]  # never three in a row
+    for failed in pattern:
+        assert breaker.record(failed=failed, now=1) is None  # under the minimum volume
+    assert breaker.record(failed=True, now=1) is BreakerState.OPEN  # 4 of 6 failed
+
+
+def test_old_outcomes_leave_the_window() -> None:
+    breaker = CircuitBreaker(SETTINGS)
+    for failed in [True, False, True, False, True]:
+        breaker.record(failed=failed, now=0)
+    # Eleven seconds later those are gone: one more failure is not a rate.
+    assert breaker.record(failed=True, now=11) is None
+    assert breaker.state is BreakerState.CLOSED
+
+
+@given(st.lists(st.tuples(st.booleans(), st.floats(0, 3)), max_size=60))
+def test_never_admits_while_open_and_half_open_trials_are_bounded(
+    steps: list[tuple[bool, float]],
+) -> None:
+    breaker = CircuitBreaker(SETTINGS)
+    now = 0.0
+    for failed, gap in steps:
+        now += gap
+        if breaker.state is BreakerState.OPEN and now < breaker.open_until():
+            assert not breaker.allow(now)
+            continue
+        if breaker.allow(now):
+            breaker.record(failed=failed, now=now)
+        assert breaker.open_until() - now <= SETTINGS.max_ejection + 1e-9
