@@ -10,6 +10,7 @@ before a restart, are ignored) and learns latency and error statistics from the 
 from __future__ import annotations
 
 import itertools
+import random
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -23,6 +24,7 @@ from yarl import URL
 from actors.balancer import ReplicaLoad
 from actors.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from actors.kernel import ActorRef, SyncActor
+from actors.probe import HealthSettings, ProbeResult, probe_loop
 
 
 class BackendTimeouts(BaseModel):
@@ -62,6 +64,7 @@ class BackendSettings(BaseModel):
     max_in_flight: int = Field(512, ge=1, description="concurrent requests this replica takes")
     timeouts: BackendTimeouts = BackendTimeouts()
     pool: BackendPool = BackendPool()
+    health: HealthSettings = HealthSettings()
 
     @field_validator("url")
     @classmethod
@@ -102,7 +105,10 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class AcquireLease:
-    """Ask: a Lease, or None when the replica is at its in-flight limit."""
+    """Ask: a Lease, or None when the replica refuses (full, circuit open, unhealthy). In
+    panic (too few healthy replicas for the model) health is not a reason to refuse."""
+
+    panic: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +133,7 @@ class BackendStats:
     latency_s: float  # the peak-EWMA estimate the balancer uses
     circuit: BreakerState
     healthy: bool
+    queued: float  # the replica's own queue, as its metrics last said
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +169,8 @@ class BackendActor(SyncActor):
         self._ids = itertools.count(1)
         self._served = 0
         self._failures = 0
+        self._passes = 0  # probe results in a row, for the health thresholds
+        self._fails = 0
         self._headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
         timeouts = settings.timeouts
         # A non-streaming answer arrives all at once when generation ends: "first byte" and
@@ -194,6 +203,19 @@ class BackendActor(SyncActor):
             skip_auto_headers=("User-Agent",),
         )
 
+        health = self._settings.health
+        if health.enabled:
+            self.context.spawn_task(
+                probe_loop(
+                    self._session,
+                    self._settings.url,
+                    health,
+                    self.context.self_ref.notify,
+                    random.Random(),
+                ),
+                name="health-probe",
+            )
+
     async def on_stop(self) -> None:
         await self._close()
 
@@ -207,22 +229,24 @@ class BackendActor(SyncActor):
 
     def handle(self, message: Any) -> Any:
         match message:
-            case AcquireLease():
-                return self._acquire()
+            case AcquireLease(panic=panic):
+                return self._acquire(panic)
             case Release():
                 self._release(message)
             case GetStats():
                 return self._stats()
+            case ProbeResult():
+                self._probed(message)
             case _:
                 return super().handle(message)
         return None
 
-    def _acquire(self) -> Lease | None:
+    def _acquire(self, panic: bool) -> Lease | None:
         session = self._session
         if session is None or len(self._leases) >= self._settings.max_in_flight:
             return None
         now = time.monotonic()
-        if not self._load.healthy or not self._breaker.allow(now):
+        if not (self._load.healthy or panic) or not self._breaker.allow(now):
             return None
         lease_id = next(self._ids)
         self._leases[lease_id] = now
@@ -267,6 +291,23 @@ class BackendActor(SyncActor):
                 open_for_s=round(max(0.0, self._breaker.open_until() - now), 3),
             )
 
+    def _probed(self, result: ProbeResult) -> None:
+        health = self._settings.health
+        load = self._load
+        load.queued = result.waiting or 0.0
+        if result.healthy:
+            self._passes += 1
+            self._fails = 0
+            if not load.healthy and self._passes >= health.healthy_threshold:
+                load.healthy = True
+                log.warning("backend_healthy", backend=self._name)
+        else:
+            self._fails += 1
+            self._passes = 0
+            if load.healthy and self._fails >= health.unhealthy_threshold:
+                load.healthy = False
+                log.warning("backend_unhealthy", backend=self._name, failed_probes=self._fails)
+
     def _stats(self) -> BackendStats:
         return BackendStats(
             name=self._name,
@@ -277,6 +318,7 @@ class BackendActor(SyncActor):
             latency_s=self._load.latency,
             circuit=self._breaker.state,
             healthy=self._load.healthy,
+            queued=self._load.queued,
         )
 
     def introspect(self) -> dict[str, Any]:
@@ -290,4 +332,5 @@ class BackendActor(SyncActor):
             "latency_s": round(stats.latency_s, 6),
             "circuit": stats.circuit.value,
             "healthy": stats.healthy,
+            "queued": stats.queued,
         }

@@ -44,6 +44,7 @@ class ReplicaLoad:
         "in_flight",
         "max_in_flight",
         "name",
+        "queued",
         "weight",
     )
 
@@ -62,6 +63,7 @@ class ReplicaLoad:
         self.in_flight = 0
         self.healthy = True  # the health probe's verdict
         self.blocked_until = 0.0  # monotonic time the circuit stays open until
+        self.queued = 0.0  # requests waiting in the replica's own queue, if its probe knows
         self.decay = decay
         self._latency = default_latency
         self._stamp = 0.0
@@ -84,10 +86,11 @@ class ReplicaLoad:
         self.in_flight = 0
         self.healthy = True
         self.blocked_until = 0.0
+        self.queued = 0.0
         self._latency = default_latency
 
     def cost(self) -> float:
-        return self._latency * (self.in_flight + 1)
+        return self._latency * (self.in_flight + self.queued + 1)
 
     def has_room(self, now: float) -> bool:
         return self.healthy and now >= self.blocked_until and self.in_flight < self.max_in_flight

@@ -15,12 +15,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from actors.backend import BackendSettings
 from actors.balancer import Balancer, BalancerSettings, ReplicaLoad
 from actors.breaker import BreakerSettings
 from actors.kernel import ActorRef, SyncActor
+
+log = structlog.get_logger("actors.router")
 
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
 
@@ -118,6 +121,7 @@ class RouteDecision:
     candidates: tuple[ActorRef, ...]  # in the order to try them
     max_attempts: int
     deadline: float  # seconds until the first byte, all tries included
+    panic: bool = False  # too few usable replicas: health is ignored
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +240,8 @@ class RouterActor(SyncActor):
         usable = sum(1 for load in loads if load.has_room(now))
         panic = usable < model.routing.panic_threshold * len(loads)
         order = group.balancer.order(loads, now=now, panic=panic)
+        if panic:
+            log.warning("routing_panic", model=model.name, usable=usable, replicas=len(loads))
         routing = model.routing
         group.budget.active += 1  # until RequestEnded
         return RouteDecision(
@@ -244,6 +250,7 @@ class RouterActor(SyncActor):
             tuple(group.refs[i] for i in order),
             routing.max_attempts,
             routing.deadline,
+            panic,
         )
 
     def introspect(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from actors.router import (
     UnknownModel,
 )
 from gateway import proxy
+from gateway.attempt import UpstreamCall
 from gateway.errors import NotFound, ServiceUnavailable
 from gateway.schemas import (
     ChatCompletionRequest,
@@ -51,7 +52,7 @@ async def _generate(
     body = parse_request(schema, raw)
     context.model = body.model
     decision = await _route(state, body.model)
-    call = proxy.UpstreamCall(path, raw, body.model, body.stream, context.request_id)
+    call = UpstreamCall(path, raw, body.model, body.stream, context.request_id)
     try:
         return await proxy.forward(request, decision, call, state.router)
     finally:
@@ -74,7 +75,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     body = parse_request(EmbeddingRequest, raw)
     context.model = body.model
     decision = await _route(state, body.model)
-    call = proxy.UpstreamCall("/v1/embeddings", raw, body.model, False, context.request_id)
+    call = UpstreamCall("/v1/embeddings", raw, body.model, False, context.request_id)
     try:
         return await proxy.forward(request, decision, call, state.router)
     finally:

@@ -16,6 +16,7 @@ FaultMode = Literal[
     "stream_error",  # stream `after_chunks` chunks, then an error event inside the 200 stream
     "slow",  # everything `slow_factor` times slower
     "malformed",  # a 200 whose body is not JSON
+    "unhealthy",  # /health answers 503; everything else works
 ]
 
 

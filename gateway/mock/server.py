@@ -55,6 +55,26 @@ class MockState:
         # When set, a stream sends each token only after the test releases it: lets a test
         # prove that the gateway relays every event as it comes, without timing.
         self.token_gate: asyncio.Semaphore | None = None
+        self.health_checks = 0
+        self.reported_waiting = 0  # what /metrics says is queued
+        self._health_waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    def health_checked(self) -> None:
+        self.health_checks += 1
+        for count, waiter in list(self._health_waiters):
+            if self.health_checks >= count and not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_health_checks(self, count: int) -> None:
+        """Until /health has been asked `count` times in all."""
+        if self.health_checks >= count:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._health_waiters.append((count, waiter))
+        try:
+            await waiter
+        finally:
+            self._health_waiters.remove((count, waiter))
 
     def set_fault(self, fault: Fault) -> None:
         self.fault = fault
@@ -295,8 +315,10 @@ async def models(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    fault = request.app[MOCK_STATE].fault
-    if fault.mode == "error":
+    state = request.app[MOCK_STATE]
+    state.health_checked()
+    fault = state.fault
+    if fault.mode in ("error", "unhealthy"):
         return web.Response(status=503)
     if fault.mode == "hang":
         await asyncio.Event().wait()
@@ -308,7 +330,7 @@ async def metrics(request: web.Request) -> web.Response:
     name = state.settings.model
     text = (
         f'vllm:num_requests_running{{model_name="{name}"}} {state.stats.running}\n'
-        f'vllm:num_requests_waiting{{model_name="{name}"}} 0\n'
+        f'vllm:num_requests_waiting{{model_name="{name}"}} {state.reported_waiting}\n'
     )
     return web.Response(text=text, content_type="text/plain")
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from actors.backend import BackendSettings, BackendTimeouts
 from actors.breaker import BreakerSettings
+from actors.probe import HealthSettings
 from actors.router import ModelSettings, RoutingSettings
 from gateway.config import AuthSettings, GatewayConfig, LimitSettings, LoggingSettings
 from gateway.mock.server import MOCK_STATE, MockSettings, MockState, create_mock_app
@@ -75,6 +76,7 @@ class ModelPlan:
     max_in_flight: int = 512
     mock: dict[str, Any] = field(default_factory=dict)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
 
 
@@ -102,6 +104,7 @@ async def deployment(
                         model=plan.served_as,
                         timeouts=plan.timeouts,
                         max_in_flight=plan.max_in_flight,
+                        health=plan.health,
                     )
                 )
             models.append(

@@ -1,0 +1,54 @@
+"""One try of one request on one leased replica: what was sent, what happened, and how a
+client-library failure translates into the gateway's own errors."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from actors.backend import Lease, Outcome, Release
+from gateway.errors import GatewayError, UpstreamFailed, UpstreamTimeout
+
+# What a failed try says about the replica, when a retry elsewhere may help.
+RETRYABLE = frozenset({Outcome.CONNECT_ERROR, Outcome.TIMEOUT, Outcome.UPSTREAM_ERROR})
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamCall:
+    """What the handler parsed, for one forwarded request."""
+
+    path: str  # "/v1/chat/completions"
+    raw: bytes  # the client's body, forwarded untouched but for "model"
+    sent_model: str  # the id or alias the client sent
+    stream: bool
+    request_id: str
+
+
+class Attempt:
+    """One request on one lease: what happened, for the release and the access log."""
+
+    __slots__ = ("lease", "outcome", "started", "ttft")
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+        self.outcome = Outcome.CANCELLED
+        self.started = time.monotonic()
+        self.ttft: float | None = None
+
+    def release(self) -> None:
+        latency = time.monotonic() - self.started
+        self.lease.ref.notify(Release(self.lease.lease_id, self.outcome, latency, self.ttft))
+
+
+def upstream_failure(exc: BaseException, attempt: Attempt) -> GatewayError:
+    """Map a client-library exception from talking to the upstream."""
+    if isinstance(exc, TimeoutError):
+        attempt.outcome = Outcome.TIMEOUT
+        return UpstreamTimeout("The model service did not answer in time.")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        attempt.outcome = Outcome.CONNECT_ERROR
+        return UpstreamFailed("The model service could not be reached.")
+    attempt.outcome = Outcome.UPSTREAM_ERROR
+    return UpstreamFailed("The connection to the model service failed.")
