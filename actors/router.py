@@ -22,8 +22,12 @@ from actors.backend import BackendSettings
 from actors.balancer import Balancer, BalancerSettings, ReplicaLoad
 from actors.breaker import BreakerSettings
 from actors.kernel import ActorRef, SyncActor
+from actors.routing_rules import ModelChoice, RequestTraits, VirtualModelSettings, preference
 
 log = structlog.get_logger("actors.router")
+
+REQUESTED = "requested"
+NO_TRAITS = RequestTraits()  # immutable: one shared instance for requests without traits
 
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
 
@@ -63,6 +67,12 @@ class ModelSettings(BaseModel):
     backends: tuple[BackendSettings, ...] = Field(min_length=1)
     routing: RoutingSettings = RoutingSettings()
     breaker: BreakerSettings = BreakerSettings()
+    fallbacks: tuple[str, ...] = Field(
+        (), description="models to use, in order, when none of this one's replicas is usable"
+    )
+    context_fallback: str | None = Field(
+        None, description="a larger-window model for prompts that do not fit this one"
+    )
 
     @field_validator("name")
     @classmethod
@@ -87,15 +97,37 @@ class RouterSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     models: tuple[ModelSettings, ...] = Field(min_length=1)
+    virtual_models: tuple[VirtualModelSettings, ...] = ()
 
     @model_validator(mode="after")
-    def _ids_unique(self) -> RouterSettings:
+    def _ids_unique_and_references_known(self) -> RouterSettings:
         seen: set[str] = set()
+        ids = [(m.name, *m.aliases) for m in self.models] + [(v.name,) for v in self.virtual_models]
+        for model_id in (i for group in ids for i in group):
+            if model_id in seen:
+                raise ValueError(f"model id or alias {model_id!r} is used twice")
+            seen.add(model_id)
+        windows = {m.name: m.context_window for m in self.models}
+
+        def known(name: str, where: str) -> None:
+            if name not in windows:
+                raise ValueError(f"{where} names {name!r}, which is not a configured model")
+
         for model in self.models:
-            for model_id in (model.name, *model.aliases):
-                if model_id in seen:
-                    raise ValueError(f"model id or alias {model_id!r} is used twice")
-                seen.add(model_id)
+            for fallback in model.fallbacks:
+                known(fallback, f"the fallbacks of {model.name}")
+            if model.context_fallback is not None:
+                known(model.context_fallback, f"the context_fallback of {model.name}")
+                if windows[model.context_fallback] <= model.context_window:
+                    raise ValueError(
+                        f"the context_fallback of {model.name} needs a larger context window"
+                    )
+        for virtual in self.virtual_models:
+            for name in virtual.candidates:
+                known(name, f"virtual model {virtual.name}")
+            for rule in virtual.rules:
+                for name in rule.prefer:
+                    known(name, f"rule {rule.name} of {virtual.name}")
         return self
 
 
@@ -109,9 +141,11 @@ class UnknownModel(LookupError):
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Ask: the replicas for this model id or alias, in the order to try them."""
+    """Ask: the model and replicas for a request to this id, alias or virtual model, in the
+    order to try them."""
 
     model: str
+    traits: RequestTraits = NO_TRAITS
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +156,7 @@ class RouteDecision:
     max_attempts: int
     deadline: float  # seconds until the first byte, all tries included
     panic: bool = False  # too few usable replicas: health is ignored
+    reason: str = "requested"  # why this model: a rule, a fallback, the context window
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +228,7 @@ class RouterActor(SyncActor):
         self._loads = loads
         self._rng = rng or random.Random()
         self._by_id: dict[str, ModelSettings] = {}
+        self._virtual: dict[str, VirtualModelSettings] = {}
         self._groups: dict[str, _Group] = {}
         self._entries: tuple[ModelEntry, ...] = ()
 
@@ -210,12 +246,15 @@ class RouterActor(SyncActor):
             for model_id in (model.name, *model.aliases):
                 self._by_id[model_id] = model
                 entries.append(ModelEntry(model_id, model.owned_by, model.name))
+        for virtual in self._settings.virtual_models:
+            self._virtual[virtual.name] = virtual
+            entries.append(ModelEntry(virtual.name, virtual.owned_by, virtual.name))
         self._entries = tuple(entries)
 
     def handle(self, message: Any) -> Any:
         match message:
-            case Route(model=model_id):
-                return self._route(model_id)
+            case Route(model=model_id, traits=traits):
+                return self._route(model_id, traits)
             case AllowRetry(model=model_id):
                 return self._groups[model_id].budget.try_retry()
             case RetryEnded(model=model_id):
@@ -230,12 +269,57 @@ class RouterActor(SyncActor):
                 return super().handle(message)
         return None
 
-    def _route(self, model_id: str) -> RouteDecision:
-        model = self._by_id.get(model_id)
-        if model is None:
-            raise UnknownModel(model_id)
-        group = self._groups[model.name]
+    def _route(self, model_id: str, traits: RequestTraits) -> RouteDecision:
         now = time.monotonic()
+        virtual = self._virtual.get(model_id)
+        if virtual is not None:
+            names, why = preference(virtual, traits)
+            choice = self._first_capable(names, traits, now, f"{model_id}: {why}")
+        else:
+            model = self._by_id.get(model_id)
+            if model is None:
+                raise UnknownModel(model_id)
+            choice = self._for_model(model, traits, now)
+        if choice.reason != REQUESTED:
+            log.info("model_routed", requested=model_id, model=choice.model, reason=choice.reason)
+        return self._decide(self._groups[choice.model], now, choice.reason)
+
+    def _usable(self, name: str, now: float) -> bool:
+        return any(load.has_room(now) for load in self._groups[name].loads)
+
+    def _fits(self, name: str, traits: RequestTraits) -> bool:
+        return self._groups[name].model.context_window >= traits.needed_tokens
+
+    def _first_capable(
+        self, names: tuple[str, ...], traits: RequestTraits, now: float, why: str
+    ) -> ModelChoice:
+        """Cheapest capable first: the first model, in the configured order, whose context
+        window fits the request and that has a usable replica."""
+        fitting = [n for n in names if self._fits(n, traits)]
+        if not fitting:
+            largest = max(names, key=lambda n: self._groups[n].model.context_window)
+            return ModelChoice(largest, f"{why}; none fits ~{traits.needed_tokens} tokens")
+        for name in fitting:
+            if self._usable(name, now):
+                return ModelChoice(name, f"{why}; first that fits and is available")
+        return ModelChoice(fitting[0], f"{why}; none available, trying the first that fits")
+
+    def _for_model(self, model: ModelSettings, traits: RequestTraits, now: float) -> ModelChoice:
+        reason = REQUESTED
+        if model.context_fallback is not None and not self._fits(model.name, traits):
+            reason = (
+                f"context: ~{traits.needed_tokens} tokens exceed {model.name}'s "
+                f"{model.context_window}"
+            )
+            model = self._groups[model.context_fallback].model
+        if model.fallbacks and traits.allow_fallback and not self._usable(model.name, now):
+            for fallback in model.fallbacks:
+                if self._fits(fallback, traits) and self._usable(fallback, now):
+                    return ModelChoice(fallback, f"fallback: no usable replica of {model.name}")
+        return ModelChoice(model.name, reason)
+
+    def _decide(self, group: _Group, now: float, reason: str) -> RouteDecision:
+        model = group.model
         loads = group.loads
         usable = sum(1 for load in loads if load.has_room(now))
         panic = usable < model.routing.panic_threshold * len(loads)
@@ -251,6 +335,7 @@ class RouterActor(SyncActor):
             routing.max_attempts,
             routing.deadline,
             panic,
+            reason,
         )
 
     def introspect(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from actors.router import ModelSettings, RouterSettings
+from actors.routing_rules import VirtualModelSettings
 
 CONFIG_ENV = "CITADEL_CONFIG"
 
@@ -59,6 +60,7 @@ class GatewayConfig(BaseModel):
 
     listen: str = "0.0.0.0:8000"
     models: tuple[ModelSettings, ...] = Field(min_length=1)
+    virtual_models: tuple[VirtualModelSettings, ...] = ()
     auth: AuthSettings = AuthSettings()
     limits: LimitSettings = LimitSettings()
     logging: LoggingSettings = LoggingSettings()
@@ -81,7 +83,7 @@ class GatewayConfig(BaseModel):
         return int(self.listen.rpartition(":")[2])
 
     def router_settings(self) -> RouterSettings:
-        return RouterSettings(models=self.models)
+        return RouterSettings(models=self.models, virtual_models=self.virtual_models)
 
 
 def parse_config(text: str, source: str = "<config>") -> GatewayConfig:

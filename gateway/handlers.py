@@ -14,6 +14,7 @@ from actors.router import (
     RouteDecision,
     UnknownModel,
 )
+from actors.routing_rules import RequestTraits, estimate_prompt_tokens
 from gateway import proxy
 from gateway.attempt import UpstreamCall
 from gateway.errors import NotFound, ServiceUnavailable
@@ -28,9 +29,43 @@ from gateway.state import REQUEST, STATE, GatewayState
 ROUTER_ASK_TIMEOUT = 2.0
 
 
-async def _route(state: GatewayState, model: str) -> RouteDecision:
+NO_FALLBACK_HEADER = "x-citadel-no-fallback"
+_JSON_FORMATS = frozenset({"json_object", "json_schema"})
+
+
+def traits_of(
+    request: web.Request, body: ChatCompletionRequest | CompletionRequest
+) -> RequestTraits:
+    """What routing may look at, extracted once from the validated body."""
+    extra = body.model_extra or {}
+    if isinstance(body, ChatCompletionRequest):
+        prompt_tokens, text = estimate_prompt_tokens(body.messages)
+        budget = body.output_budget
+    else:
+        prompt_tokens, text = estimate_prompt_tokens(None, body.prompt)
+        budget = body.max_tokens
+    response_format = extra.get("response_format")
+    metadata = extra.get("metadata")
+    return RequestTraits(
+        prompt_tokens=prompt_tokens,
+        max_tokens=budget,
+        has_tools=bool(extra.get("tools") or extra.get("functions")),
+        json_mode=isinstance(response_format, dict)
+        and response_format.get("type") in _JSON_FORMATS,
+        text=text,
+        headers=request.headers,
+        metadata=metadata if isinstance(metadata, dict) else {},
+        allow_fallback=request.headers.get(NO_FALLBACK_HEADER, "").lower()
+        not in ("1", "true", "yes"),
+    )
+
+
+async def _route(
+    state: GatewayState, model: str, traits: RequestTraits | None = None
+) -> RouteDecision:
+    message = Route(model) if traits is None else Route(model, traits)
     try:
-        decision: RouteDecision = await state.router.ask(Route(model), timeout=ROUTER_ASK_TIMEOUT)
+        decision: RouteDecision = await state.router.ask(message, timeout=ROUTER_ASK_TIMEOUT)
     except UnknownModel:
         raise NotFound(
             f"The model '{model}' does not exist or you do not have access to it.",
@@ -51,7 +86,7 @@ async def _generate(
     raw = await request.read()
     body = parse_request(schema, raw)
     context.model = body.model
-    decision = await _route(state, body.model)
+    decision = await _route(state, body.model, traits_of(request, body))
     call = UpstreamCall(path, raw, body.model, body.stream, context.request_id)
     try:
         return await proxy.forward(request, decision, call, state.router)

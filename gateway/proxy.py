@@ -121,6 +121,8 @@ async def _try(
         "x-citadel-model": decision.model,
         "x-citadel-backend": lease.backend,
     }
+    if decision.reason != "requested":
+        response_headers["x-citadel-route"] = decision.reason
     first_byte = min(lease.timeouts.first_byte, remaining)
     if call.stream:
         return await relay_stream(

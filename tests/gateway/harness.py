@@ -11,6 +11,7 @@ from actors.backend import BackendSettings, BackendTimeouts
 from actors.breaker import BreakerSettings
 from actors.probe import HealthSettings
 from actors.router import ModelSettings, RoutingSettings
+from actors.routing_rules import VirtualModelSettings
 from gateway.config import AuthSettings, GatewayConfig, LimitSettings, LoggingSettings
 from gateway.mock.server import MOCK_STATE, MockSettings, MockState, create_mock_app
 from gateway.server import RunningServer, start_gateway, start_server
@@ -77,6 +78,8 @@ class ModelPlan:
     mock: dict[str, Any] = field(default_factory=dict)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
+    fallbacks: tuple[str, ...] = ()
+    context_fallback: str | None = None
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
 
 
@@ -86,6 +89,7 @@ async def deployment(
     *,
     api_keys: tuple[str, ...] = (API_KEY,),
     max_body_bytes: int = 1024 * 1024,
+    virtual_models: tuple[VirtualModelSettings, ...] = (),
 ) -> AsyncIterator[Deployment]:
     started: list[RunningServer] = []
     mocks: dict[str, list[Mock]] = {}
@@ -115,11 +119,14 @@ async def deployment(
                     backends=tuple(backends),
                     routing=plan.routing,
                     breaker=plan.breaker,
+                    fallbacks=plan.fallbacks,
+                    context_fallback=plan.context_fallback,
                 )
             )
         config = GatewayConfig(
             listen="127.0.0.1:0",
             models=tuple(models),
+            virtual_models=virtual_models,
             auth=AuthSettings(api_keys=api_keys),
             limits=LimitSettings(max_body_bytes=max_body_bytes),
             logging=LoggingSettings(access_log=False),
