@@ -8,6 +8,7 @@ across restarts. Reading it is exact: everything runs on one event loop thread.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from collections.abc import Sequence
@@ -145,3 +146,45 @@ class Balancer:
                 best = i
         current[replicas[best].name] -= total
         return best
+
+
+_MASK = (1 << 64) - 1
+
+
+def _mix(value: int) -> int:
+    """splitmix64's finaliser: a fast, well-spread 64-bit hash of an integer."""
+    value = (value ^ (value >> 30)) * 0xBF58476D1CE4E5B9 & _MASK
+    value = (value ^ (value >> 27)) * 0x94D049BB133111EB & _MASK
+    return value ^ (value >> 31)
+
+
+def name_hash(name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
+
+
+def affinity_pick(
+    replicas: Sequence[ReplicaLoad],
+    names: Sequence[int],
+    key: int,
+    *,
+    now: float,
+    load_factor: float,
+    min_in_flight: int,
+) -> int | None:
+    """Rendezvous (highest random weight) hashing with bounded load.
+
+    The same key lands on the same replica while the set of replicas stays the same, and
+    moves as little as possible when it changes. A replica is passed over if it has no room
+    or already carries more than `load_factor` times its fair share of the requests in
+    flight (consistent hashing with bounded loads), so a hot prefix cannot swamp one replica.
+    Below `min_in_flight` a replica keeps its affinity whatever the others carry: at low
+    traffic a warm cache is worth more than an even spread.
+    """
+    total = sum(r.in_flight for r in replicas) + 1
+    bound = max(float(min_in_flight), load_factor * total / len(replicas))
+    ranked = sorted(range(len(replicas)), key=lambda i: _mix(key ^ names[i]), reverse=True)
+    for index in ranked:
+        replica = replicas[index]
+        if replica.has_room(now) and replica.in_flight + 1 <= bound:
+            return index
+    return None

@@ -19,7 +19,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from actors.backend import BackendSettings
-from actors.balancer import Balancer, BalancerSettings, ReplicaLoad
+from actors.balancer import Balancer, BalancerSettings, ReplicaLoad, affinity_pick, name_hash
 from actors.breaker import BreakerSettings
 from actors.kernel import ActorRef, SyncActor
 from actors.routing_rules import ModelChoice, RequestTraits, VirtualModelSettings, preference
@@ -53,6 +53,15 @@ class RoutingSettings(BalancerSettings):
         0.5, ge=0, le=1, description="below this share of usable replicas, use all of them"
     )
     retry_budget: RetryBudgetSettings = RetryBudgetSettings()
+    prefix_affinity: bool = Field(
+        False, description="send requests with the same leading messages to the same replica"
+    )
+    affinity_load_factor: float = Field(
+        1.5, ge=1, description="how far over its fair share a replica may be and keep affinity"
+    )
+    affinity_min_in_flight: int = Field(
+        8, ge=1, description="requests in flight a replica may always take and keep affinity"
+    )
 
 
 class ModelSettings(BaseModel):
@@ -242,6 +251,7 @@ class RouterActor(SyncActor):
                 tuple(self._loads[n] for n in names),
                 Balancer(model.routing.policy, self._rng),
                 RetryBudget(model.routing.retry_budget),
+                tuple(name_hash(n) for n in names),
             )
             for model_id in (model.name, *model.aliases):
                 self._by_id[model_id] = model
@@ -282,7 +292,7 @@ class RouterActor(SyncActor):
             choice = self._for_model(model, traits, now)
         if choice.reason != REQUESTED:
             log.info("model_routed", requested=model_id, model=choice.model, reason=choice.reason)
-        return self._decide(self._groups[choice.model], now, choice.reason)
+        return self._decide(self._groups[choice.model], now, choice.reason, traits.prefix_key)
 
     def _usable(self, name: str, now: float) -> bool:
         return any(load.has_room(now) for load in self._groups[name].loads)
@@ -318,12 +328,26 @@ class RouterActor(SyncActor):
                     return ModelChoice(fallback, f"fallback: no usable replica of {model.name}")
         return ModelChoice(model.name, reason)
 
-    def _decide(self, group: _Group, now: float, reason: str) -> RouteDecision:
+    def _decide(
+        self, group: _Group, now: float, reason: str, routing_key: int | None
+    ) -> RouteDecision:
         model = group.model
         loads = group.loads
         usable = sum(1 for load in loads if load.has_room(now))
         panic = usable < model.routing.panic_threshold * len(loads)
         order = group.balancer.order(loads, now=now, panic=panic)
+        if routing_key is not None and model.routing.prefix_affinity and not panic:
+            sticky = affinity_pick(
+                loads,
+                group.name_hashes,
+                routing_key,
+                now=now,
+                load_factor=model.routing.affinity_load_factor,
+                min_in_flight=model.routing.affinity_min_in_flight,
+            )
+            if sticky is not None and order[0] != sticky:
+                order.remove(sticky)
+                order.insert(0, sticky)
         if panic:
             log.warning("routing_panic", model=model.name, usable=usable, replicas=len(loads))
         routing = model.routing
@@ -355,3 +379,4 @@ class _Group:
     loads: tuple[ReplicaLoad, ...]
     balancer: Balancer
     budget: RetryBudget
+    name_hashes: tuple[int, ...]

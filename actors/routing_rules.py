@@ -5,6 +5,7 @@ RouterActor applies them with the replicas' live state.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ class RequestTraits:
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
     metadata: Mapping[str, Any] = field(default_factory=dict)
     allow_fallback: bool = True  # the client may opt out of fallbacks (a header)
+    prefix_key: int | None = None  # hash of the leading messages, for prefix affinity
 
     @property
     def needed_tokens(self) -> int:
@@ -148,3 +150,22 @@ def estimate_prompt_tokens(messages: list[Any] | None, prompt: Any = None) -> tu
                 overhead += len(item)
     text = "\n".join(pieces)
     return overhead + (len(text) + 3) // 4, text[:CONTENT_SCAN_LIMIT]
+
+
+AFFINITY_MESSAGES = 2  # the system prompt and the first turn identify a conversation
+
+
+def prefix_key(messages: list[Any]) -> int:
+    """A stable 64-bit hash of a conversation's leading messages (role and content), the part
+    a model server's prefix cache can reuse across the conversation's requests."""
+    digest = hashlib.blake2b(digest_size=8)
+    for message in messages[:AFFINITY_MESSAGES]:
+        digest.update(message.role.encode())
+        digest.update(b"\x00")
+        content = message.content
+        if isinstance(content, str):
+            digest.update(content.encode())
+        elif content is not None:
+            digest.update(repr(content).encode())
+        digest.update(b"\x01")
+    return int.from_bytes(digest.digest(), "big")

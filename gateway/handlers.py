@@ -14,7 +14,7 @@ from actors.router import (
     RouteDecision,
     UnknownModel,
 )
-from actors.routing_rules import RequestTraits, estimate_prompt_tokens
+from actors.routing_rules import RequestTraits, estimate_prompt_tokens, prefix_key
 from gateway import proxy
 from gateway.attempt import UpstreamCall
 from gateway.errors import NotFound, ServiceUnavailable
@@ -38,9 +38,11 @@ def traits_of(
 ) -> RequestTraits:
     """What routing may look at, extracted once from the validated body."""
     extra = body.model_extra or {}
+    key: int | None = None
     if isinstance(body, ChatCompletionRequest):
         prompt_tokens, text = estimate_prompt_tokens(body.messages)
         budget = body.output_budget
+        key = prefix_key(body.messages)
     else:
         prompt_tokens, text = estimate_prompt_tokens(None, body.prompt)
         budget = body.max_tokens
@@ -57,6 +59,7 @@ def traits_of(
         metadata=metadata if isinstance(metadata, dict) else {},
         allow_fallback=request.headers.get(NO_FALLBACK_HEADER, "").lower()
         not in ("1", "true", "yes"),
+        prefix_key=key,
     )
 
 

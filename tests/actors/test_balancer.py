@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from actors.balancer import Balancer, Policy, ReplicaLoad
+from actors.balancer import Balancer, Policy, ReplicaLoad, affinity_pick, name_hash
 
 
 def replicas(*latencies: float) -> list[ReplicaLoad]:
@@ -69,3 +69,21 @@ def test_weighted_round_robin_is_exact_and_smooth() -> None:
     picks = [balancer.order(loads, now=0, panic=False)[0] for _ in range(7)]
     assert Counter(picks) == {0: 5, 1: 1, 2: 1}
     assert picks[:3] != [0, 0, 0]  # smooth: the heavy replica's turns are interleaved
+
+
+def test_rendezvous_affinity_is_stable_and_moves_only_the_lost_replicas_keys() -> None:
+    loads = replicas(1.0, 1.0, 1.0, 1.0)
+    hashes = [name_hash(load.name) for load in loads]
+    keys = list(range(0, 4000, 7))
+
+    def pick(key: int) -> int | None:
+        return affinity_pick(loads, hashes, key, now=0, load_factor=1.5, min_in_flight=8)
+
+    before = {key: pick(key) for key in keys}
+    assert {pick(key) for key in keys} == {0, 1, 2, 3}  # spread over all
+    assert before == {key: pick(key) for key in keys}  # stable
+    loads[2].healthy = False
+    after = {key: pick(key) for key in keys}
+    moved = [key for key in keys if before[key] != after[key]]
+    assert moved  # the lost replica's keys moved...
+    assert all(before[key] == 2 for key in moved)  # ...and only those
