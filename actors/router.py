@@ -8,136 +8,48 @@ replicas that are left (`AllowRetry`).
 
 from __future__ import annotations
 
+import asyncio
 import random
-import re
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from actors.backend import BackendSettings
-from actors.balancer import Balancer, BalancerSettings, ReplicaLoad, affinity_pick, name_hash
-from actors.breaker import BreakerSettings
+from actors.balancer import Balancer, ReplicaLoad, affinity_pick, name_hash
 from actors.kernel import ActorRef, SyncActor
+from actors.router_settings import (
+    ModelSettings,
+    RetryBudgetSettings,
+    RouterSettings,
+    RoutingSettings,
+)
 from actors.routing_rules import ModelChoice, RequestTraits, VirtualModelSettings, preference
+
+__all__ = [
+    "AllowRetry",
+    "AwaitRoom",
+    "ListModels",
+    "ModelEntry",
+    "ModelSettings",
+    "QueueFull",
+    "RequestEnded",
+    "RetryBudgetSettings",
+    "RetryEnded",
+    "Route",
+    "RouteDecision",
+    "RouterActor",
+    "RouterSettings",
+    "RoutingSettings",
+    "UnknownModel",
+]
 
 log = structlog.get_logger("actors.router")
 
 REQUESTED = "requested"
 NO_TRAITS = RequestTraits()  # immutable: one shared instance for requests without traits
-
-_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
-
-
-class RetryBudgetSettings(BaseModel):
-    """Retries in flight for a model may be at most `ratio` of its requests in flight, and
-    `min_retries` are always allowed (Envoy's budget_percent and min_retry_concurrency). A
-    replica that dies mid-load has its requests retried on the others; an outage of every
-    replica cannot multiply the load on them."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    ratio: float = Field(0.2, ge=0, le=1)
-    min_retries: int = Field(3, ge=0)
-
-
-class RoutingSettings(BalancerSettings):
-    """How a model's requests are spread over its replicas and retried."""
-
-    max_attempts: int = Field(3, ge=1, description="tries of one request, across replicas")
-    deadline: float = Field(600.0, gt=0, description="seconds until the first byte, all tries")
-    panic_threshold: float = Field(
-        0.5, ge=0, le=1, description="below this share of usable replicas, use all of them"
-    )
-    retry_budget: RetryBudgetSettings = RetryBudgetSettings()
-    prefix_affinity: bool = Field(
-        False, description="send requests with the same leading messages to the same replica"
-    )
-    affinity_load_factor: float = Field(
-        1.5, ge=1, description="how far over its fair share a replica may be and keep affinity"
-    )
-    affinity_min_in_flight: int = Field(
-        8, ge=1, description="requests in flight a replica may always take and keep affinity"
-    )
-
-
-class ModelSettings(BaseModel):
-    """One public model: the id clients send, its aliases, and its replicas."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(description='the id clients send as "model"')
-    aliases: tuple[str, ...] = ()
-    context_window: int = Field(4096, ge=1)
-    owned_by: str = "citadel"
-    backends: tuple[BackendSettings, ...] = Field(min_length=1)
-    routing: RoutingSettings = RoutingSettings()
-    breaker: BreakerSettings = BreakerSettings()
-    fallbacks: tuple[str, ...] = Field(
-        (), description="models to use, in order, when none of this one's replicas is usable"
-    )
-    context_fallback: str | None = Field(
-        None, description="a larger-window model for prompts that do not fit this one"
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _valid_id(cls, name: str) -> str:
-        if not _MODEL_ID.match(name):
-            raise ValueError("must be 1-128 of letters, digits and ._:/@+- (no spaces)")
-        return name
-
-    @field_validator("aliases")
-    @classmethod
-    def _valid_aliases(cls, aliases: tuple[str, ...]) -> tuple[str, ...]:
-        for alias in aliases:
-            if not _MODEL_ID.match(alias):
-                raise ValueError(f"alias {alias!r}: 1-128 of letters, digits and ._:/@+-")
-        return aliases
-
-    def backend_names(self) -> list[str]:
-        return [f"{self.name}#{index}" for index in range(len(self.backends))]
-
-
-class RouterSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    models: tuple[ModelSettings, ...] = Field(min_length=1)
-    virtual_models: tuple[VirtualModelSettings, ...] = ()
-
-    @model_validator(mode="after")
-    def _ids_unique_and_references_known(self) -> RouterSettings:
-        seen: set[str] = set()
-        ids = [(m.name, *m.aliases) for m in self.models] + [(v.name,) for v in self.virtual_models]
-        for model_id in (i for group in ids for i in group):
-            if model_id in seen:
-                raise ValueError(f"model id or alias {model_id!r} is used twice")
-            seen.add(model_id)
-        windows = {m.name: m.context_window for m in self.models}
-
-        def known(name: str, where: str) -> None:
-            if name not in windows:
-                raise ValueError(f"{where} names {name!r}, which is not a configured model")
-
-        for model in self.models:
-            for fallback in model.fallbacks:
-                known(fallback, f"the fallbacks of {model.name}")
-            if model.context_fallback is not None:
-                known(model.context_fallback, f"the context_fallback of {model.name}")
-                if windows[model.context_fallback] <= model.context_window:
-                    raise ValueError(
-                        f"the context_fallback of {model.name} needs a larger context window"
-                    )
-        for virtual in self.virtual_models:
-            for name in virtual.candidates:
-                known(name, f"virtual model {virtual.name}")
-            for rule in virtual.rules:
-                for name in rule.prefer:
-                    known(name, f"rule {rule.name} of {virtual.name}")
-        return self
 
 
 class UnknownModel(LookupError):
@@ -165,6 +77,8 @@ class RouteDecision:
     max_attempts: int
     deadline: float  # seconds until the first byte, all tries included
     panic: bool = False  # too few usable replicas: health is ignored
+    saturated: bool = False  # a usable replica is merely full: waiting for room may help
+    queue_timeout: float = 10.0  # how long the request may wait for room, when saturated
     reason: str = "requested"  # why this model: a rule, a fallback, the context window
 
 
@@ -174,6 +88,18 @@ class AllowRetry:
     counts as in flight until `RetryEnded`."""
 
     model: str
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitRoom:
+    """Ask: a future that resolves when a request for this model ends (room may have freed).
+    Raises QueueFull when the model's wait queue is full."""
+
+    model: str
+
+
+class QueueFull(Exception):
+    """The model's wait queue is full."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,8 +197,11 @@ class RouterActor(SyncActor):
                 budget = self._groups[model_id].budget
                 budget.retrying = max(0, budget.retrying - 1)
             case RequestEnded(model=model_id):
-                budget = self._groups[model_id].budget
-                budget.active = max(0, budget.active - 1)
+                group = self._groups[model_id]
+                group.budget.active = max(0, group.budget.active - 1)
+                group.wake_one()
+            case AwaitRoom(model=model_id):
+                return self._groups[model_id].wait_for_room()
             case ListModels():
                 return self._entries
             case _:
@@ -335,6 +264,10 @@ class RouterActor(SyncActor):
         loads = group.loads
         usable = sum(1 for load in loads if load.has_room(now))
         panic = usable < model.routing.panic_threshold * len(loads)
+        saturated = usable == 0 and any(
+            load.healthy and now >= load.blocked_until and load.in_flight >= load.max_in_flight
+            for load in loads
+        )
         order = group.balancer.order(loads, now=now, panic=panic)
         if routing_key is not None and model.routing.prefix_affinity and not panic:
             sticky = affinity_pick(
@@ -353,19 +286,25 @@ class RouterActor(SyncActor):
         routing = model.routing
         group.budget.active += 1  # until RequestEnded
         return RouteDecision(
-            model.name,
-            model.context_window,
-            tuple(group.refs[i] for i in order),
-            routing.max_attempts,
-            routing.deadline,
-            panic,
-            reason,
+            model=model.name,
+            context_window=model.context_window,
+            candidates=tuple(group.refs[i] for i in order),
+            max_attempts=routing.max_attempts,
+            deadline=routing.deadline,
+            panic=panic,
+            saturated=saturated,
+            queue_timeout=routing.queue_timeout,
+            reason=reason,
         )
 
     def introspect(self) -> dict[str, Any]:
         return {
             "models": {
-                name: {"in_flight": group.budget.active, "retrying": group.budget.retrying}
+                name: {
+                    "in_flight": group.budget.active,
+                    "retrying": group.budget.retrying,
+                    "waiting": sum(1 for w in group.waiting if not w.done()),
+                }
                 for name, group in self._groups.items()
             },
             "ids": len(self._entries),
@@ -380,3 +319,22 @@ class _Group:
     balancer: Balancer
     budget: RetryBudget
     name_hashes: tuple[int, ...]
+    waiting: deque[asyncio.Future[None]] = field(default_factory=deque)
+
+    def wait_for_room(self) -> asyncio.Future[None]:
+        """A deferred reply: resolved by a later RequestEnded, in arrival order."""
+        waiting = self.waiting
+        while waiting and waiting[0].done():  # cancelled or timed out: gone
+            waiting.popleft()
+        if len(waiting) >= self.model.routing.queue_size:
+            raise QueueFull(self.model.name)
+        waiter = asyncio.get_running_loop().create_future()
+        waiting.append(waiter)
+        return waiter
+
+    def wake_one(self) -> None:
+        while self.waiting:
+            waiter = self.waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return

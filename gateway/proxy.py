@@ -10,6 +10,7 @@ gateway.streaming.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import aiohttp
@@ -18,7 +19,7 @@ from aiohttp import web
 
 from actors.backend import AcquireLease, Lease, Outcome, Release
 from actors.kernel import ActorDead, ActorRef, AskTimeout, MailboxFull
-from actors.router import AllowRetry, RetryEnded, RouteDecision
+from actors.router import AllowRetry, AwaitRoom, QueueFull, RetryEnded, RouteDecision
 from gateway import upstream_errors
 from gateway.attempt import RETRYABLE, Attempt, UpstreamCall, upstream_failure
 from gateway.errors import GatewayError, ServiceUnavailable, UpstreamFailed, UpstreamTimeout
@@ -63,6 +64,8 @@ async def forward(
     retrying = False  # this try is a retry the budget granted: it must hand it back
     for try_number in range(1, decision.max_attempts + 1):
         lease, next_index = await _lease_from(decision, next_index)
+        if lease is None and try_number == 1 and decision.saturated:
+            lease = await _wait_for_room(decision, router, deadline)
         if lease is None:
             if retrying:
                 router.notify(RetryEnded(decision.model))
@@ -102,6 +105,36 @@ async def forward(
         raise failure
     raise ServiceUnavailable(
         f"All replicas of model '{decision.model}' are busy or unavailable. Retry shortly.",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _wait_for_room(
+    decision: RouteDecision, router: ActorRef, deadline: float
+) -> Lease | None:
+    """Every replica is full: wait in the model's bounded queue until a request ends, then
+    ask again, until the queue timeout or the request's deadline. 503 if the queue is full
+    or the wait runs out."""
+    limit = min(deadline, time.monotonic() + decision.queue_timeout)
+    while (remaining := limit - time.monotonic()) > 0:
+        try:
+            room: asyncio.Future[None] = await router.ask(AwaitRoom(decision.model))
+        except QueueFull:
+            raise _busy(decision, "Too many requests are waiting for it.") from None
+        try:
+            async with asyncio.timeout(remaining):
+                await room
+        except TimeoutError:
+            break
+        lease, _ = await _lease_from(decision, 0)
+        if lease is not None:
+            return lease
+    raise _busy(decision, "No replica had room in time.")
+
+
+def _busy(decision: RouteDecision, detail: str) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        f"Every replica of model '{decision.model}' is at capacity. {detail} Retry shortly.",
         headers={"Retry-After": "1"},
     )
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,17 @@ from gateway.server import RunningServer, start_gateway, start_server
 from gateway.state import STATE, GatewayState
 
 API_KEY = "sk-test-0123456789abcdef"
+
+
+async def until(predicate: Callable[[], bool], passes: int = 100_000) -> None:
+    """Let the event loop run, one pass at a time, until `predicate` holds: for state that
+    other tasks on this loop change and that offers no event to wait on. No wall-clock time
+    is involved; `passes` bounds it."""
+    for _ in range(passes):
+        if predicate():
+            return
+        await asyncio.sleep(0)  # one loop pass, not a delay
+    raise AssertionError("the condition never held")
 
 
 @dataclass

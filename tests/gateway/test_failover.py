@@ -15,7 +15,7 @@ from actors.balancer import Policy
 from actors.breaker import BreakerSettings, BreakerState
 from actors.router import RetryBudgetSettings, RoutingSettings
 from gateway.mock.faults import Fault
-from tests.gateway.harness import API_KEY, Deployment, ModelPlan, deployment
+from tests.gateway.harness import API_KEY, Deployment, ModelPlan, deployment, until
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello"}]
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -173,16 +173,40 @@ async def test_retry_budget_caps_retries_during_an_outage(http: aiohttp.ClientSe
         await assert_no_leases(gw)
 
 
-async def test_all_replicas_refusing_is_a_503_with_retry_after(
+async def test_when_every_replica_is_full_requests_wait_in_a_bounded_queue(
     http: aiohttp.ClientSession,
 ) -> None:
-    plan = ModelPlan("m", replicas=2, max_in_flight=1)
+    routing = RoutingSettings(queue_size=1, queue_timeout=5.0)
+    plan = ModelPlan("m", replicas=1, max_in_flight=1, routing=routing)
+    async with deployment([plan]) as gw:
+        mock = gw.mocks["m"][0].state
+        mock.token_gate = asyncio.Semaphore(0)
+        stream = {"model": "m", "messages": HELLO, "stream": True}
+        holder = await http.post(gw.url + "/v1/chat/completions", json=stream, headers=AUTH)
+        await holder.content.readany()  # the only slot is taken
+        waiting = asyncio.ensure_future(chat(http, gw))  # queues for the slot
+        await until(lambda: gw.state.router.snapshot().details["models"]["m"]["waiting"] == 1)
+        # The queue holds one: the next is refused at once, with Retry-After.
+        async with http.post(
+            gw.url + "/v1/chat/completions", json={"model": "m", "messages": HELLO}, headers=AUTH
+        ) as refused:
+            assert refused.status == 503
+            assert refused.headers["Retry-After"] == "1"
+            assert "Too many requests are waiting" in (await refused.json())["error"]["message"]
+        holder.close()  # the slot frees; the waiting request gets it
+        assert await waiting == 200
+        await assert_no_leases(gw)
+
+
+async def test_waiting_for_room_times_out_with_a_503(http: aiohttp.ClientSession) -> None:
+    routing = RoutingSettings(queue_timeout=0.1)
+    plan = ModelPlan("m", replicas=2, max_in_flight=1, routing=routing)
     async with deployment([plan]) as gw:
         for mock in gw.mocks["m"]:
             mock.state.token_gate = asyncio.Semaphore(0)
-        body = {"model": "m", "messages": HELLO, "stream": True}
+        stream = {"model": "m", "messages": HELLO, "stream": True}
         held = [
-            await http.post(gw.url + "/v1/chat/completions", json=body, headers=AUTH)
+            await http.post(gw.url + "/v1/chat/completions", json=stream, headers=AUTH)
             for _ in range(2)
         ]
         async with http.post(
