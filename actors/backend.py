@@ -82,7 +82,8 @@ class Outcome(StrEnum):
 
     OK = "ok"  # a complete answer (including the upstream's 4xx for a bad request)
     UPSTREAM_ERROR = "upstream_error"  # 5xx, malformed answer, error inside a stream
-    CONNECT_ERROR = "connect_error"  # refused, reset, DNS
+    CONNECT_ERROR = "connect_error"  # refused, unreachable, DNS: the request never left
+    CONNECTION_LOST = "connection_lost"  # dropped before any answer: the replica went away
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"  # the client went away; says nothing about the replica
 
@@ -142,7 +143,9 @@ class GetStats:
 
 
 # Outcomes that count against a replica (the circuit breaker's failures).
-FAILURES = frozenset({Outcome.UPSTREAM_ERROR, Outcome.CONNECT_ERROR, Outcome.TIMEOUT})
+FAILURES = frozenset(
+    {Outcome.UPSTREAM_ERROR, Outcome.CONNECT_ERROR, Outcome.CONNECTION_LOST, Outcome.TIMEOUT}
+)
 log = structlog.get_logger("actors.backend")
 
 

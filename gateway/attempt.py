@@ -12,7 +12,13 @@ from actors.backend import Lease, Outcome, Release
 from gateway.errors import GatewayError, UpstreamFailed, UpstreamTimeout
 
 # What a failed try says about the replica, when a retry elsewhere may help.
-RETRYABLE = frozenset({Outcome.CONNECT_ERROR, Outcome.TIMEOUT, Outcome.UPSTREAM_ERROR})
+RETRYABLE = frozenset(
+    {Outcome.CONNECT_ERROR, Outcome.CONNECTION_LOST, Outcome.TIMEOUT, Outcome.UPSTREAM_ERROR}
+)
+# Retries that need no budget: the replica is gone (refused, or dropped the connection before
+# answering), so trying the next one moves the request instead of adding load. The budget is
+# for replicas that answer badly (slowly, 5xx, 429): retrying those is what feeds a storm.
+FREE_RETRY = frozenset({Outcome.CONNECT_ERROR, Outcome.CONNECTION_LOST})
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,5 +56,8 @@ def upstream_failure(exc: BaseException, attempt: Attempt) -> GatewayError:
     if isinstance(exc, aiohttp.ClientConnectorError):
         attempt.outcome = Outcome.CONNECT_ERROR
         return UpstreamFailed("The model service could not be reached.")
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+        attempt.outcome = Outcome.CONNECTION_LOST
+        return UpstreamFailed("The connection to the model service failed.")
     attempt.outcome = Outcome.UPSTREAM_ERROR
     return UpstreamFailed("The connection to the model service failed.")

@@ -21,7 +21,7 @@ from actors.backend import AcquireLease, Lease, Outcome, Release
 from actors.kernel import ActorDead, ActorRef, AskTimeout, MailboxFull
 from actors.router import AllowRetry, AwaitRoom, QueueFull, RetryEnded, RouteDecision
 from gateway import upstream_errors
-from gateway.attempt import RETRYABLE, Attempt, UpstreamCall, upstream_failure
+from gateway.attempt import FREE_RETRY, RETRYABLE, Attempt, UpstreamCall, upstream_failure
 from gateway.errors import GatewayError, ServiceUnavailable, UpstreamFailed, UpstreamTimeout
 from gateway.rewrite import request_body, response_rewriter
 from gateway.state import REQUEST
@@ -93,9 +93,9 @@ async def forward(
                 retrying = False
         if try_number == decision.max_attempts or next_index >= len(decision.candidates):
             break
-        # A connect failure never reached a model server: trying the next one adds no load
-        # to the fleet, so it is free. Everything else spends the model's retry budget.
-        if attempt.outcome is not Outcome.CONNECT_ERROR:
+        # A replica that is gone (refused, or dropped the connection before answering) gets
+        # its requests moved for free; every other retry spends the model's budget.
+        if attempt.outcome not in FREE_RETRY:
             if not await router.ask(AllowRetry(decision.model)):
                 log.warning("retry_budget_exhausted", model=decision.model, backend=lease.backend)
                 break
