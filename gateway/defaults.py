@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from actors.backend import BackendSettings
 from actors.router import ModelSettings
+from actors.routing_rules import RoutingRule, RuleCondition, VirtualModelSettings
 
 DEMO_API_KEY = "sk-citadel-demo"
 
@@ -28,6 +29,8 @@ DEFAULT_MODELS = (
         aliases=("hermes-2", "hermes"),
         context_window=8192,
         owned_by="nousresearch",
+        context_fallback="mixtral-8x7b",
+        fallbacks=("mixtral-8x7b",),
         backends=(
             BackendSettings(
                 url="http://127.0.0.1:11401", model="NousResearch/Hermes-2-Pro-Mistral-7B"
@@ -39,6 +42,8 @@ DEFAULT_MODELS = (
         aliases=("openchat",),
         context_window=8192,
         owned_by="openchat",
+        context_fallback="mixtral-8x7b",
+        fallbacks=("hermes-2-pro", "mixtral-8x7b"),
         backends=(
             BackendSettings(url="http://127.0.0.1:11402", model="openchat/openchat-3.5-0106"),
         ),
@@ -48,8 +53,31 @@ DEFAULT_MODELS = (
         aliases=("phi-3", "phi"),
         context_window=4096,
         owned_by="microsoft",
+        context_fallback="mixtral-8x7b",
+        fallbacks=("openchat-3.5", "hermes-2-pro", "mixtral-8x7b"),
         backends=(
             BackendSettings(url="http://127.0.0.1:11403", model="microsoft/Phi-3-mini-4k-instruct"),
+        ),
+    ),
+)
+
+# "auto": the cheapest model that fits and is available; tools and JSON mode go to the model
+# trained for function calling first.
+DEFAULT_VIRTUAL_MODELS = (
+    VirtualModelSettings(
+        name="auto",
+        candidates=("phi-3-mini", "openchat-3.5", "hermes-2-pro", "mixtral-8x7b"),
+        rules=(
+            RoutingRule(
+                name="tools",
+                when=RuleCondition(has_tools=True),
+                prefer=("hermes-2-pro", "mixtral-8x7b"),
+            ),
+            RoutingRule(
+                name="json",
+                when=RuleCondition(json_mode=True),
+                prefer=("hermes-2-pro", "mixtral-8x7b"),
+            ),
         ),
     ),
 )

@@ -9,7 +9,7 @@ import signal
 import structlog
 
 from gateway.config import AuthSettings, GatewayConfig
-from gateway.defaults import DEFAULT_MODELS, DEMO_API_KEY
+from gateway.defaults import DEFAULT_MODELS, DEFAULT_VIRTUAL_MODELS, DEMO_API_KEY
 from gateway.mock.server import MockSettings, create_mock_app
 from gateway.server import RunningServer, start_gateway, start_server
 
@@ -18,7 +18,10 @@ log = structlog.get_logger("gateway.demo")
 
 def demo_config(listen: str = "127.0.0.1:8000") -> GatewayConfig:
     return GatewayConfig(
-        listen=listen, models=DEFAULT_MODELS, auth=AuthSettings(api_keys=(DEMO_API_KEY,))
+        listen=listen,
+        models=DEFAULT_MODELS,
+        virtual_models=DEFAULT_VIRTUAL_MODELS,
+        auth=AuthSettings(api_keys=(DEMO_API_KEY,)),
     )
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.config import ConfigError, load_config, parse_config
-from gateway.defaults import DEFAULT_MODELS
+from gateway.defaults import DEFAULT_MODELS, DEFAULT_VIRTUAL_MODELS
 
 REPO = Path(__file__).resolve().parents[2]
 PRODUCTION = REPO / "ops" / "config" / "gateway.yaml"
@@ -26,6 +26,7 @@ def test_production_default_matches_the_default_deployment() -> None:
     config = load_config(PRODUCTION)
     assert config.port == 8000
     assert config.models == DEFAULT_MODELS
+    assert config.virtual_models == DEFAULT_VIRTUAL_MODELS
     assert [m.backends[0].url for m in config.models] == [
         f"http://127.0.0.1:{port}" for port in (11400, 11401, 11402, 11403)
     ]
