@@ -32,6 +32,15 @@ class UpstreamCall:
     request_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """What one try sends up and what its answer carries down."""
+
+    body: bytes  # the client's body, with the upstream's model name
+    headers: dict[str, str]  # to the upstream
+    response_headers: dict[str, str]  # to the client
+
+
 class Attempt:
     """One request on one lease: what happened, for the release and the access log."""
 

@@ -21,7 +21,14 @@ from actors.backend import AcquireLease, Lease, Outcome, Release
 from actors.kernel import ActorDead, ActorRef, AskTimeout, MailboxFull
 from actors.router import AllowRetry, AwaitRoom, QueueFull, RetryEnded, RouteDecision
 from gateway import upstream_errors
-from gateway.attempt import FREE_RETRY, RETRYABLE, Attempt, UpstreamCall, upstream_failure
+from gateway.attempt import (
+    FREE_RETRY,
+    RETRYABLE,
+    Attempt,
+    Outgoing,
+    UpstreamCall,
+    upstream_failure,
+)
 from gateway.errors import GatewayError, ServiceUnavailable, UpstreamFailed, UpstreamTimeout
 from gateway.rewrite import request_body, response_rewriter
 from gateway.state import REQUEST
@@ -147,8 +154,6 @@ async def _try(
     remaining: float,
 ) -> web.StreamResponse:
     lease = attempt.lease
-    body = request_body(call.raw, call.sent_model, lease.upstream_model)
-    headers = {**lease.headers, "Content-Type": "application/json", "x-request-id": call.request_id}
     response_headers = {
         "x-request-id": call.request_id,
         "x-citadel-model": decision.model,
@@ -156,30 +161,35 @@ async def _try(
     }
     if decision.reason != "requested":
         response_headers["x-citadel-route"] = decision.reason
+    out = Outgoing(
+        body=request_body(call.raw, call.sent_model, lease.upstream_model),
+        headers={
+            **lease.headers,
+            "Content-Type": "application/json",
+            "x-request-id": call.request_id,
+        },
+        response_headers=response_headers,
+    )
     first_byte = min(lease.timeouts.first_byte, remaining)
     if call.stream:
-        return await relay_stream(
-            request, attempt, call, decision, body, headers, response_headers, first_byte
-        )
+        return await relay_stream(request, attempt, call, decision, out, first_byte)
     timeout = lease.unary_timeout
     if timeout.total is not None and remaining < timeout.total:
         timeout = aiohttp.ClientTimeout(total=remaining, sock_connect=lease.timeouts.connect)
-    return await _relay_unary(attempt, call, decision, body, headers, response_headers, timeout)
+    return await _relay_unary(attempt, call, decision, out, timeout)
 
 
 async def _relay_unary(
     attempt: Attempt,
     call: UpstreamCall,
     decision: RouteDecision,
-    body: bytes,
-    headers: dict[str, str],
-    response_headers: dict[str, str],
+    out: Outgoing,
     timeout: aiohttp.ClientTimeout,
 ) -> web.Response:
     lease = attempt.lease
     try:
         async with lease.session.post(
-            lease.base_url + call.path, data=body, headers=headers, timeout=timeout
+            lease.base_url + call.path, data=out.body, headers=out.headers, timeout=timeout
         ) as up:
             status = up.status
             payload = await up.read()
@@ -205,5 +215,5 @@ async def _relay_unary(
     attempt.outcome = Outcome.OK
     rewrite = response_rewriter(lease.upstream_model, decision.model)
     return web.Response(
-        body=rewrite(payload), content_type="application/json", headers=response_headers
+        body=rewrite(payload), content_type="application/json", headers=out.response_headers
     )

@@ -19,7 +19,7 @@ from aiohttp import web
 from actors.backend import Outcome
 from actors.router import RouteDecision
 from gateway import sse, upstream_errors
-from gateway.attempt import Attempt, UpstreamCall, upstream_failure
+from gateway.attempt import Attempt, Outgoing, UpstreamCall, upstream_failure
 from gateway.errors import UpstreamFailed
 from gateway.rewrite import response_rewriter
 
@@ -74,9 +74,7 @@ async def relay_stream(
     attempt: Attempt,
     call: UpstreamCall,
     decision: RouteDecision,
-    body: bytes,
-    headers: dict[str, str],
-    response_headers: dict[str, str],
+    out: Outgoing,
     first_byte: float,
 ) -> web.StreamResponse:
     lease = attempt.lease
@@ -90,8 +88,8 @@ async def relay_stream(
             async with asyncio.timeout(first_byte):
                 upstream = await lease.session.post(
                     lease.base_url + call.path,
-                    data=body,
-                    headers={**headers, "Accept": "text/event-stream"},
+                    data=out.body,
+                    headers={**out.headers, "Accept": "text/event-stream"},
                     timeout=lease.stream_timeout,
                 )
                 if upstream.status != 200:
@@ -125,7 +123,7 @@ async def relay_stream(
             raise upstream_errors.from_error_event(first_error, rename)
         attempt.ttft = time.monotonic() - attempt.started
 
-        response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **response_headers})
+        response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **out.response_headers})
         await response.prepare(request)
         rewrite = response_rewriter(lease.upstream_model, decision.model)
         try:

@@ -126,7 +126,8 @@ async def _read_json(request: web.Request) -> dict[str, Any] | web.Response:
     return body
 
 
-async def generate(request: web.Request) -> web.StreamResponse:
+async def _arrive(request: web.Request) -> tuple[MockState, dict[str, Any], Fault] | web.Response:
+    """Count and record a request, read its body, and take the fault it meets."""
     state = request.app[MOCK_STATE]
     state.stats.requests += 1
     body = await _read_json(request)
@@ -137,7 +138,16 @@ async def generate(request: web.Request) -> web.StreamResponse:
     fault = state.take_fault()
     failed = await _apply_fault(request, fault)
     if failed is not None:
+        assert isinstance(failed, web.Response)
         return failed
+    return state, body, fault
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    arrived = await _arrive(request)
+    if isinstance(arrived, web.Response):
+        return arrived
+    state, body, fault = arrived
     settings = state.settings
     if body.get("model") != settings.model:
         return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
@@ -266,17 +276,10 @@ async def _stream(
 
 
 async def embeddings(request: web.Request) -> web.Response:
-    state = request.app[MOCK_STATE]
-    state.stats.requests += 1
-    body = await _read_json(request)
-    if isinstance(body, web.Response):
-        return body
-    state.stats.last_body = body
-    state.stats.last_headers = {k.lower(): v for k, v in request.headers.items()}
-    failed = await _apply_fault(request, state.take_fault())
-    if failed is not None:
-        assert isinstance(failed, web.Response)
-        return failed
+    arrived = await _arrive(request)
+    if isinstance(arrived, web.Response):
+        return arrived
+    state, body, _ = arrived
     if body.get("model") != state.settings.model:
         return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
     inputs = body.get("input")
