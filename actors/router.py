@@ -32,6 +32,7 @@ __all__ = [
     "AllowRetry",
     "AwaitRoom",
     "ListModels",
+    "ModelAvailability",
     "ModelEntry",
     "ModelSettings",
     "QueueFull",
@@ -96,6 +97,12 @@ class AwaitRoom:
     Raises QueueFull when the model's wait queue is full."""
 
     model: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelAvailability:
+    """Ask: for each configured model, (usable replicas, replicas), in configuration order.
+    Usable: healthy and circuit not open (a full replica still counts)."""
 
 
 class QueueFull(Exception):
@@ -202,6 +209,15 @@ class RouterActor(SyncActor):
                 group.wake_one()
             case AwaitRoom(model=model_id):
                 return self._groups[model_id].wait_for_room()
+            case ModelAvailability():
+                now = time.monotonic()
+                return {
+                    name: (
+                        sum(1 for load in g.loads if load.healthy and now >= load.blocked_until),
+                        len(g.loads),
+                    )
+                    for name, g in self._groups.items()
+                }
             case ListModels():
                 return self._entries
             case _:

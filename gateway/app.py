@@ -17,7 +17,7 @@ from aiohttp import web
 
 from actors.kernel import ActorSystem
 from actors.tree import ROUTER, gateway_tree
-from gateway import handlers
+from gateway import handlers, health
 from gateway.auth import StaticKeys
 from gateway.config import GatewayConfig
 from gateway.errors import (
@@ -143,4 +143,5 @@ def create_app(config: GatewayConfig) -> web.Application:
     app[CONFIG] = config
     app.cleanup_ctx.append(_actor_tree)
     handlers.add_routes(app)
+    health.add_routes(app)
     return app
