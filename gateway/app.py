@@ -7,6 +7,7 @@ stopped taking requests, in reverse order of set-up.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import random
 import re
 import time
@@ -27,6 +28,7 @@ from gateway.errors import (
     NotFound,
     PayloadTooLarge,
 )
+from gateway.metrics import GatewayMetrics, status_class
 from gateway.state import CONFIG, REQUEST, STATE, GatewayState, RequestContext
 
 log = structlog.get_logger("gateway")
@@ -35,6 +37,7 @@ access_log = structlog.get_logger("gateway.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+METRICS_PORT = web.AppKey("citadel_metrics_port", int)  # the separate scrape port, once bound
 
 
 def request_id_of(request: web.Request) -> str:
@@ -73,9 +76,9 @@ def _from_http_exception(exc: web.HTTPException, request: web.Request) -> Gatewa
 async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, OpenAI-style errors for everything, and one access event per request."""
     request_id = request_id_of(request)
-    context = RequestContext(request_id)
-    request[REQUEST] = context
     started = time.perf_counter()
+    context = RequestContext(request_id, started)
+    request[REQUEST] = context
     status = 500
     try:
         try:
@@ -98,6 +101,10 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
         status = response.status
         return response
     finally:
+        elapsed = time.perf_counter() - started
+        state = request.app.get(STATE)
+        if state is not None:
+            record(state.metrics, request, context, status, elapsed)
         if request.app[CONFIG].logging.access_log:
             access_log.info(
                 "request",
@@ -106,11 +113,58 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 path=request.path,
                 status=status,
                 model=context.model,
+                served_model=context.served_model,
                 backend=context.backend,
                 key_id=context.key_id,
                 attempts=context.attempts,
-                latency_ms=round((time.perf_counter() - started) * 1000, 3),
+                latency_ms=round(elapsed * 1000, 3),
             )
+
+
+def record(
+    metrics: GatewayMetrics,
+    request: web.Request,
+    context: RequestContext,
+    status: int,
+    elapsed: float,
+) -> None:
+    """One request's metrics. Labels come from configuration and routes, never the client."""
+    info = request.match_info
+    endpoint = info.route.resource.canonical if info.route.resource is not None else "unmatched"
+    if status == 401:
+        metrics.auth_failures.inc()
+    model = context.served_model
+    if model is None:
+        if endpoint.startswith("/v1/") and endpoint != "/v1/models":
+            metrics.requests.labels("-", "-", endpoint, status_class(status)).inc()
+        return
+    metrics.requests.labels(model, context.backend or "-", endpoint, status_class(status)).inc()
+    metrics.duration.labels(model, endpoint).observe(elapsed)
+    metrics.overhead.labels(endpoint).observe(max(0.0, elapsed - context.upstream_seconds))
+    if context.first_byte_at is not None:
+        metrics.ttft.labels(model).observe(context.first_byte_at - context.started)
+    if context.attempts > 1:
+        metrics.retries.labels(model).inc(context.attempts - 1)
+    if context.route_reason is not None:
+        kind = context.route_reason.split(":", 1)[0]
+        kind = kind if kind in ("context", "fallback") else "virtual"
+        metrics.routed.labels(context.model or "-", model, kind).inc()
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """/metrics on the API port, for the networks the config allows."""
+    settings = request.app[CONFIG].metrics
+    peer = request.remote or ""
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        address = None
+    allowed = address is not None and any(
+        address in ipaddress.ip_network(network, strict=False) for network in settings.allow
+    )
+    if not allowed:
+        raise NotFound(f"Unknown request URL: GET {request.path}.", code="unknown_url")
+    return request.app[STATE].metrics.handler()
 
 
 async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
@@ -126,6 +180,7 @@ async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
         root=root,
         router=system.lookup(ROUTER),
         auth=auth,
+        metrics=GatewayMetrics(root),
         started=int(time.time()),
     )
     log.info("actor_tree_started", models=[m.name for m in config.models])
@@ -136,12 +191,41 @@ async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
         log.info("actor_tree_stopped")
 
 
+async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
+    """A separate port for scrapers, when configured: /metrics only, no allow-list."""
+    listen = app[CONFIG].metrics.listen
+    if listen is None:
+        yield
+        return
+    metrics = app[STATE].metrics
+    scrape = web.Application()
+
+    async def serve_metrics(request: web.Request) -> web.Response:
+        return metrics.handler()
+
+    scrape.router.add_get("/metrics", serve_metrics)
+    runner = web.AppRunner(scrape, access_log=None)
+    await runner.setup()
+    host, _, port = listen.rpartition(":")
+    site = web.TCPSite(runner, host.strip("[]"), int(port))
+    await site.start()
+    app[METRICS_PORT] = int(runner.addresses[0][1])
+    log.info("metrics_listening", listen=listen)
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
 def create_app(config: GatewayConfig) -> web.Application:
     app = web.Application(
         middlewares=[edge_middleware], client_max_size=config.limits.max_body_bytes
     )
     app[CONFIG] = config
     app.cleanup_ctx.append(_actor_tree)
+    app.cleanup_ctx.append(_metrics_listener)
     handlers.add_routes(app)
     health.add_routes(app)
+    if config.metrics.on_main_port:
+        app.router.add_get("/metrics", metrics_endpoint)
     return app

@@ -44,13 +44,14 @@ class Outgoing:
 class Attempt:
     """One request on one lease: what happened, for the release and the access log."""
 
-    __slots__ = ("lease", "outcome", "started", "ttft")
+    __slots__ = ("lease", "outcome", "started", "ttft", "upstream_seconds")
 
     def __init__(self, lease: Lease) -> None:
         self.lease = lease
         self.outcome = Outcome.CANCELLED
         self.started = time.monotonic()
         self.ttft: float | None = None
+        self.upstream_seconds = 0.0  # waiting on the upstream: for the overhead metric
 
     def release(self) -> None:
         latency = time.monotonic() - self.started

@@ -8,6 +8,7 @@ actors.backend.BackendSettings); this module composes them.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +56,45 @@ class LoggingSettings(BaseModel):
     access_log: bool = True
 
 
+class MetricsSettings(BaseModel):
+    """Where Prometheus scrapes /metrics."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    on_main_port: bool = Field(True, description="serve /metrics on the API port too")
+    allow: tuple[str, ...] = Field(
+        ("127.0.0.1/32", "::1/128"),
+        description="networks that may read /metrics on the API port (CIDR)",
+    )
+    listen: str | None = Field(
+        None, description='a separate "host:port" for scrapers, open to whoever reaches it'
+    )
+
+    @field_validator("allow")
+    @classmethod
+    def _networks(cls, allow: tuple[str, ...]) -> tuple[str, ...]:
+        for network in allow:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not a network (CIDR)") from None
+        return allow
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, listen: str | None) -> str | None:
+        if listen is not None:
+            _split_listen(listen)
+        return listen
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError('must be "host:port", e.g. "0.0.0.0:8000"')
+    return host.strip("[]"), int(port)
+
+
 class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -64,23 +104,22 @@ class GatewayConfig(BaseModel):
     auth: AuthSettings = AuthSettings()
     limits: LimitSettings = LimitSettings()
     logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings = MetricsSettings()
     shutdown_grace: float = Field(30.0, ge=0, description="seconds in-flight requests may finish")
 
     @field_validator("listen")
     @classmethod
     def _host_port(cls, listen: str) -> str:
-        host, sep, port = listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError('must be "host:port", e.g. "0.0.0.0:8000"')
+        _split_listen(listen)
         return listen
 
     @property
     def host(self) -> str:
-        return self.listen.rpartition(":")[0].strip("[]")
+        return _split_listen(self.listen)[0]
 
     @property
     def port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
+        return _split_listen(self.listen)[1]
 
     def router_settings(self) -> RouterSettings:
         return RouterSettings(models=self.models, virtual_models=self.virtual_models)

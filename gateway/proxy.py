@@ -65,6 +65,9 @@ async def forward(
     request itself (an upstream 4xx) are never retried.
     """
     context = request[REQUEST]
+    context.served_model = decision.model
+    if decision.reason != "requested":
+        context.route_reason = decision.reason
     deadline = time.monotonic() + decision.deadline
     next_index = 0
     failure: GatewayError | None = None
@@ -95,6 +98,7 @@ async def forward(
             failure = error
         finally:
             attempt.release()
+            context.upstream_seconds += attempt.upstream_seconds
             if retrying:
                 router.notify(RetryEnded(decision.model))
                 retrying = False
@@ -187,6 +191,7 @@ async def _relay_unary(
     timeout: aiohttp.ClientTimeout,
 ) -> web.Response:
     lease = attempt.lease
+    waiting_since = time.perf_counter()
     try:
         async with lease.session.post(
             lease.base_url + call.path, data=out.body, headers=out.headers, timeout=timeout
@@ -194,8 +199,10 @@ async def _relay_unary(
             status = up.status
             payload = await up.read()
     except (TimeoutError, aiohttp.ClientError) as exc:
+        attempt.upstream_seconds += time.perf_counter() - waiting_since
         log.warning("upstream_failed", backend=lease.backend, error=repr(exc))
         raise upstream_failure(exc, attempt) from None
+    attempt.upstream_seconds += time.perf_counter() - waiting_since
     rename = (lease.upstream_model, decision.model)
     if status != 200:
         error, attempt.outcome = upstream_errors.from_status(status, payload, rename)

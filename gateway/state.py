@@ -9,6 +9,7 @@ from aiohttp import web
 from actors.kernel import ActorRef, ActorSystem
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
+from gateway.metrics import GatewayMetrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +19,7 @@ class GatewayState:
     root: ActorRef
     router: ActorRef
     auth: Authenticator
+    metrics: GatewayMetrics
     started: int  # unix time, the "created" of /v1/models entries
 
 
@@ -28,14 +30,30 @@ CONFIG = web.AppKey("citadel_config", GatewayConfig)
 class RequestContext:
     """What the edge learns about one request as it goes, for headers and the access log."""
 
-    __slots__ = ("attempts", "backend", "key_id", "model", "request_id")
+    __slots__ = (
+        "attempts",
+        "backend",
+        "first_byte_at",
+        "key_id",
+        "model",
+        "request_id",
+        "route_reason",
+        "served_model",
+        "started",
+        "upstream_seconds",
+    )
 
-    def __init__(self, request_id: str) -> None:
+    def __init__(self, request_id: str, started: float) -> None:
         self.request_id = request_id
+        self.started = started  # perf_counter() at arrival
         self.key_id: str | None = None
-        self.model: str | None = None
+        self.model: str | None = None  # as the client named it
+        self.served_model: str | None = None  # the configured model that served it
+        self.route_reason: str | None = None  # set when the router chose another model
         self.backend: str | None = None
         self.attempts = 0  # tries across replicas (1 unless a replica failed before a byte)
+        self.upstream_seconds = 0.0  # time spent waiting on upstreams, all tries
+        self.first_byte_at: float | None = None  # perf_counter() at a stream's first event
 
 
 REQUEST = web.RequestKey("citadel_request", RequestContext)

@@ -22,6 +22,7 @@ from gateway import sse, upstream_errors
 from gateway.attempt import Attempt, Outgoing, UpstreamCall, upstream_failure
 from gateway.errors import UpstreamFailed
 from gateway.rewrite import response_rewriter
+from gateway.state import REQUEST
 
 log = structlog.get_logger("gateway.streaming")
 
@@ -84,6 +85,7 @@ async def relay_stream(
     clean_end = False
     try:
         # Before the first byte reaches the client, a failure is an ordinary HTTP error.
+        waiting_since = time.perf_counter()
         try:
             async with asyncio.timeout(first_byte):
                 upstream = await lease.session.post(
@@ -114,6 +116,8 @@ async def relay_stream(
         except (TimeoutError, aiohttp.ClientError) as exc:
             log.warning("upstream_failed", backend=lease.backend, error=repr(exc))
             raise upstream_failure(exc, attempt) from None
+        finally:
+            attempt.upstream_seconds += time.perf_counter() - waiting_since
         first_error = sse.find_error(first)
         if first_error is not None:
             attempt.outcome = Outcome.UPSTREAM_ERROR
@@ -125,6 +129,7 @@ async def relay_stream(
 
         response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **out.response_headers})
         await response.prepare(request)
+        request[REQUEST].first_byte_at = time.perf_counter()
         rewrite = response_rewriter(lease.upstream_model, decision.model)
         try:
             clean_end = await _pump(response, upstream, framer, first, rewrite, attempt, rename)
@@ -157,6 +162,7 @@ async def _pump(
     """
     read = upstream.content.readany
     write = response.write
+    perf_counter = time.perf_counter
     feed = framer.feed
     events = first
     # Closing the upstream response wakes the pending read with an error; `fired` tells
@@ -176,7 +182,9 @@ async def _pump(
                     raise ClientGone from gone
                 if sse.is_done(events):
                     break
+            waiting_since = perf_counter()
             chunk = await read()
+            attempt.upstream_seconds += perf_counter() - waiting_since
             touch()
             if not chunk:
                 if watchdog.fired:

@@ -13,7 +13,13 @@ from actors.breaker import BreakerSettings
 from actors.probe import HealthSettings
 from actors.router import ModelSettings, RoutingSettings
 from actors.routing_rules import VirtualModelSettings
-from gateway.config import AuthSettings, GatewayConfig, LimitSettings, LoggingSettings
+from gateway.config import (
+    AuthSettings,
+    GatewayConfig,
+    LimitSettings,
+    LoggingSettings,
+    MetricsSettings,
+)
 from gateway.mock.server import MOCK_STATE, MockSettings, MockState, create_mock_app
 from gateway.server import RunningServer, start_gateway, start_server
 from gateway.state import STATE, GatewayState
@@ -102,6 +108,7 @@ async def deployment(
     api_keys: tuple[str, ...] = (API_KEY,),
     max_body_bytes: int = 1024 * 1024,
     virtual_models: tuple[VirtualModelSettings, ...] = (),
+    metrics: MetricsSettings | None = None,
 ) -> AsyncIterator[Deployment]:
     started: list[RunningServer] = []
     mocks: dict[str, list[Mock]] = {}
@@ -142,6 +149,7 @@ async def deployment(
             auth=AuthSettings(api_keys=api_keys),
             limits=LimitSettings(max_body_bytes=max_body_bytes),
             logging=LoggingSettings(access_log=False),
+            metrics=metrics or MetricsSettings(),
         )
         gateway = await start_gateway(config)
         try:

@@ -1,0 +1,142 @@
+"""Prometheus metrics: what the gateway does, per model, backend and endpoint.
+
+Collectors live in a registry owned by the app (no process-wide default registry), so tests
+and several apps in one process never share counters. Gauges that describe the actor tree
+(backend health, circuits, in-flight, actor restarts, mailboxes) are read from the live tree at
+scrape time rather than kept up to date on the hot path. Labels are bounded: configured model
+and backend names, route templates, status classes; never request ids or user input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from actors.kernel import ActorRef, ActorSnapshot
+
+# LLM requests take from milliseconds (an embedding) to minutes (a long generation).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+# The gateway's own share of a request: tens of microseconds to a few milliseconds.
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+
+_CIRCUIT_VALUE = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+
+
+class GatewayMetrics:
+    def __init__(self, root: ActorRef) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.requests = Counter(
+            "citadel_requests",
+            "Requests answered, by served model, backend, endpoint and status class.",
+            ["model", "backend", "endpoint", "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "citadel_request_duration_seconds",
+            "Time from the request's arrival to the end of its answer (streams included).",
+            ["model", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.ttft = Histogram(
+            "citadel_time_to_first_token_seconds",
+            "Time from the request's arrival to the first event of its stream.",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.overhead = Histogram(
+            "citadel_gateway_overhead_seconds",
+            "The gateway's own share of a request: its duration minus the time spent waiting "
+            "on the upstream.",
+            ["endpoint"],
+            buckets=OVERHEAD_BUCKETS,
+            registry=registry,
+        )
+        self.retries = Counter(
+            "citadel_retries",
+            "Tries moved to another replica before the first byte.",
+            ["model"],
+            registry=registry,
+        )
+        self.routed = Counter(
+            "citadel_model_routed",
+            "Requests served by another model than the one named (virtual, context, fallback).",
+            ["requested", "model", "kind"],
+            registry=registry,
+        )
+        self.auth_failures = Counter(
+            "citadel_auth_failures",
+            "Requests refused for a missing or wrong key.",
+            registry=registry,
+        )
+        registry.register(TreeCollector(root))
+
+    def handler(self) -> web.Response:
+        response = web.Response(body=generate_latest(self.registry))
+        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        return response
+
+
+class TreeCollector(Collector):
+    """Backend and actor gauges, read from the live actor tree at scrape time."""
+
+    def __init__(self, root: ActorRef) -> None:
+        self._root = root
+
+    def collect(self) -> Iterator[Metric]:
+        in_flight = GaugeMetricFamily(
+            "citadel_backend_in_flight", "Requests in flight per backend.", labels=["backend"]
+        )
+        healthy = GaugeMetricFamily(
+            "citadel_backend_healthy",
+            "1 if the backend passes its health probes.",
+            labels=["backend"],
+        )
+        circuit = GaugeMetricFamily(
+            "citadel_backend_circuit_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+            labels=["backend"],
+        )
+        latency = GaugeMetricFamily(
+            "citadel_backend_latency_seconds",
+            "The balancer's latency estimate (peak EWMA) per backend.",
+            labels=["backend"],
+        )
+        restarts = GaugeMetricFamily(
+            "citadel_actor_restarts", "Restarts of each actor since start.", labels=["actor"]
+        )
+        depth = GaugeMetricFamily(
+            "citadel_actor_mailbox_depth", "Messages waiting per actor.", labels=["actor"]
+        )
+        running = GaugeMetricFamily(
+            "citadel_actor_running", "1 if the actor is running.", labels=["actor"]
+        )
+        for node in _walk(self._root.snapshot()):
+            restarts.add_metric([node.path], node.restarts)
+            depth.add_metric([node.path], node.mailbox_depth)
+            running.add_metric([node.path], 1.0 if node.state.value == "running" else 0.0)
+            details = node.details
+            if "circuit" in details:
+                in_flight.add_metric([node.name], details["in_flight"])
+                healthy.add_metric([node.name], 1.0 if details["healthy"] else 0.0)
+                circuit.add_metric([node.name], _CIRCUIT_VALUE.get(details["circuit"], 2.0))
+                latency.add_metric([node.name], details["latency_s"])
+        yield from (in_flight, healthy, circuit, latency, restarts, depth, running)
+
+
+def _walk(node: ActorSnapshot) -> Iterator[ActorSnapshot]:
+    yield node
+    for child in node.children:
+        yield from _walk(child)
+
+
+def status_class(status: int) -> str:
+    return "499" if status == 499 else f"{status // 100}xx"
