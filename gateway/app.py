@@ -18,7 +18,7 @@ from aiohttp import web
 
 from actors.kernel import ActorSystem
 from actors.tree import ROUTER, gateway_tree
-from gateway import handlers, health
+from gateway import admin, handlers, health
 from gateway.auth import StaticKeys
 from gateway.config import GatewayConfig
 from gateway.errors import (
@@ -171,7 +171,7 @@ async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     system = ActorSystem()
     root = await system.spawn(gateway_tree(config.router_settings(), system.lookup))
-    auth = StaticKeys(config.auth.api_keys)
+    auth = StaticKeys(config.auth.api_keys, config.auth.admin_keys)
     if not auth.enabled:
         log.warning("auth_disabled", reason="no api_keys configured")
     app[STATE] = GatewayState(
@@ -226,6 +226,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     app.cleanup_ctx.append(_metrics_listener)
     handlers.add_routes(app)
     health.add_routes(app)
+    admin.add_routes(app)
     if config.metrics.on_main_port:
         app.router.add_get("/metrics", metrics_endpoint)
     return app

@@ -32,8 +32,11 @@ class AuthSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     api_keys: tuple[str, ...] = ()
+    admin_keys: tuple[str, ...] = Field(
+        (), description="keys for /admin/* only; never accepted on the model endpoints"
+    )
 
-    @field_validator("api_keys")
+    @field_validator("api_keys", "admin_keys")
     @classmethod
     def _long_enough(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
         for key in keys:

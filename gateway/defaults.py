@@ -11,6 +11,7 @@ from actors.router import ModelSettings
 from actors.routing_rules import RoutingRule, RuleCondition, VirtualModelSettings
 
 DEMO_API_KEY = "sk-citadel-demo"
+DEMO_ADMIN_KEY = "sk-citadel-demo-admin"
 
 DEFAULT_MODELS = (
     ModelSettings(

@@ -9,7 +9,12 @@ import signal
 import structlog
 
 from gateway.config import AuthSettings, GatewayConfig
-from gateway.defaults import DEFAULT_MODELS, DEFAULT_VIRTUAL_MODELS, DEMO_API_KEY
+from gateway.defaults import (
+    DEFAULT_MODELS,
+    DEFAULT_VIRTUAL_MODELS,
+    DEMO_ADMIN_KEY,
+    DEMO_API_KEY,
+)
 from gateway.mock.server import MockSettings, create_mock_app
 from gateway.server import RunningServer, start_gateway, start_server
 
@@ -21,13 +26,14 @@ def demo_config(listen: str = "127.0.0.1:8000") -> GatewayConfig:
         listen=listen,
         models=DEFAULT_MODELS,
         virtual_models=DEFAULT_VIRTUAL_MODELS,
-        auth=AuthSettings(api_keys=(DEMO_API_KEY,)),
+        auth=AuthSettings(api_keys=(DEMO_API_KEY,), admin_keys=(DEMO_ADMIN_KEY,)),
     )
 
 
 def usage_text(url: str) -> str:
     return f"""
 citadel-gateway demo is running on {url}  (Ctrl-C stops everything)
+API key: {DEMO_API_KEY}    admin key: {DEMO_ADMIN_KEY}
 
   curl {url}/v1/models -H "Authorization: Bearer {DEMO_API_KEY}"
 
@@ -39,6 +45,9 @@ citadel-gateway demo is running on {url}  (Ctrl-C stops everything)
        -H "Content-Type: application/json" \\
        -d '{{"model": "phi-3-mini", "stream": true,
             "messages": [{{"role": "user", "content": "Hi"}}]}}'
+
+  curl {url}/admin/actors -H "Authorization: Bearer {DEMO_ADMIN_KEY}"
+  curl {url}/metrics
 
   python - <<'PY'
   from openai import OpenAI

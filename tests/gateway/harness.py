@@ -25,6 +25,7 @@ from gateway.server import RunningServer, start_gateway, start_server
 from gateway.state import STATE, GatewayState
 
 API_KEY = "sk-test-0123456789abcdef"
+ADMIN_KEY = "sk-admin-0123456789abcdef"
 
 
 async def until(predicate: Callable[[], bool], passes: int = 100_000) -> None:
@@ -146,7 +147,7 @@ async def deployment(
             listen="127.0.0.1:0",
             models=tuple(models),
             virtual_models=virtual_models,
-            auth=AuthSettings(api_keys=api_keys),
+            auth=AuthSettings(api_keys=api_keys, admin_keys=(ADMIN_KEY,)),
             limits=LimitSettings(max_body_bytes=max_body_bytes),
             logging=LoggingSettings(access_log=False),
             metrics=metrics or MetricsSettings(),
