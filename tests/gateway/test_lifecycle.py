@@ -1,0 +1,74 @@
+"""The gateway as a real process: SIGTERM while a stream is relayed loses nothing accepted."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from tests.gateway.harness import API_KEY, mock_service
+
+CONFIG = """
+listen: "127.0.0.1:{port}"
+auth:
+  api_keys: ["{key}"]
+logging:
+  format: json
+shutdown_grace: 20
+models:
+  - name: m
+    backends:
+      - url: {upstream}
+"""
+
+
+async def start_gateway_process(config: Path) -> tuple[asyncio.subprocess.Process, str]:
+    """Start `citadel-gateway serve` and wait for its gateway_listening log line."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    async with asyncio.timeout(30):
+        while True:
+            line = await process.stdout.readline()
+            assert line, "the gateway exited before listening"
+            if b'"gateway_listening"' in line:
+                url = line.split(b'"url": "', 1)[1].split(b'"', 1)[0].decode()
+                return process, url
+
+
+async def test_sigterm_lets_an_accepted_stream_finish_and_exits_zero(tmp_path: Path) -> None:
+    async with mock_service(model="m", ttft=0.0) as mock:
+        gate = asyncio.Semaphore(0)
+        mock.state.token_gate = gate
+        config = tmp_path / "gateway.yaml"
+        config.write_text(CONFIG.format(port=0, key=API_KEY, upstream=mock.url))
+        process, url = await start_gateway_process(config)
+        try:
+            body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+            headers = {"Authorization": f"Bearer {API_KEY}"}
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(url + "/v1/chat/completions", json=body, headers=headers) as response,
+            ):
+                await response.content.readany()  # the stream is under way
+                process.send_signal(signal.SIGTERM)
+                assert process.stdout is not None
+                async with asyncio.timeout(10):
+                    while b'"gateway_stopping"' not in await process.stdout.readline():
+                        pass
+                for _ in range(16):
+                    gate.release()  # the upstream finishes its answer
+                rest = await response.content.read()
+            assert rest.endswith(b"data: [DONE]\n\n")
+            assert b"error" not in rest
+            assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
