@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import web
 
+from gateway import systemd
 from gateway.app import create_app
 from gateway.config import GatewayConfig
 from gateway.state import STATE
@@ -71,6 +72,9 @@ async def run_gateway(config: GatewayConfig) -> int:
     server = await start_gateway(config)
     state = server.runner.app[STATE]
     log.info("gateway_listening", url=server.url)
+    systemd.notify(f"READY=1\nSTATUS=serving on {server.url}")
+    interval = systemd.watchdog_interval()
+    pinger = asyncio.ensure_future(systemd.watchdog(interval)) if interval else None
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -86,6 +90,9 @@ async def run_gateway(config: GatewayConfig) -> int:
     if code:
         log.error("gateway_actor_tree_failed")
     log.info("gateway_stopping")
+    systemd.notify("STOPPING=1")
+    if pinger is not None:
+        pinger.cancel()
     await server.close()
     log.info("gateway_stopped", exit_code=code)
     return code
