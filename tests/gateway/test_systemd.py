@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from gateway import systemd
 from tests.gateway.harness import API_KEY, mock_service
@@ -74,3 +78,20 @@ async def test_gateway_process_notifies_ready_watchdog_and_stopping(tmp_path: Pa
                     await process.wait()
     finally:
         server.close()
+
+
+def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed on this machine")
+    unit = Path(__file__).resolve().parents[2] / "ops" / "systemd" / "citadel-gateway.service"
+    binary = Path(sys.executable).with_name("citadel-gateway")
+    copy = tmp_path / "citadel-gateway.service"
+    copy.write_text(
+        unit.read_text().replace("/opt/citadel-gateway/.venv/bin/citadel-gateway", str(binary))
+    )
+    result = subprocess.run(
+        [analyze, "verify", str(copy)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "citadel-gateway.service" not in result.stderr, result.stderr
