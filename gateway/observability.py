@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import re
 import sys
-from typing import Literal, TextIO
+from collections.abc import MutableMapping
+from typing import Any, Literal, TextIO
 
 import structlog
 
@@ -29,8 +31,10 @@ class BufferedLineLogger:
     `flush_interval` of info lines; a normal exit flushes (atexit).
     """
 
-    def __init__(self, stream: TextIO, flush_interval: float = 0.05, max_buffer: int = 1 << 16):
-        self._stream = stream
+    def __init__(
+        self, stream: TextIO | None = None, flush_interval: float = 0.05, max_buffer: int = 1 << 16
+    ):
+        self._stream = stream  # None: whatever sys.stdout is when the lines go out
         self._interval = flush_interval
         self._max = max_buffer
         self._lines: list[str] = []
@@ -61,18 +65,47 @@ class BufferedLineLogger:
             self._timer = None
         if self._lines:
             lines, self._lines, self._size = self._lines, [], 0
-            self._stream.write("\n".join(lines) + "\n")
-            self._stream.flush()
+            stream = self._stream or sys.stdout
+            stream.write("\n".join(lines) + "\n")
+            stream.flush()
 
     msg = debug = info = _buffer
     warning = warn = error = err = critical = fatal = exception = _now
 
 
+# Key material that must never reach a log line: API keys of the usual shapes and bearer
+# tokens, wherever they appear in a value; and whole values under names that hold secrets.
+_SECRET_IN_TEXT = re.compile(
+    r"(?i)\b(?:sk|pk|rk)-[A-Za-z0-9_\-]{8,}|(?<=bearer )[^\s\"',]{8,}|(?<=api-key: )\S{8,}"
+)
+_SECRET_NAMES = frozenset(
+    {"authorization", "api_key", "api-key", "apikey", "key", "password", "secret", "token"}
+)
+REDACTED = "[redacted]"
+
+
+def redact_secrets(
+    logger: object, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A structlog processor: the one place secrets are taken out of every log event."""
+    for name, value in event.items():
+        if name.lower() in _SECRET_NAMES and value is not None:
+            event[name] = REDACTED
+        elif isinstance(value, str):
+            if "-" in value or "earer" in value:  # cheap test before the regex
+                event[name] = _SECRET_IN_TEXT.sub(REDACTED, value)
+        elif isinstance(value, bytes):
+            event[name] = _SECRET_IN_TEXT.sub(REDACTED, value.decode("utf-8", "replace"))
+    return event
+
+
 def configure_logging(
-    level: str = "info", fmt: Literal["auto", "json", "console"] = "auto"
+    level: str = "info",
+    fmt: Literal["auto", "json", "console"] = "auto",
+    stream: TextIO | None = None,
 ) -> BufferedLineLogger:
     """JSON lines on stdout (journald takes them), or a readable console when on a terminal."""
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
+    use_json = fmt == "json" or (fmt == "auto" and not (stream or sys.stdout).isatty())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     )
@@ -83,8 +116,8 @@ def configure_logging(
     ]
     if use_json:
         processors.append(structlog.processors.format_exc_info)
-    processors.append(renderer)
-    output = BufferedLineLogger(sys.stdout)
+    processors += [redact_secrets, renderer]
+    output = BufferedLineLogger(stream)
     atexit.register(output.flush)
     structlog.configure(
         processors=processors,

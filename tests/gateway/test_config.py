@@ -71,13 +71,13 @@ def test_errors_name_the_key_and_the_line(text: str, expected: str) -> None:
     assert expected in str(caught.value)
 
 
-def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_command(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", str(PRODUCTION)]) == 0
-    assert "OK (4 models" in capsys.readouterr().out
+    assert "OK (4 models" in capfd.readouterr().out
     broken = tmp_path / "broken.yaml"
     broken.write_text(MINIMAL.replace("http://127.0.0.1:5000", "nope"))
     assert main(["check-config", str(broken)]) == 2
-    assert f"{broken}:5: models[0].backends[0].url" in capsys.readouterr().err
+    assert f"{broken}:5: models[0].backends[0].url" in capfd.readouterr().err
     assert main(["check-config", str(tmp_path / "missing.yaml")]) == 2
 
 

@@ -1,0 +1,33 @@
+"""Test-session set-up: production logging (JSON, secrets filter) for every test, and a
+check after each test that nothing it printed or logged holds key material."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.defaults import DEMO_ADMIN_KEY, DEMO_API_KEY
+from gateway.observability import configure_logging
+from tests.gateway.harness import ADMIN_KEY, API_KEY
+
+# Every key the tests use, and the shapes of keys sent on purpose as wrong ones.
+KEY_MATERIAL = (API_KEY, ADMIN_KEY, DEMO_API_KEY, DEMO_ADMIN_KEY, "sk-not-a-real-key")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def production_logging() -> Iterator[None]:
+    output = configure_logging("debug", "json")
+    yield
+    output.flush()
+
+
+@pytest.fixture(autouse=True)
+def no_key_material_in_output(capfd: pytest.CaptureFixture[str]) -> Iterator[None]:
+    yield
+    out, err = capfd.readouterr()
+    leaked = [key for key in KEY_MATERIAL if key in out or key in err]
+    sys.stdout.write(out)  # give the output back to pytest's report
+    sys.stderr.write(err)
+    assert not leaked, f"key material in the test's output: {leaked}"

@@ -1,0 +1,46 @@
+"""Logging: one filter takes secrets out of every event; lines are batched but never lost."""
+
+from __future__ import annotations
+
+import io
+
+import structlog
+
+from gateway.observability import REDACTED, BufferedLineLogger, redact_secrets
+from tests.gateway.harness import API_KEY
+
+
+def test_secrets_are_redacted_wherever_they_appear() -> None:
+    event = {
+        "event": "upstream_error_body",
+        "body": f'{{"detail": "bad key {API_KEY}"}}'.encode(),
+        "header": f"Authorization: Bearer {API_KEY}",
+        "note": f"api-key: {API_KEY}",
+        "authorization": "anything at all",
+        "api_key": "x",
+        "status": 401,
+        "path": "/v1/chat-completions",
+    }
+    redacted = redact_secrets(None, "warning", dict(event))
+    assert API_KEY not in str(redacted)
+    assert redacted["authorization"] == REDACTED
+    assert redacted["api_key"] == REDACTED
+    assert redacted["header"] == f"Authorization: Bearer {REDACTED}"
+    assert redacted["status"] == 401
+    assert redacted["path"] == "/v1/chat-completions"  # ordinary text is left alone
+
+
+def test_a_key_logged_through_the_real_pipeline_never_reaches_the_output() -> None:
+    # The session's logging is the production pipeline; the autouse check after this test
+    # scans what was written and fails if the key is there.
+    structlog.get_logger("test").warning("careless_event", detail=f"the key was {API_KEY}")
+
+
+def test_buffered_lines_come_out_in_order_and_errors_flush_at_once() -> None:
+    stream = io.StringIO()
+    output = BufferedLineLogger(stream)
+    output.info("one")  # no event loop here: written at once
+    assert stream.getvalue() == "one\n"
+    output._lines.append("two")  # as if buffered inside a loop
+    output.error("three")  # an error takes what was waiting along, in order
+    assert stream.getvalue() == "one\ntwo\nthree\n"
