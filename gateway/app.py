@@ -29,7 +29,7 @@ from gateway.errors import (
     PayloadTooLarge,
 )
 from gateway.metrics import GatewayMetrics, status_class
-from gateway.state import CONFIG, REQUEST, STATE, GatewayState, RequestContext
+from gateway.state import CONFIG, REQUEST, STATE, GatewayState, OpenStreams, RequestContext
 
 log = structlog.get_logger("gateway")
 access_log = structlog.get_logger("gateway.access")
@@ -182,6 +182,7 @@ async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
         auth=auth,
         metrics=GatewayMetrics(root),
         started=int(time.time()),
+        streams=OpenStreams(),
     )
     log.info("actor_tree_started", models=[m.name for m in config.models])
     try:

@@ -12,9 +12,18 @@ from aiohttp import web
 from gateway import systemd
 from gateway.app import create_app
 from gateway.config import GatewayConfig
-from gateway.state import STATE
+from gateway.state import STATE, GatewayState
 
 log = structlog.get_logger("gateway")
+
+# Seconds before the end of the shutdown grace period at which open streams are ended.
+STREAM_END_MARGIN = 1.0
+
+
+def _end_streams(state: GatewayState) -> None:
+    ended = state.streams.end_all()
+    if ended:
+        log.warning("streams_ended_by_shutdown", streams=ended)
 
 
 @dataclass
@@ -89,10 +98,18 @@ async def run_gateway(config: GatewayConfig) -> int:
     code = 0 if stopped in done else 1
     if code:
         log.error("gateway_actor_tree_failed")
-    log.info("gateway_stopping")
+    log.info("gateway_stopping", in_flight_streams=len(state.streams))
     systemd.notify("STOPPING=1")
     if pinger is not None:
         pinger.cancel()
-    await server.close()
+    # Streams still open shortly before the grace period ends get a clean error event, not
+    # the cut that aiohttp's cancellation at the deadline would give them.
+    ender = asyncio.get_running_loop().call_later(
+        max(0.0, config.shutdown_grace - STREAM_END_MARGIN), _end_streams, state
+    )
+    try:
+        await server.close()
+    finally:
+        ender.cancel()
     log.info("gateway_stopped", exit_code=code)
     return code

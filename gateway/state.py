@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -10,6 +11,34 @@ from actors.kernel import ActorRef, ActorSystem
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
+
+
+class OpenStreams:
+    """The streams being relayed, each with a way to end it cleanly: so that a shutdown whose
+    grace period runs out can end the rest with an error event rather than a cut."""
+
+    __slots__ = ("_enders", "_next")
+
+    def __init__(self) -> None:
+        self._enders: dict[int, Callable[[], None]] = {}
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self._enders)
+
+    def add(self, end: Callable[[], None]) -> int:
+        self._next += 1
+        self._enders[self._next] = end
+        return self._next
+
+    def discard(self, token: int) -> None:
+        self._enders.pop(token, None)
+
+    def end_all(self) -> int:
+        enders = list(self._enders.values())
+        for end in enders:
+            end()
+        return len(enders)
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +50,7 @@ class GatewayState:
     auth: Authenticator
     metrics: GatewayMetrics
     started: int  # unix time, the "created" of /v1/models entries
+    streams: OpenStreams
 
 
 STATE = web.AppKey("citadel_state", GatewayState)

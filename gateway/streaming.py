@@ -20,9 +20,9 @@ from actors.backend import Outcome
 from actors.router import RouteDecision
 from gateway import sse, upstream_errors
 from gateway.attempt import Attempt, Outgoing, UpstreamCall, upstream_failure
-from gateway.errors import UpstreamFailed
+from gateway.errors import GatewayError, ServiceUnavailable, UpstreamFailed, UpstreamTimeout
 from gateway.rewrite import response_rewriter
-from gateway.state import REQUEST
+from gateway.state import REQUEST, STATE, OpenStreams
 
 log = structlog.get_logger("gateway.streaming")
 
@@ -39,19 +39,18 @@ class ClientGone(Exception):
 
 
 class IdleWatchdog:
-    """Ends a stream whose upstream falls silent for `idle` seconds.
+    """Calls `on_idle` when a stream's upstream falls silent for `idle` seconds.
 
     A chunk only stamps the time; one timer per stream re-arms itself when it finds the stream
     was active, so the cost per chunk is an attribute store, not a timer reschedule.
     """
 
-    __slots__ = ("_handle", "_idle", "_loop", "_on_idle", "fired", "last")
+    __slots__ = ("_handle", "_idle", "_loop", "_on_idle", "last")
 
     def __init__(self, idle: float, on_idle: Callable[[], None]) -> None:
         self._loop = asyncio.get_running_loop()
         self._idle = idle
         self._on_idle = on_idle
-        self.fired = False
         self.last = self._loop.time()
         self._handle = self._loop.call_at(self.last + idle, self._check)
 
@@ -61,13 +60,29 @@ class IdleWatchdog:
     def _check(self) -> None:
         deadline = self.last + self._idle
         if self._loop.time() >= deadline:
-            self.fired = True
             self._on_idle()
         else:
             self._handle = self._loop.call_at(deadline, self._check)
 
     def cancel(self) -> None:
         self._handle.cancel()
+
+
+class StreamStop:
+    """Ends a stream from outside its loop (idle too long, the gateway shutting down): records
+    why, then closes the upstream response, which wakes the pending read with an error that
+    the loop then reports as this reason instead of as a cut."""
+
+    __slots__ = ("_close", "reason")
+
+    def __init__(self, close: Callable[[], None]) -> None:
+        self._close = close
+        self.reason: tuple[GatewayError, Outcome] | None = None
+
+    def stop(self, error: GatewayError, outcome: Outcome) -> None:
+        if self.reason is None:
+            self.reason = (error, outcome)
+            self._close()
 
 
 async def relay_stream(
@@ -132,7 +147,10 @@ async def relay_stream(
         request[REQUEST].first_byte_at = time.perf_counter()
         rewrite = response_rewriter(lease.upstream_model, decision.model)
         try:
-            clean_end = await _pump(response, upstream, framer, first, rewrite, attempt, rename)
+            streams = request.app[STATE].streams
+            clean_end = await _pump(
+                response, upstream, framer, first, rewrite, attempt, rename, streams
+            )
             await response.write_eof()
         except ClientGone:
             attempt.outcome = Outcome.CANCELLED
@@ -153,6 +171,7 @@ async def _pump(
     rewrite: Callable[[bytes], bytes],
     attempt: Attempt,
     rename: tuple[str, str],
+    streams: OpenStreams,
 ) -> bool:
     """Relay events until [DONE]. After the first byte, a failure ends the stream with an
     error event, never a silent cut. Returns True if the upstream finished cleanly.
@@ -165,10 +184,21 @@ async def _pump(
     perf_counter = time.perf_counter
     feed = framer.feed
     events = first
-    # Closing the upstream response wakes the pending read with an error; `fired` tells
-    # that error apart from a real cut.
-    watchdog = IdleWatchdog(attempt.lease.timeouts.idle, upstream.close)
+    stopper = StreamStop(upstream.close)
+    idle = attempt.lease.timeouts.idle
+    watchdog = IdleWatchdog(
+        idle,
+        lambda: stopper.stop(
+            UpstreamTimeout("The model service did not answer in time."), Outcome.TIMEOUT
+        ),
+    )
     touch = watchdog.touch
+    token = streams.add(
+        lambda: stopper.stop(
+            ServiceUnavailable("The gateway is shutting down. Retry the request."),
+            Outcome.CANCELLED,
+        )
+    )
     try:
         while True:
             if events:
@@ -187,8 +217,8 @@ async def _pump(
             attempt.upstream_seconds += perf_counter() - waiting_since
             touch()
             if not chunk:
-                if watchdog.fired:
-                    raise TimeoutError("idle")
+                if stopper.reason is not None:
+                    raise aiohttp.ClientPayloadError("stopped")  # reported as stopper.reason
                 attempt.outcome = Outcome.UPSTREAM_ERROR
                 log.warning("upstream_stream_cut", backend=attempt.lease.backend)
                 cut = UpstreamFailed("The model service ended the stream before it was complete.")
@@ -196,17 +226,20 @@ async def _pump(
                 return False
             events = feed(chunk)
     except (TimeoutError, aiohttp.ClientError) as caught:
-        reason: BaseException = caught
-        if watchdog.fired:
-            reason = TimeoutError(f"no data for {attempt.lease.timeouts.idle:g}s")
-        failure = upstream_failure(reason, attempt)
-        if isinstance(reason, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
-            failure = UpstreamFailed("The model service ended the stream before it was complete.")
-        log.warning("upstream_stream_failed", backend=attempt.lease.backend, error=repr(reason))
+        if stopper.reason is not None:
+            failure, attempt.outcome = stopper.reason
+        else:
+            failure = upstream_failure(caught, attempt)
+            if isinstance(caught, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+                failure = UpstreamFailed(
+                    "The model service ended the stream before it was complete."
+                )
+        log.warning("upstream_stream_failed", backend=attempt.lease.backend, error=failure.message)
         await _write(response, sse.error_event(failure.body()))
         return False
     finally:
         watchdog.cancel()
+        streams.discard(token)
     attempt.outcome = Outcome.OK
     # Read to the end of the body (the chunked terminator, normally already here) so the
     # connection can be reused; an upstream that lingers after [DONE] just loses it.

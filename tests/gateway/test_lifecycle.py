@@ -72,3 +72,34 @@ async def test_sigterm_lets_an_accepted_stream_finish_and_exits_zero(tmp_path: P
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+
+
+async def test_streams_still_open_when_the_grace_period_ends_get_a_clean_error(
+    tmp_path: Path,
+) -> None:
+    async with mock_service(model="m", ttft=0.0) as mock:
+        mock.state.token_gate = asyncio.Semaphore(0)  # the upstream never finishes
+        config = tmp_path / "gateway.yaml"
+        config.write_text(
+            CONFIG.format(port=0, key=API_KEY, upstream=mock.url).replace(
+                "shutdown_grace: 20", "shutdown_grace: 1.5"
+            )
+        )
+        process, url = await start_gateway_process(config)
+        try:
+            body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+            headers = {"Authorization": f"Bearer {API_KEY}"}
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(url + "/v1/chat/completions", json=body, headers=headers) as response,
+            ):
+                await response.content.readany()
+                process.send_signal(signal.SIGTERM)
+                rest = await asyncio.wait_for(response.content.read(), timeout=15)
+            assert b'"code":"service_unavailable"' in rest
+            assert b"The gateway is shutting down. Retry the request." in rest
+            assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
