@@ -1,23 +1,28 @@
-"""The gateway as a real process: SIGTERM while a stream is relayed loses nothing accepted."""
+"""The gateway as a real process: SIGTERM lets accepted streams finish, and ends those still
+open when the grace period runs out with a clean error event."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
 
 from tests.gateway.harness import API_KEY, mock_service
 
+STREAM = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 CONFIG = """
-listen: "127.0.0.1:{port}"
+listen: "127.0.0.1:0"
 auth:
   api_keys: ["{key}"]
 logging:
   format: json
-shutdown_grace: 20
+shutdown_grace: {grace}
 models:
   - name: m
     backends:
@@ -25,53 +30,55 @@ models:
 """
 
 
-async def start_gateway_process(config: Path) -> tuple[asyncio.subprocess.Process, str]:
-    """Start `citadel-gateway serve` and wait for its gateway_listening log line."""
+@asynccontextmanager
+async def gateway_process(
+    tmp_path: Path, upstream: str, grace: float
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """`citadel-gateway serve` as a real process, once its gateway_listening line is out;
+    killed on the way out if the test has not stopped it."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(CONFIG.format(key=API_KEY, upstream=upstream, grace=grace))
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    assert process.stdout is not None
-    async with asyncio.timeout(30):
-        while True:
-            line = await process.stdout.readline()
-            assert line, "the gateway exited before listening"
-            if b'"gateway_listening"' in line:
-                url = line.split(b'"url": "', 1)[1].split(b'"', 1)[0].decode()
-                return process, url
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(30):
+            while True:
+                line = await process.stdout.readline()
+                assert line, "the gateway exited before listening"
+                if b'"gateway_listening"' in line:
+                    break
+        yield process, line.split(b'"url": "', 1)[1].split(b'"', 1)[0].decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 async def test_sigterm_lets_an_accepted_stream_finish_and_exits_zero(tmp_path: Path) -> None:
     async with mock_service(model="m", ttft=0.0) as mock:
         gate = asyncio.Semaphore(0)
         mock.state.token_gate = gate
-        config = tmp_path / "gateway.yaml"
-        config.write_text(CONFIG.format(port=0, key=API_KEY, upstream=mock.url))
-        process, url = await start_gateway_process(config)
-        try:
-            body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-            headers = {"Authorization": f"Bearer {API_KEY}"}
-            async with (
-                aiohttp.ClientSession() as http,
-                http.post(url + "/v1/chat/completions", json=body, headers=headers) as response,
-            ):
-                await response.content.readany()  # the stream is under way
-                process.send_signal(signal.SIGTERM)
-                assert process.stdout is not None
-                async with asyncio.timeout(10):
-                    while b'"gateway_stopping"' not in await process.stdout.readline():
-                        pass
-                for _ in range(16):
-                    gate.release()  # the upstream finishes its answer
-                rest = await response.content.read()
+        async with (
+            gateway_process(tmp_path, mock.url, grace=20) as (process, url),
+            aiohttp.ClientSession() as http,
+            http.post(url + "/v1/chat/completions", json=STREAM, headers=HEADERS) as response,
+        ):
+            await response.content.readany()  # the stream is under way
+            process.send_signal(signal.SIGTERM)
+            assert process.stdout is not None
+            async with asyncio.timeout(10):
+                while b'"gateway_stopping"' not in await process.stdout.readline():
+                    pass
+            for _ in range(16):
+                gate.release()  # the upstream finishes its answer
+            rest = await response.content.read()
             assert rest.endswith(b"data: [DONE]\n\n")
             assert b"error" not in rest
             assert await asyncio.wait_for(process.wait(), timeout=30) == 0
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
 
 
 async def test_streams_still_open_when_the_grace_period_ends_get_a_clean_error(
@@ -79,27 +86,14 @@ async def test_streams_still_open_when_the_grace_period_ends_get_a_clean_error(
 ) -> None:
     async with mock_service(model="m", ttft=0.0) as mock:
         mock.state.token_gate = asyncio.Semaphore(0)  # the upstream never finishes
-        config = tmp_path / "gateway.yaml"
-        config.write_text(
-            CONFIG.format(port=0, key=API_KEY, upstream=mock.url).replace(
-                "shutdown_grace: 20", "shutdown_grace: 1.5"
-            )
-        )
-        process, url = await start_gateway_process(config)
-        try:
-            body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-            headers = {"Authorization": f"Bearer {API_KEY}"}
-            async with (
-                aiohttp.ClientSession() as http,
-                http.post(url + "/v1/chat/completions", json=body, headers=headers) as response,
-            ):
-                await response.content.readany()
-                process.send_signal(signal.SIGTERM)
-                rest = await asyncio.wait_for(response.content.read(), timeout=15)
+        async with (
+            gateway_process(tmp_path, mock.url, grace=1.5) as (process, url),
+            aiohttp.ClientSession() as http,
+            http.post(url + "/v1/chat/completions", json=STREAM, headers=HEADERS) as response,
+        ):
+            await response.content.readany()
+            process.send_signal(signal.SIGTERM)
+            rest = await asyncio.wait_for(response.content.read(), timeout=15)
             assert b'"code":"service_unavailable"' in rest
             assert b"The gateway is shutting down. Retry the request." in rest
             assert await asyncio.wait_for(process.wait(), timeout=30) == 0
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()

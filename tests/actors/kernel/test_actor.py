@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -31,13 +30,6 @@ from tests.actors.kernel.helpers import (
     Worker,
     worker,
 )
-
-
-@pytest.fixture
-async def system() -> AsyncIterator[ActorSystem]:
-    actor_system = ActorSystem()
-    yield actor_system
-    await actor_system.shutdown()
 
 
 async def supervised(system: ActorSystem, *specs: ChildSpec) -> ActorRef:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,14 +74,6 @@ class Store(BridgedThreadingActor):
                 event.wait()
                 return None
         return super().handle(message)
-
-
-@pytest.fixture
-async def system() -> AsyncIterator[ActorSystem]:
-    actor_system = ActorSystem()
-    yield actor_system
-    await actor_system.shutdown()
-    pykka.ActorRegistry.stop_all()
 
 
 async def test_ask_bridged_runs_on_the_actor_thread_and_returns_errors() -> None:

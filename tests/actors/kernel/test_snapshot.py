@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-
-import pytest
 
 from actors.kernel import ActorState, ActorSystem, ChildSpec, Strategy, Supervisor
 from tests.actors.kernel.helpers import Boom, Count, Echo, Recorder, worker
-
-
-@pytest.fixture
-async def system() -> AsyncIterator[ActorSystem]:
-    actor_system = ActorSystem()
-    yield actor_system
-    await actor_system.shutdown()
 
 
 async def test_snapshot_tree_is_exact(system: ActorSystem) -> None:

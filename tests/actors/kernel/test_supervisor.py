@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 
@@ -26,13 +26,6 @@ from actors.kernel import (
     WhichChildren,
 )
 from tests.actors.kernel.helpers import Boom, Count, Echo, Halt, Recorder, worker
-
-
-@pytest.fixture
-async def system() -> AsyncIterator[ActorSystem]:
-    actor_system = ActorSystem()
-    yield actor_system
-    await actor_system.shutdown()
 
 
 async def start_tree(

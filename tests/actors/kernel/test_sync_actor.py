@@ -4,7 +4,6 @@ exclusivity as the mailbox."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,13 +43,6 @@ class Counter(SyncActor):
             case Fail():
                 raise ValueError("refused")
         return super().handle(message)
-
-
-@pytest.fixture
-async def system() -> AsyncIterator[ActorSystem]:
-    actor_system = ActorSystem()
-    yield actor_system
-    await actor_system.shutdown()
 
 
 async def test_ask_to_an_idle_sync_actor_completes_without_yielding(system: ActorSystem) -> None:
