@@ -117,6 +117,8 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 backend=context.backend,
                 key_id=context.key_id,
                 attempts=context.attempts,
+                prompt_tokens=context.usage[0] if context.usage else None,
+                completion_tokens=context.usage[1] if context.usage else None,
                 latency_ms=round(elapsed * 1000, 3),
             )
 
@@ -145,6 +147,10 @@ def record(
         metrics.ttft.labels(model).observe(context.first_byte_at - context.started)
     if context.attempts > 1:
         metrics.retries.labels(model).inc(context.attempts - 1)
+    if context.usage is not None:
+        key = context.key_id or "-"
+        metrics.tokens.labels(model, key, "prompt").inc(context.usage[0])
+        metrics.tokens.labels(model, key, "completion").inc(context.usage[1])
     if context.route_reason is not None:
         kind = context.route_reason.split(":", 1)[0]
         kind = kind if kind in ("context", "fallback") else "virtual"

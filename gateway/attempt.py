@@ -44,7 +44,7 @@ class Outgoing:
 class Attempt:
     """One request on one lease: what happened, for the release and the access log."""
 
-    __slots__ = ("lease", "outcome", "started", "ttft", "upstream_seconds")
+    __slots__ = ("lease", "outcome", "started", "ttft", "upstream_seconds", "usage")
 
     def __init__(self, lease: Lease) -> None:
         self.lease = lease
@@ -52,6 +52,7 @@ class Attempt:
         self.started = time.monotonic()
         self.ttft: float | None = None
         self.upstream_seconds = 0.0  # waiting on the upstream: for the overhead metric
+        self.usage: tuple[int, int] | None = None  # (prompt, completion) tokens, if reported
 
     def release(self) -> None:
         latency = time.monotonic() - self.started

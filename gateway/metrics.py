@@ -72,6 +72,12 @@ class GatewayMetrics:
             ["requested", "model", "kind"],
             registry=registry,
         )
+        self.tokens = Counter(
+            "citadel_tokens",
+            "Tokens the upstreams reported, by served model, key id and kind (prompt, completion).",
+            ["model", "key", "kind"],
+            registry=registry,
+        )
         self.auth_failures = Counter(
             "citadel_auth_failures",
             "Requests refused for a missing or wrong key.",

@@ -33,6 +33,7 @@ from gateway.errors import GatewayError, ServiceUnavailable, UpstreamFailed, Ups
 from gateway.rewrite import request_body, response_rewriter
 from gateway.state import REQUEST
 from gateway.streaming import relay_stream
+from gateway.usage import usage_of
 
 log = structlog.get_logger("gateway.proxy")
 
@@ -99,6 +100,7 @@ async def forward(
         finally:
             attempt.release()
             context.upstream_seconds += attempt.upstream_seconds
+            context.usage = attempt.usage or context.usage
             if retrying:
                 router.notify(RetryEnded(decision.model))
                 retrying = False
@@ -220,6 +222,7 @@ async def _relay_unary(
             raise upstream_errors.from_error_event(error_obj, rename)
         raise UpstreamFailed("The model service returned a malformed response.")
     attempt.outcome = Outcome.OK
+    attempt.usage = usage_of(payload)
     rewrite = response_rewriter(lease.upstream_model, decision.model)
     return web.Response(
         body=rewrite(payload), content_type="application/json", headers=out.response_headers

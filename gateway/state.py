@@ -71,6 +71,7 @@ class RequestContext:
         "served_model",
         "started",
         "upstream_seconds",
+        "usage",
     )
 
     def __init__(self, request_id: str, started: float) -> None:
@@ -84,6 +85,7 @@ class RequestContext:
         self.attempts = 0  # tries across replicas (1 unless a replica failed before a byte)
         self.upstream_seconds = 0.0  # time spent waiting on upstreams, all tries
         self.first_byte_at: float | None = None  # perf_counter() at a stream's first event
+        self.usage: tuple[int, int] | None = None  # (prompt, completion) tokens reported
 
 
 REQUEST = web.RequestKey("citadel_request", RequestContext)

@@ -23,6 +23,7 @@ from gateway.attempt import Attempt, Outgoing, UpstreamCall, upstream_failure
 from gateway.errors import GatewayError, ServiceUnavailable, UpstreamFailed, UpstreamTimeout
 from gateway.rewrite import response_rewriter
 from gateway.state import REQUEST, STATE, OpenStreams
+from gateway.usage import usage_of
 
 log = structlog.get_logger("gateway.streaming")
 
@@ -206,6 +207,8 @@ async def _pump(
                 if b'error"' in events and (error := sse.find_error(events)) is not None:
                     await _end_with_error(response, attempt, error, rename)
                     return False
+                if b'"usage"' in events:
+                    attempt.usage = usage_of(events) or attempt.usage
                 try:
                     await write(rewrite(events))
                 except ConnectionResetError as gone:

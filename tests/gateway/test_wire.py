@@ -149,3 +149,15 @@ def test_errors_inside_a_stream_are_found() -> None:
 )
 def test_only_safe_upstream_messages_are_shown(error: dict[str, object], shown: bool) -> None:
     assert (upstream_message(error) is not None) is shown
+
+
+def test_usage_is_read_from_the_bytes_and_only_from_the_usage_object() -> None:
+    from gateway.usage import usage_of
+
+    answer = (
+        b'{"choices": [{"message": {"content": "say \\"prompt_tokens\\": 99"}}],'
+        b' "usage": {"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46}}'
+    )
+    assert usage_of(answer) == (12, 34)
+    assert usage_of(b'data: {"choices": [], "usage": null}\n\n') is None
+    assert usage_of(b'data: {"choices": [{"delta": {"content": "x"}}]}\n\n') is None
