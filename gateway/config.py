@@ -57,6 +57,10 @@ class LoggingSettings(BaseModel):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
     access_log: bool = True
+    log_prompts: bool = Field(
+        False, description="log each prompt and completion, truncated (off: never logged)"
+    )
+    prompt_log_chars: int = Field(500, ge=0, le=100_000, description="how much of each is kept")
 
 
 class MetricsSettings(BaseModel):

@@ -25,6 +25,7 @@ from gateway.schemas import (
     parse_request,
 )
 from gateway.state import REQUEST, STATE, GatewayState
+from gateway.transcript import Transcript, log_exchange
 
 ROUTER_ASK_TIMEOUT = 2.0
 
@@ -89,12 +90,24 @@ async def _generate(
     raw = await request.read()
     body = parse_request(schema, raw)
     context.model = body.model
-    decision = await _route(state, body.model, traits_of(request, body))
+    traits = traits_of(request, body)
+    decision = await _route(state, body.model, traits)
     call = UpstreamCall(path, raw, body.model, body.stream, context.request_id)
+    log_settings = state.config.logging
+    if log_settings.log_prompts:
+        context.transcript = Transcript()
     try:
         return await proxy.forward(request, decision, call, state.router)
     finally:
         state.router.notify(RequestEnded(decision.model))
+        if context.transcript is not None:
+            log_exchange(
+                context.request_id,
+                decision.model,
+                traits.text,
+                context.transcript.completion(),
+                log_settings.prompt_log_chars,
+            )
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

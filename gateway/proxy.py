@@ -33,6 +33,7 @@ from gateway.errors import GatewayError, ServiceUnavailable, UpstreamFailed, Ups
 from gateway.rewrite import request_body, response_rewriter
 from gateway.state import REQUEST
 from gateway.streaming import relay_stream
+from gateway.transcript import Transcript
 from gateway.usage import usage_of
 
 log = structlog.get_logger("gateway.proxy")
@@ -182,7 +183,7 @@ async def _try(
     timeout = lease.unary_timeout
     if timeout.total is not None and remaining < timeout.total:
         timeout = aiohttp.ClientTimeout(total=remaining, sock_connect=lease.timeouts.connect)
-    return await _relay_unary(attempt, call, decision, out, timeout)
+    return await _relay_unary(attempt, call, decision, out, timeout, request[REQUEST].transcript)
 
 
 async def _relay_unary(
@@ -191,6 +192,7 @@ async def _relay_unary(
     decision: RouteDecision,
     out: Outgoing,
     timeout: aiohttp.ClientTimeout,
+    transcript: Transcript | None,
 ) -> web.Response:
     lease = attempt.lease
     waiting_since = time.perf_counter()
@@ -223,6 +225,8 @@ async def _relay_unary(
         raise UpstreamFailed("The model service returned a malformed response.")
     attempt.outcome = Outcome.OK
     attempt.usage = usage_of(payload)
+    if transcript is not None:
+        transcript.keep(payload)
     rewrite = response_rewriter(lease.upstream_model, decision.model)
     return web.Response(
         body=rewrite(payload), content_type="application/json", headers=out.response_headers

@@ -11,6 +11,7 @@ from actors.kernel import ActorRef, ActorSystem
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
+from gateway.transcript import Transcript
 
 
 class OpenStreams:
@@ -70,6 +71,7 @@ class RequestContext:
         "route_reason",
         "served_model",
         "started",
+        "transcript",
         "upstream_seconds",
         "usage",
     )
@@ -86,6 +88,7 @@ class RequestContext:
         self.upstream_seconds = 0.0  # time spent waiting on upstreams, all tries
         self.first_byte_at: float | None = None  # perf_counter() at a stream's first event
         self.usage: tuple[int, int] | None = None  # (prompt, completion) tokens reported
+        self.transcript: Transcript | None = None  # only with logging.log_prompts
 
 
 REQUEST = web.RequestKey("citadel_request", RequestContext)

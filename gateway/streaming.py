@@ -23,6 +23,7 @@ from gateway.attempt import Attempt, Outgoing, UpstreamCall, upstream_failure
 from gateway.errors import GatewayError, ServiceUnavailable, UpstreamFailed, UpstreamTimeout
 from gateway.rewrite import response_rewriter
 from gateway.state import REQUEST, STATE, OpenStreams
+from gateway.transcript import Transcript
 from gateway.usage import usage_of
 
 log = structlog.get_logger("gateway.streaming")
@@ -149,8 +150,9 @@ async def relay_stream(
         rewrite = response_rewriter(lease.upstream_model, decision.model)
         try:
             streams = request.app[STATE].streams
+            transcript = request[REQUEST].transcript
             clean_end = await _pump(
-                response, upstream, framer, first, rewrite, attempt, rename, streams
+                response, upstream, framer, first, rewrite, attempt, rename, streams, transcript
             )
             await response.write_eof()
         except ClientGone:
@@ -173,6 +175,7 @@ async def _pump(
     attempt: Attempt,
     rename: tuple[str, str],
     streams: OpenStreams,
+    transcript: Transcript | None,
 ) -> bool:
     """Relay events until [DONE]. After the first byte, a failure ends the stream with an
     error event, never a silent cut. Returns True if the upstream finished cleanly.
@@ -209,6 +212,8 @@ async def _pump(
                     return False
                 if b'"usage"' in events:
                     attempt.usage = usage_of(events) or attempt.usage
+                if transcript is not None:
+                    transcript.keep(events)
                 try:
                     await write(rewrite(events))
                 except ConnectionResetError as gone:

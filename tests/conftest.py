@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.defaults import DEMO_ADMIN_KEY, DEMO_API_KEY
-from gateway.observability import configure_logging
+from gateway.observability import BufferedLineLogger, configure_logging
 from tests.gateway.harness import ADMIN_KEY, API_KEY
 
 # Every key the tests use, and the shapes of keys sent on purpose as wrong ones.
@@ -17,9 +17,10 @@ KEY_MATERIAL = (API_KEY, ADMIN_KEY, DEMO_API_KEY, DEMO_ADMIN_KEY, "sk-not-a-real
 
 
 @pytest.fixture(scope="session", autouse=True)
-def production_logging() -> Iterator[None]:
+def production_logging() -> Iterator[BufferedLineLogger]:
+    """The production pipeline for the whole session; tests flush it to read what it wrote."""
     output = configure_logging("debug", "json")
-    yield
+    yield output
     output.flush()
 
 

@@ -110,6 +110,7 @@ async def deployment(
     max_body_bytes: int = 1024 * 1024,
     virtual_models: tuple[VirtualModelSettings, ...] = (),
     metrics: MetricsSettings | None = None,
+    logging: LoggingSettings | None = None,
 ) -> AsyncIterator[Deployment]:
     started: list[RunningServer] = []
     mocks: dict[str, list[Mock]] = {}
@@ -149,7 +150,7 @@ async def deployment(
             virtual_models=virtual_models,
             auth=AuthSettings(api_keys=api_keys, admin_keys=(ADMIN_KEY,)),
             limits=LimitSettings(max_body_bytes=max_body_bytes),
-            logging=LoggingSettings(access_log=False),
+            logging=logging or LoggingSettings(access_log=False),
             metrics=metrics or MetricsSettings(),
         )
         gateway = await start_gateway(config)

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import io
+import json
 
+import aiohttp
+import pytest
 import structlog
 
+from gateway.config import LoggingSettings
 from gateway.observability import REDACTED, BufferedLineLogger, redact_secrets
-from tests.gateway.harness import API_KEY
+from tests.gateway.harness import API_KEY, ModelPlan, deployment
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def test_secrets_are_redacted_wherever_they_appear() -> None:
@@ -44,3 +50,32 @@ def test_buffered_lines_come_out_in_order_and_errors_flush_at_once() -> None:
     output._lines.append("two")  # as if buffered inside a loop
     output.error("three")  # an error takes what was waiting along, in order
     assert stream.getvalue() == "one\ntwo\nthree\n"
+
+
+async def test_prompts_and_completions_are_logged_only_when_asked_truncated(
+    capfd: pytest.CaptureFixture[str], production_logging: BufferedLineLogger
+) -> None:
+    chat = {"model": "m", "messages": [{"role": "user", "content": "tell me " + "x" * 100}]}
+    settings = LoggingSettings(access_log=False, log_prompts=True, prompt_log_chars=20)
+    async with deployment([ModelPlan("m")], logging=settings) as gw, aiohttp.ClientSession() as s:
+        for body in (chat, {**chat, "stream": True}):
+            async with s.post(gw.url + "/v1/chat/completions", json=body, headers=AUTH) as r:
+                await r.read()
+    production_logging.flush()
+    out = capfd.readouterr().out
+    transcripts = [json.loads(line) for line in out.splitlines() if '"transcript"' in line]
+    assert len(transcripts) == 2
+    for event in transcripts:
+        assert event["prompt"] == ("tell me " + "x" * 100)[:20]
+        assert len(event["completion"]) == 20  # the mock's 16 tokens, cut to 20 characters
+        assert event["truncated"] is True
+    assert transcripts[0]["completion"] == transcripts[1]["completion"]  # stream rebuilt
+
+    async with (
+        deployment([ModelPlan("m")]) as gw,
+        aiohttp.ClientSession() as s,
+        s.post(gw.url + "/v1/chat/completions", json=chat, headers=AUTH) as r,
+    ):
+        await r.read()
+    production_logging.flush()
+    assert '"transcript"' not in capfd.readouterr().out  # off by default
