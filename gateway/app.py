@@ -189,6 +189,7 @@ async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
         metrics=GatewayMetrics(root),
         started=int(time.time()),
         streams=OpenStreams(),
+        prefix_affinity=any(m.routing.prefix_affinity for m in config.models),
     )
     log.info("actor_tree_started", models=[m.name for m in config.models])
     try:

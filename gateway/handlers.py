@@ -35,15 +35,17 @@ _JSON_FORMATS = frozenset({"json_object", "json_schema"})
 
 
 def traits_of(
-    request: web.Request, body: ChatCompletionRequest | CompletionRequest
+    request: web.Request, body: ChatCompletionRequest | CompletionRequest, *, affinity: bool
 ) -> RequestTraits:
-    """What routing may look at, extracted once from the validated body."""
+    """What routing may look at, extracted once from the validated body. The prefix hash is
+    computed only when some model uses prefix affinity."""
     extra = body.model_extra or {}
     key: int | None = None
     if isinstance(body, ChatCompletionRequest):
         prompt_tokens, text = estimate_prompt_tokens(body.messages)
         budget = body.output_budget
-        key = prefix_key(body.messages)
+        if affinity:
+            key = prefix_key(body.messages)
     else:
         prompt_tokens, text = estimate_prompt_tokens(None, body.prompt)
         budget = body.max_tokens
@@ -90,7 +92,7 @@ async def _generate(
     raw = await request.read()
     body = parse_request(schema, raw)
     context.model = body.model
-    traits = traits_of(request, body)
+    traits = traits_of(request, body, affinity=state.prefix_affinity)
     decision = await _route(state, body.model, traits)
     call = UpstreamCall(path, raw, body.model, body.stream, context.request_id)
     log_settings = state.config.logging

@@ -52,6 +52,7 @@ class GatewayState:
     metrics: GatewayMetrics
     started: int  # unix time, the "created" of /v1/models entries
     streams: OpenStreams
+    prefix_affinity: bool  # some model routes by prefix: requests need their prefix hash
 
 
 STATE = web.AppKey("citadel_state", GatewayState)
