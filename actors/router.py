@@ -80,7 +80,12 @@ class RouteDecision:
     panic: bool = False  # too few usable replicas: health is ignored
     saturated: bool = False  # a usable replica is merely full: waiting for room may help
     queue_timeout: float = 10.0  # how long the request may wait for room, when saturated
-    reason: str = "requested"  # why this model: a rule, a fallback, the context window
+    reason: str = REQUESTED  # why this model: a rule, a fallback, the context window
+
+    @property
+    def rerouted(self) -> bool:
+        """Whether the router chose another model than the one the client named."""
+        return self.reason != REQUESTED
 
 
 @dataclass(frozen=True, slots=True)

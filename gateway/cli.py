@@ -40,22 +40,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "check-config":
+    if args.command in ("check-config", "serve"):
         try:
             config = load_config(args.config)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 2
+    if args.command == "check-config":
         names = ", ".join(m.name for m in config.models)
         replicas = sum(len(m.backends) for m in config.models)
         print(f"{args.config}: OK ({len(config.models)} models: {names}; {replicas} replicas)")
         return 0
     if args.command == "serve":
-        try:
-            config = load_config(args.config)
-        except ConfigError as exc:
-            print(exc, file=sys.stderr)
-            return 2
         configure_logging(config.logging.level, config.logging.format)
         from gateway.server import run_gateway
 

@@ -83,6 +83,16 @@ async def _route(
     return decision
 
 
+async def _forward(
+    request: web.Request, state: GatewayState, decision: RouteDecision, call: UpstreamCall
+) -> web.StreamResponse:
+    """Forward a routed request; the router counted it in flight, so tell it when it ends."""
+    try:
+        return await proxy.forward(request, decision, call, state.router)
+    finally:
+        state.router.notify(RequestEnded(decision.model))
+
+
 async def _generate(
     request: web.Request, schema: type[ChatCompletionRequest | CompletionRequest], path: str
 ) -> web.StreamResponse:
@@ -99,9 +109,8 @@ async def _generate(
     if log_settings.log_prompts:
         context.transcript = Transcript()
     try:
-        return await proxy.forward(request, decision, call, state.router)
+        return await _forward(request, state, decision, call)
     finally:
-        state.router.notify(RequestEnded(decision.model))
         if context.transcript is not None:
             log_exchange(
                 context.request_id,
@@ -129,10 +138,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     context.model = body.model
     decision = await _route(state, body.model)
     call = UpstreamCall("/v1/embeddings", raw, body.model, False, context.request_id)
-    try:
-        return await proxy.forward(request, decision, call, state.router)
-    finally:
-        state.router.notify(RequestEnded(decision.model))
+    return await _forward(request, state, decision, call)
 
 
 def _model_object(entry: ModelEntry, created: int) -> dict[str, object]:

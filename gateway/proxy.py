@@ -68,7 +68,7 @@ async def forward(
     """
     context = request[REQUEST]
     context.served_model = decision.model
-    if decision.reason != "requested":
+    if decision.rerouted:
         context.route_reason = decision.reason
     deadline = time.monotonic() + decision.deadline
     next_index = 0
@@ -166,7 +166,7 @@ async def _try(
         "x-citadel-model": decision.model,
         "x-citadel-backend": lease.backend,
     }
-    if decision.reason != "requested":
+    if decision.rerouted:
         response_headers["x-citadel-route"] = decision.reason
     out = Outgoing(
         body=request_body(call.raw, call.sent_model, lease.upstream_model),
