@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,6 +46,7 @@ class ReplicaLoad:
         "max_in_flight",
         "name",
         "queued",
+        "sampled",
         "weight",
     )
 
@@ -68,6 +69,7 @@ class ReplicaLoad:
         self.decay = decay
         self._latency = default_latency
         self._stamp = 0.0
+        self.sampled = False  # whether _latency comes from a real request yet
 
     @property
     def latency(self) -> float:
@@ -76,8 +78,9 @@ class ReplicaLoad:
     def observe(self, sample: float, now: float) -> None:
         """Peak EWMA (as in Finagle): a slower sample takes effect at once; faster samples pull
         the estimate down gradually, so a replica that was slow is trusted again slowly."""
-        if sample >= self._latency:
+        if not self.sampled or sample >= self._latency:
             self._latency = sample
+            self.sampled = True
         else:
             weight = math.exp(-max(0.0, now - self._stamp) / self.decay)
             self._latency = self._latency * weight + sample * (1 - weight)
@@ -89,9 +92,14 @@ class ReplicaLoad:
         self.blocked_until = 0.0
         self.queued = 0.0
         self._latency = default_latency
+        self.sampled = False
 
-    def cost(self) -> float:
-        return self._latency * (self.in_flight + self.queued + 1)
+    def cost(self, cold_latency: float | None = None) -> float:
+        """Latency times the work ahead of a new request. A replica with no sample yet is
+        priced at `cold_latency` (its warm peers' mean), so that a new replica neither waits
+        forever behind faster-measured peers nor takes every request until it is measured."""
+        latency = self._latency if self.sampled or cold_latency is None else cold_latency
+        return latency * (self.in_flight + self.queued + 1)
 
     def has_room(self, now: float) -> bool:
         return self.healthy and now >= self.blocked_until and self.in_flight < self.max_in_flight
@@ -113,25 +121,31 @@ class Balancer:
         if len(indices) <= 1:
             return indices
         usable = indices if panic else [i for i in indices if replicas[i].has_room(now)]
+        warm = [r.latency for r in replicas if r.sampled]
+        cold = sum(warm) / len(warm) if warm else None
+
+        def cost(i: int) -> float:
+            return replicas[i].cost(cold)
+
         rest = [i for i in indices if i not in usable]
-        rest.sort(key=lambda i: replicas[i].cost())
+        rest.sort(key=cost)
         if not usable:
             return rest
         if self._policy is Policy.P2C_PEAK_EWMA:
-            chosen = self._p2c(replicas, usable)
+            chosen = self._p2c(usable, cost)
         elif self._policy is Policy.LEAST_IN_FLIGHT:
             least = min(replicas[i].in_flight for i in usable)
             chosen = self._rng.choice([i for i in usable if replicas[i].in_flight == least])
         else:
             chosen = self._weighted_round_robin(replicas, usable)
-        others = sorted((i for i in usable if i != chosen), key=lambda i: replicas[i].cost())
+        others = sorted((i for i in usable if i != chosen), key=cost)
         return [chosen, *others, *rest]
 
-    def _p2c(self, replicas: Sequence[ReplicaLoad], usable: list[int]) -> int:
+    def _p2c(self, usable: list[int], cost: Callable[[int], float]) -> int:
         if len(usable) == 1:
             return usable[0]
         first, second = self._rng.sample(usable, 2)
-        return first if replicas[first].cost() <= replicas[second].cost() else second
+        return first if cost(first) <= cost(second) else second
 
     def _weighted_round_robin(self, replicas: Sequence[ReplicaLoad], usable: list[int]) -> int:
         """Smooth weighted round robin (as in nginx): even spread, exact proportions."""

@@ -87,3 +87,20 @@ def test_rendezvous_affinity_is_stable_and_moves_only_the_lost_replicas_keys() -
     moved = [key for key in keys if before[key] != after[key]]
     assert moved  # the lost replica's keys moved...
     assert all(before[key] == 2 for key in moved)  # ...and only those
+
+
+def test_a_replica_not_yet_measured_is_priced_at_its_warm_peers_mean() -> None:
+    """A replica added next to measured peers gets its share at once (not the cold default
+    latency, which would starve it), and is still charged for what it has in flight."""
+    warm, cold = ReplicaLoad("warm", default_latency=1.0), ReplicaLoad("new", default_latency=1.0)
+    warm.observe(0.01, now=100.0)
+    assert warm.sampled
+    assert not cold.sampled
+    balancer = Balancer(Policy.P2C_PEAK_EWMA, random.Random(3))
+    warm.in_flight = 4
+    assert balancer.order([warm, cold], now=100.0, panic=False)[0] == 1
+    cold.in_flight = 8  # priced at 0.01 x 9 against 0.01 x 5
+    assert balancer.order([warm, cold], now=100.0, panic=False)[0] == 0
+    cold.observe(0.5, now=100.0)  # once measured, its own estimate counts
+    cold.in_flight = 0
+    assert balancer.order([warm, cold], now=100.0, panic=False)[0] == 0
