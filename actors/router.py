@@ -36,6 +36,7 @@ __all__ = [
     "ModelEntry",
     "ModelSettings",
     "QueueFull",
+    "Reconfigure",
     "RequestEnded",
     "RetryBudgetSettings",
     "RetryEnded",
@@ -147,6 +148,16 @@ class RetryBudget:
 
 
 @dataclass(frozen=True, slots=True)
+class Reconfigure:
+    """Tell: route by these settings from now on (a reload). `names` and `loads` are each
+    model's replicas, all of them running by the time this arrives."""
+
+    settings: RouterSettings
+    names: Mapping[str, tuple[str, ...]]
+    loads: Mapping[str, ReplicaLoad]
+
+
+@dataclass(frozen=True, slots=True)
 class ModelEntry:
     id: str
     owned_by: str
@@ -165,14 +176,17 @@ class RouterActor(SyncActor):
         resolve: Callable[[str], ActorRef],
         loads: Mapping[str, ReplicaLoad],
         *,
+        names: Mapping[str, tuple[str, ...]] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         """`resolve` maps a backend name ("mixtral-8x7b#0") to its ref; the backends start
         before the router, so they exist by the time on_start runs. `loads` are the replicas'
-        live gauges, by backend name."""
+        live gauges, by backend name; `names` each model's replicas (by default
+        "<model>#<index>")."""
         self._settings = settings
         self._resolve = resolve
         self._loads = loads
+        self._names = names or {m.name: tuple(m.backend_names()) for m in settings.models}
         self._rng = rng or random.Random()
         self._by_id: dict[str, ModelSettings] = {}
         self._virtual: dict[str, VirtualModelSettings] = {}
@@ -180,10 +194,18 @@ class RouterActor(SyncActor):
         self._entries: tuple[ModelEntry, ...] = ()
 
     async def on_start(self) -> None:
+        self._build()
+
+    def _build(self) -> None:
+        """(Re)build the routing tables. A model that stays keeps its requests in flight,
+        its retries and its wait queue; waiters of a model that is gone are woken, to find
+        it gone."""
+        previous = self._groups
+        self._groups, self._by_id, self._virtual = {}, {}, {}
         entries = []
         for model in self._settings.models:
-            names = model.backend_names()
-            self._groups[model.name] = _Group(
+            names = self._names[model.name]
+            group = _Group(
                 model,
                 tuple(self._resolve(n) for n in names),
                 tuple(self._loads[n] for n in names),
@@ -191,6 +213,11 @@ class RouterActor(SyncActor):
                 RetryBudget(model.routing.retry_budget),
                 tuple(name_hash(n) for n in names),
             )
+            old = previous.pop(model.name, None)
+            if old is not None:
+                group.budget.active, group.budget.retrying = old.budget.active, old.budget.retrying
+                group.waiting = old.waiting
+            self._groups[model.name] = group
             for model_id in (model.name, *model.aliases):
                 self._by_id[model_id] = model
                 entries.append(ModelEntry(model_id, model.owned_by, model.name))
@@ -198,22 +225,32 @@ class RouterActor(SyncActor):
             self._virtual[virtual.name] = virtual
             entries.append(ModelEntry(virtual.name, virtual.owned_by, virtual.name))
         self._entries = tuple(entries)
+        for gone in previous.values():
+            gone.wake_all()
 
     def handle(self, message: Any) -> Any:
         match message:
             case Route(model=model_id, traits=traits):
                 return self._route(model_id, traits)
+            # A request may end after a reload removed its model: its group is gone.
             case AllowRetry(model=model_id):
-                return self._groups[model_id].budget.try_retry()
+                group = self._groups.get(model_id)
+                return group is not None and group.budget.try_retry()
             case RetryEnded(model=model_id):
-                budget = self._groups[model_id].budget
-                budget.retrying = max(0, budget.retrying - 1)
+                if (group := self._groups.get(model_id)) is not None:
+                    group.budget.retrying = max(0, group.budget.retrying - 1)
             case RequestEnded(model=model_id):
-                group = self._groups[model_id]
-                group.budget.active = max(0, group.budget.active - 1)
-                group.wake_one()
+                if (group := self._groups.get(model_id)) is not None:
+                    group.budget.active = max(0, group.budget.active - 1)
+                    group.wake_one()
             case AwaitRoom(model=model_id):
-                return self._groups[model_id].wait_for_room()
+                if (group := self._groups.get(model_id)) is None:
+                    raise QueueFull(model_id)
+                return group.wait_for_room()
+            case Reconfigure(settings=settings, names=names, loads=loads):
+                self._settings, self._names, self._loads = settings, names, loads
+                self._build()
+                log.info("router_reconfigured", models=list(self._groups))
             case ModelAvailability():
                 now = time.monotonic()
                 return {
@@ -352,6 +389,12 @@ class _Group:
         waiter = asyncio.get_running_loop().create_future()
         waiting.append(waiter)
         return waiter
+
+    def wake_all(self) -> None:
+        while self.waiting:
+            waiter = self.waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
 
     def wake_one(self) -> None:
         while self.waiting:

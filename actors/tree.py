@@ -1,19 +1,27 @@
-"""The gateway's supervision tree, built from settings.
+"""The gateway's supervision tree, built from settings, and changed in place on a reload.
 
 root                         one_for_one, intensity 3 / 10 s
 ├── backends                 one_for_one, one BackendActor per replica, jittered backoff
 │   ├── mixtral-8x7b#0
 │   └── …
 └── router                   RouterActor
+
+A `TreeLayout` is what the tree is built from: the router's settings, each model's replica
+names and each replica's live load gauge. A reload computes the next layout from the current
+one (`TreeLayout.next`): a replica whose settings are unchanged keeps its name, actor, pool
+and load; a new or changed one gets a fresh name (names are never reused, so metrics and logs
+of a retired replica never mix with its successor's).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
-from actors.backend import BackendActor
+from actors.backend import BackendActor, BackendSettings
 from actors.balancer import ReplicaLoad
+from actors.breaker import BreakerSettings
 from actors.kernel import (
     ActorRef,
     Backoff,
@@ -22,7 +30,7 @@ from actors.kernel import (
     Strategy,
     Supervisor,
 )
-from actors.router import RouterActor, RouterSettings
+from actors.router import ModelSettings, RouterActor, RouterSettings
 
 ROOT = "root"
 BACKENDS = f"{ROOT}/backends"
@@ -34,63 +42,130 @@ BACKEND_BACKOFF = Backoff(initial=0.1, maximum=10.0, multiplier=2.0, jitter=0.3,
 HOT_MAILBOX = MailboxConfig(capacity=16384)
 
 
-def replica_loads(settings: RouterSettings) -> dict[str, ReplicaLoad]:
-    """One live load gauge per replica, shared by its BackendActor (writer) and the router
-    (reader) for the life of the tree."""
-    loads = {}
-    for model in settings.models:
-        for name, backend in zip(model.backend_names(), model.backends, strict=True):
-            loads[name] = ReplicaLoad(
-                name,
-                weight=backend.weight,
-                max_in_flight=backend.max_in_flight,
-                default_latency=model.routing.default_latency,
-                decay=model.routing.decay,
-            )
-    return loads
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """One replica as its BackendActor is built: what, if changed, needs a new actor."""
+
+    model: str
+    backend: BackendSettings
+    breaker: BreakerSettings
+    default_latency: float
+    decay: float
+
+    @staticmethod
+    def of(model: ModelSettings, backend: BackendSettings) -> Replica:
+        routing = model.routing
+        return Replica(model.name, backend, model.breaker, routing.default_latency, routing.decay)
 
 
-def backend_specs(settings: RouterSettings, loads: dict[str, ReplicaLoad]) -> list[ChildSpec]:
-    specs = []
-    for model in settings.models:
-        for name, backend in zip(model.backend_names(), model.backends, strict=True):
-            factory = partial(
-                BackendActor,
-                name,
-                model.name,
-                backend,
-                load=loads[name],
-                breaker=model.breaker,
-                default_latency=model.routing.default_latency,
-            )
-            specs.append(
-                ChildSpec(
-                    name=name,
-                    factory=factory,
-                    mailbox=HOT_MAILBOX,
-                    backoff=BACKEND_BACKOFF,
-                    shutdown_timeout=10.0,
-                )
-            )
-    return specs
+@dataclass(frozen=True, slots=True)
+class TreeLayout:
+    settings: RouterSettings
+    names: dict[str, tuple[str, ...]]  # model -> its replicas' names, in configured order
+    replicas: dict[str, Replica]  # name -> how its actor is built
+    loads: dict[str, ReplicaLoad]  # name -> live gauge (BackendActor writes, router reads)
+    used: frozenset[str]  # every name any layout of this tree has given out
+
+    @staticmethod
+    def first(settings: RouterSettings) -> TreeLayout:
+        return TreeLayout.next(settings, None)
+
+    @staticmethod
+    def next(settings: RouterSettings, previous: TreeLayout | None) -> TreeLayout:
+        """The layout for `settings`, keeping every replica of `previous` that is unchanged."""
+        kept: dict[Replica, list[str]] = {}
+        old_loads: dict[str, ReplicaLoad] = {}
+        used: frozenset[str] = frozenset()
+        if previous is not None:
+            for name, replica in previous.replicas.items():
+                kept.setdefault(replica, []).append(name)
+            old_loads, used = previous.loads, previous.used
+        names: dict[str, tuple[str, ...]] = {}
+        replicas: dict[str, Replica] = {}
+        loads: dict[str, ReplicaLoad] = {}
+        for model in settings.models:
+            model_names = []
+            counter = 0
+            for backend in model.backends:
+                replica = Replica.of(model, backend)
+                same = kept.get(replica)
+                if same:
+                    name = same.pop(0)
+                    loads[name] = old_loads[name]
+                else:
+                    while (name := f"{model.name}#{counter}") in used or name in replicas:
+                        counter += 1
+                    loads[name] = ReplicaLoad(
+                        name,
+                        weight=backend.weight,
+                        max_in_flight=backend.max_in_flight,
+                        default_latency=replica.default_latency,
+                        decay=replica.decay,
+                    )
+                model_names.append(name)
+                replicas[name] = replica
+            names[model.name] = tuple(model_names)
+        return TreeLayout(settings, names, replicas, loads, used | set(replicas))
+
+    def added_since(self, previous: TreeLayout) -> list[str]:
+        return [name for name in self.replicas if name not in previous.replicas]
+
+    def retired_since(self, previous: TreeLayout) -> list[str]:
+        return [name for name in previous.replicas if name not in self.replicas]
+
+    def backend_spec(self, name: str) -> ChildSpec:
+        replica = self.replicas[name]
+        factory = partial(
+            BackendActor,
+            name,
+            replica.model,
+            replica.backend,
+            load=self.loads[name],
+            breaker=replica.breaker,
+            default_latency=replica.default_latency,
+        )
+        return ChildSpec(
+            name=name,
+            factory=factory,
+            mailbox=HOT_MAILBOX,
+            backoff=BACKEND_BACKOFF,
+            shutdown_timeout=10.0,
+        )
 
 
-def gateway_tree(settings: RouterSettings, lookup: Callable[[str], ActorRef]) -> ChildSpec:
+class LiveLayout:
+    """The layout the running tree has: the supervisors' factories read it, so that a
+    supervisor restarted after a reload rebuilds the reloaded tree, not the first one."""
+
+    __slots__ = ("current",)
+
+    def __init__(self, layout: TreeLayout) -> None:
+        self.current = layout
+
+
+def gateway_tree(live: LiveLayout, lookup: Callable[[str], ActorRef]) -> ChildSpec:
     """The root spec. `lookup` resolves a path to a ref (ActorSystem.lookup)."""
-    loads = replica_loads(settings)
-    backends = ChildSpec(
-        "backends",
-        lambda: Supervisor(
-            backend_specs(settings, loads), strategy=Strategy.ONE_FOR_ONE, intensity=50
-        ),
-    )
-    router = ChildSpec(
-        "router",
-        lambda: RouterActor(settings, lambda name: lookup(f"{BACKENDS}/{name}"), loads),
-        mailbox=HOT_MAILBOX,
-    )
+
+    def backends() -> Supervisor:
+        layout = live.current
+        specs = [layout.backend_spec(name) for name in layout.replicas]
+        return Supervisor(specs, strategy=Strategy.ONE_FOR_ONE, intensity=50)
+
+    def router() -> RouterActor:
+        layout = live.current
+        return RouterActor(
+            layout.settings,
+            lambda name: lookup(f"{BACKENDS}/{name}"),
+            layout.loads,
+            names=layout.names,
+        )
+
     return ChildSpec(
         ROOT,
-        lambda: Supervisor([backends, router], strategy=Strategy.ONE_FOR_ONE, intensity=3),
+        lambda: Supervisor(
+            [ChildSpec("backends", backends), ChildSpec("router", router, mailbox=HOT_MAILBOX)],
+            strategy=Strategy.ONE_FOR_ONE,
+            intensity=3,
+        ),
         shutdown_timeout=30.0,
     )

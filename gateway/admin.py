@@ -1,4 +1,4 @@
-"""The operators' API under /admin: the live actor tree, the replicas, and restarts.
+"""The operators' API under /admin: the live actor tree, the replicas, restarts, reloads.
 
 Every endpoint needs an admin key (`auth.admin_keys`); a model key gets 403.
 """
@@ -12,6 +12,7 @@ from aiohttp import web
 
 from actors.kernel import ActorSnapshot, RestartChild
 from gateway.errors import InvalidRequest, NotFound
+from gateway.reload import ReloadRejected, reload_from_file
 from gateway.state import STATE
 
 
@@ -92,7 +93,20 @@ tr.stopped td {{ color: #888; }}
 """
 
 
+async def reload_config(request: web.Request) -> web.Response:
+    """Re-read the configuration file and apply it (the same as SIGHUP). 400 with the
+    reason when the file is invalid; the running configuration then stays."""
+    state = request.app[STATE]
+    state.auth.authenticate_admin(request)
+    try:
+        report = await reload_from_file(state)
+    except ReloadRejected as exc:
+        raise InvalidRequest(f"Configuration not reloaded: {exc}", code="invalid_config") from None
+    return web.json_response(report.as_dict())
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/admin/actors", actors)
     app.router.add_post("/admin/actors/{path:.+}/restart", restart_actor)
     app.router.add_get("/admin/backends", backends)
+    app.router.add_post("/admin/reload", reload_config)

@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from actors.kernel import ActorSystem
-from actors.tree import ROUTER, gateway_tree
+from actors.tree import ROUTER, LiveLayout, TreeLayout, gateway_tree
 from gateway import admin, handlers, health
 from gateway.auth import StaticKeys
 from gateway.config import GatewayConfig
@@ -28,8 +28,16 @@ from gateway.errors import (
     NotFound,
     PayloadTooLarge,
 )
-from gateway.metrics import GatewayMetrics, status_class
-from gateway.state import CONFIG, REQUEST, STATE, GatewayState, OpenStreams, RequestContext
+from gateway.metrics import GatewayMetrics, TreeSampler, status_class
+from gateway.state import (
+    CONFIG,
+    CONFIG_PATH,
+    REQUEST,
+    STATE,
+    GatewayState,
+    OpenStreams,
+    RequestContext,
+)
 
 log = structlog.get_logger("gateway")
 access_log = structlog.get_logger("gateway.access")
@@ -38,6 +46,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METRICS_PORT = web.AppKey("citadel_metrics_port", int)  # the separate scrape port, once bound
+TREE_SAMPLE_INTERVAL = 1.0  # seconds; multiprocess mode only (see gateway.metrics)
 
 
 def request_id_of(request: web.Request) -> str:
@@ -105,7 +114,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
         state = request.app.get(STATE)
         if state is not None:
             record(state.metrics, request, context, status, elapsed)
-        if request.app[CONFIG].logging.access_log:
+        if (state.config if state is not None else request.app[CONFIG]).logging.access_log:
             access_log.info(
                 "request",
                 request_id=request_id,
@@ -159,7 +168,7 @@ def record(
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
     """/metrics on the API port, for the networks the config allows."""
-    settings = request.app[CONFIG].metrics
+    settings = request.app[STATE].config.metrics
     peer = request.remote or ""
     try:
         address = ipaddress.ip_address(peer)
@@ -176,11 +185,12 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     system = ActorSystem()
-    root = await system.spawn(gateway_tree(config.router_settings(), system.lookup))
+    layout = LiveLayout(TreeLayout.first(config.router_settings()))
+    root = await system.spawn(gateway_tree(layout, system.lookup))
     auth = StaticKeys(config.auth.api_keys, config.auth.admin_keys)
     if not auth.enabled:
         log.warning("auth_disabled", reason="no api_keys configured")
-    app[STATE] = GatewayState(
+    app[STATE] = state = GatewayState(
         config=config,
         system=system,
         root=root,
@@ -190,13 +200,25 @@ async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
         started=int(time.time()),
         streams=OpenStreams(),
         prefix_affinity=any(m.routing.prefix_affinity for m in config.models),
+        layout=layout,
+        config_path=app.get(CONFIG_PATH),
     )
     log.info("actor_tree_started", models=[m.name for m in config.models])
+    if state.metrics.sampler is not None:
+        state.in_background(_sample_tree(state.metrics.sampler))
     try:
         yield
     finally:
+        for task in list(state.background):
+            task.cancel()
         await system.shutdown()
         log.info("actor_tree_stopped")
+
+
+async def _sample_tree(sampler: TreeSampler) -> None:
+    while True:
+        sampler.sample()
+        await asyncio.sleep(TREE_SAMPLE_INTERVAL)
 
 
 async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
@@ -225,11 +247,15 @@ async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
         await runner.cleanup()
 
 
-def create_app(config: GatewayConfig) -> web.Application:
+def create_app(config: GatewayConfig, *, config_path: str | None = None) -> web.Application:
+    """The gateway app. `config_path` is the file `config` came from, which a reload
+    (SIGHUP, POST /admin/reload) reads again."""
     app = web.Application(
         middlewares=[edge_middleware], client_max_size=config.limits.max_body_bytes
     )
     app[CONFIG] = config
+    if config_path is not None:
+        app[CONFIG_PATH] = config_path
     app.cleanup_ctx.append(_actor_tree)
     app.cleanup_ctx.append(_metrics_listener)
     handlers.add_routes(app)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import time
 from dataclasses import dataclass
 
 import structlog
@@ -12,6 +14,7 @@ from aiohttp import web
 from gateway import systemd
 from gateway.app import create_app
 from gateway.config import GatewayConfig
+from gateway.reload import ReloadRejected, reload_from_file
 from gateway.state import STATE, GatewayState
 
 log = structlog.get_logger("gateway")
@@ -67,27 +70,56 @@ async def start_server(
     return RunningServer(runner, host, int(bound[1]))
 
 
-async def start_gateway(config: GatewayConfig, *, port: int | None = None) -> RunningServer:
+async def start_gateway(
+    config: GatewayConfig,
+    *,
+    port: int | None = None,
+    config_path: str | None = None,
+    reuse_port: bool = False,
+) -> RunningServer:
     return await start_server(
-        create_app(config),
+        create_app(config, config_path=config_path),
         config.host,
         config.port if port is None else port,
         shutdown_timeout=config.shutdown_grace,
+        reuse_port=reuse_port,
     )
 
 
-async def run_gateway(config: GatewayConfig) -> int:
-    """Run until SIGTERM/SIGINT (exit 0) or until the actor tree gives up (exit 1)."""
-    server = await start_gateway(config)
+def _reload_on_signal(state: GatewayState) -> None:
+    """SIGHUP: reload in the background; a rejected file is logged and changes nothing."""
+
+    async def reload() -> None:
+        systemd.notify(
+            f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
+        )
+        try:
+            await reload_from_file(state)
+        except ReloadRejected:
+            pass  # logged with its reason
+        finally:
+            systemd.notify("READY=1")
+
+    state.in_background(reload())
+
+
+async def run_gateway(
+    config: GatewayConfig, *, config_path: str | None = None, reuse_port: bool = False
+) -> int:
+    """Run until SIGTERM/SIGINT (exit 0) or until the actor tree gives up (exit 1); SIGHUP
+    reloads `config_path`."""
+    server = await start_gateway(config, config_path=config_path, reuse_port=reuse_port)
     state = server.runner.app[STATE]
     log.info("gateway_listening", url=server.url)
-    systemd.notify(f"READY=1\nSTATUS=serving on {server.url}")
+    # MAINPID: the parent of `workers: N` tells its workers apart by it.
+    systemd.notify(f"READY=1\nSTATUS=serving on {server.url}\nMAINPID={os.getpid()}")
     interval = systemd.watchdog_interval()
     pinger = asyncio.ensure_future(systemd.watchdog(interval)) if interval else None
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload_on_signal, state)
     stopped = asyncio.ensure_future(stop.wait())
     tree_exit = asyncio.ensure_future(state.system.wait_exit())
     try:
@@ -98,6 +130,7 @@ async def run_gateway(config: GatewayConfig) -> int:
     code = 0 if stopped in done else 1
     if code:
         log.error("gateway_actor_tree_failed")
+    loop.remove_signal_handler(signal.SIGHUP)
     log.info("gateway_stopping", in_flight_streams=len(state.streams))
     systemd.notify("STOPPING=1")
     if pinger is not None:

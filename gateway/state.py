@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
 from actors.kernel import ActorRef, ActorSystem
+from actors.tree import LiveLayout
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
@@ -42,8 +45,11 @@ class OpenStreams:
         return len(enders)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GatewayState:
+    """`config`, `auth`, `layout` and `prefix_affinity` change on a reload (gateway.reload),
+    as a whole and between two requests' reads: handlers read them once per request."""
+
     config: GatewayConfig
     system: ActorSystem
     root: ActorRef
@@ -53,10 +59,22 @@ class GatewayState:
     started: int  # unix time, the "created" of /v1/models entries
     streams: OpenStreams
     prefix_affinity: bool  # some model routes by prefix: requests need their prefix hash
+    layout: LiveLayout
+    config_path: str | None = None  # the file a reload re-reads
+    reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` for the life of the app (reloads, retiring replicas, samplers); it is
+        cancelled when the app stops."""
+        task = asyncio.ensure_future(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
 
 STATE = web.AppKey("citadel_state", GatewayState)
-CONFIG = web.AppKey("citadel_config", GatewayConfig)
+CONFIG = web.AppKey("citadel_config", GatewayConfig)  # as started; STATE has the current one
+CONFIG_PATH = web.AppKey("citadel_config_path", str)
 
 
 class RequestContext:

@@ -97,3 +97,35 @@ async def test_streams_still_open_when_the_grace_period_ends_get_a_clean_error(
             assert b'"code":"service_unavailable"' in rest
             assert b"The gateway is shutting down. Retry the request." in rest
             assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+
+
+async def test_sighup_reloads_the_file_and_a_bad_file_changes_nothing(tmp_path: Path) -> None:
+    async with (
+        mock_service(model="m", ttft=0.0) as mock,
+        gateway_process(tmp_path, mock.url, grace=5) as (process, url),
+        aiohttp.ClientSession() as http,
+    ):
+        config = tmp_path / "gateway.yaml"
+        assert process.stdout is not None
+
+        async def reloaded(event: bytes) -> bytes:
+            process.send_signal(signal.SIGHUP)
+            async with asyncio.timeout(10):
+                while event not in (line := await process.stdout.readline()):  # type: ignore[union-attr]
+                    pass
+            return line
+
+        config.write_text(
+            config.read_text() + "  - name: m2\n    backends:\n      - url: " + mock.url
+        )
+        await reloaded(b'"config_reloaded"')
+        async with http.get(url + "/v1/models", headers=HEADERS) as response:
+            assert [m["id"] for m in (await response.json())["data"]] == ["m", "m2"]
+
+        config.write_text(config.read_text().replace("name: m2", "name: m"))  # a duplicate id
+        line = await reloaded(b'"config_reload_rejected"')
+        assert b"used twice" in line
+        async with http.get(url + "/v1/models", headers=HEADERS) as response:
+            assert [m["id"] for m in (await response.json())["data"]] == ["m", "m2"]
+        process.send_signal(signal.SIGTERM)
+        assert await process.wait() == 0

@@ -1,0 +1,169 @@
+"""Reloading the configuration in a running gateway (SIGHUP, POST /admin/reload).
+
+A reload re-reads the file, validates it, and applies it without dropping a connection:
+
+1. replicas that are new (or whose settings changed) start as new BackendActors;
+2. the router switches to the new models, replicas and routing in one message, so each
+   request is routed wholly by the old or wholly by the new configuration;
+3. keys, limits and logging switch for the next request;
+4. replicas that are gone stop taking requests at once and are stopped once the requests
+   and streams they are serving have ended (or the shutdown grace period has passed).
+
+An invalid file changes nothing: the reason is logged and returned. Settings that only a
+restart can change (the listening sockets, worker count, the log format) keep their running
+values, and the reload says which ones were ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from actors.kernel import ActorDead, ActorError, AskTimeout, StartChild, TerminateChild
+from actors.router import Reconfigure
+from actors.tree import BACKENDS, TreeLayout
+from gateway.auth import StaticKeys
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.state import GatewayState
+
+log = structlog.get_logger("gateway.reload")
+
+# Settings a reload cannot change in a running process: (section, field) or (field,).
+RESTART_ONLY: tuple[tuple[str, ...], ...] = (
+    ("listen",),
+    ("workers",),
+    ("metrics", "listen"),
+    ("metrics", "on_main_port"),
+    ("limits", "max_body_bytes"),
+    ("logging", "level"),
+    ("logging", "format"),
+)
+# A retired replica's requests may still be routed to it for the time between a route and
+# its lease (microseconds); it stops no sooner than this after the router has switched.
+RETIRE_SETTLE = 0.5
+RETIRE_POLL = 0.05
+ASK_TIMEOUT = 10.0
+
+
+class ReloadRejected(Exception):
+    """The new configuration was not applied; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadReport:
+    added: tuple[str, ...]  # replicas started
+    retired: tuple[str, ...]  # replicas draining, then stopped
+    models: tuple[str, ...]
+    ignored: tuple[str, ...]  # restart-only settings that differ, kept as running
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "status": "reloaded",
+            "added_replicas": list(self.added),
+            "retired_replicas": list(self.retired),
+            "models": list(self.models),
+            "needs_restart": list(self.ignored),
+        }
+
+
+def _get(config: GatewayConfig, path: tuple[str, ...]) -> object:
+    value: object = config
+    for part in path:
+        value = getattr(value, part, None)
+    return value
+
+
+def keep_restart_only(
+    running: GatewayConfig, new: GatewayConfig
+) -> tuple[GatewayConfig, list[str]]:
+    """`new` with the restart-only settings of `running`, and the names of those that differ."""
+    ignored = [".".join(p) for p in RESTART_ONLY if _get(running, p) != _get(new, p)]
+    data = new.model_dump()
+    for path in RESTART_ONLY:
+        if len(path) == 1:
+            if path[0] in data:
+                data[path[0]] = _get(running, path)
+        else:
+            data[path[0]][path[1]] = _get(running, path)
+    return GatewayConfig.model_validate(data), ignored
+
+
+async def reload_from_file(state: GatewayState) -> ReloadReport:
+    if state.config_path is None:
+        raise ReloadRejected("the gateway was not started from a configuration file")
+    try:
+        config = await asyncio.to_thread(load_config, state.config_path)
+    except ConfigError as exc:
+        log.error("config_reload_rejected", reason=str(exc), path=state.config_path)
+        raise ReloadRejected(str(exc)) from None
+    return await apply_config(state, config)
+
+
+async def apply_config(state: GatewayState, new: GatewayConfig) -> ReloadReport:
+    async with state.reloading:
+        config, ignored = keep_restart_only(state.config, new)
+        previous = state.layout.current
+        layout = TreeLayout.next(config.router_settings(), previous)
+        added, retired = layout.added_since(previous), layout.retired_since(previous)
+        backends = state.system.lookup(BACKENDS)
+        started: list[str] = []
+        try:
+            for name in added:
+                await backends.ask(StartChild(layout.backend_spec(name)), timeout=ASK_TIMEOUT)
+                started.append(name)
+            state.layout.current = layout  # a restarted supervisor rebuilds this layout
+            await state.router.ask(
+                Reconfigure(layout.settings, layout.names, layout.loads), timeout=ASK_TIMEOUT
+            )
+        except ActorError as exc:
+            state.layout.current = previous
+            for name in started:
+                await _terminate(state, name)
+            log.error("config_reload_rejected", reason=f"applying failed: {exc!r}")
+            raise ReloadRejected(f"the new configuration could not be applied: {exc}") from exc
+        state.config = config
+        state.auth = StaticKeys(config.auth.api_keys, config.auth.admin_keys)
+        state.prefix_affinity = any(m.routing.prefix_affinity for m in config.models)
+        if retired:
+            state.in_background(_retire(state, retired, previous, config.shutdown_grace))
+        report = ReloadReport(
+            tuple(added), tuple(retired), tuple(m.name for m in config.models), tuple(ignored)
+        )
+        log.info("config_reloaded", **report.as_dict())
+        if ignored:
+            log.warning("config_reload_needs_restart", settings=ignored)
+        return report
+
+
+async def _retire(state: GatewayState, names: list[str], layout: TreeLayout, grace: float) -> None:
+    """Stop retired replicas once nothing is in flight on them (or the grace has passed)."""
+    await asyncio.sleep(RETIRE_SETTLE)
+    deadline = time.monotonic() + grace
+    pending = list(names)
+    while pending:
+        busy = [n for n in pending if layout.loads[n].in_flight > 0]
+        for name in (n for n in pending if n not in busy):
+            await _terminate(state, name)
+            log.info("replica_retired", backend=name)
+        pending = busy
+        if pending and time.monotonic() >= deadline:
+            for name in pending:
+                log.warning(
+                    "replica_retired_with_requests",
+                    backend=name,
+                    in_flight=layout.loads[name].in_flight,
+                )
+                await _terminate(state, name)
+            return
+        if pending:
+            await asyncio.sleep(RETIRE_POLL)
+
+
+async def _terminate(state: GatewayState, name: str) -> None:
+    try:
+        await state.system.lookup(BACKENDS).ask(TerminateChild(name), timeout=ASK_TIMEOUT)
+    except (ActorDead, AskTimeout, LookupError) as exc:
+        log.warning("replica_stop_failed", backend=name, error=repr(exc))
