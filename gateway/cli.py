@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 
+import structlog
 import uvloop
 
-from gateway.config import ConfigError, load_config
+from gateway.config import ConfigError, GatewayConfig, config_path, load_config, warnings_of
 from gateway.observability import configure_logging
 
 
@@ -21,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", help="YAML configuration file (default: $CITADEL_CONFIG)")
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # workers.py
 
     check = commands.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("config", help="YAML configuration file")
@@ -42,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in ("check-config", "serve"):
         try:
-            config = load_config(args.config)
+            path = str(config_path(args.config))
+            config = load_config(path)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 2
@@ -50,12 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = ", ".join(m.name for m in config.models)
         replicas = sum(len(m.backends) for m in config.models)
         print(f"{args.config}: OK ({len(config.models)} models: {names}; {replicas} replicas)")
+        for warning in warnings_of(config):
+            print(f"{args.config}: warning: {warning}")
         return 0
     if args.command == "serve":
-        configure_logging(config.logging.level, config.logging.format)
-        from gateway.server import run_gateway
-
-        return uvloop.run(run_gateway(config))
+        return _serve(config, path, as_worker=args.worker)
     if args.command == "mock-backend":
         configure_logging("info")
         return uvloop.run(_run_mock(args))
@@ -65,6 +68,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return uvloop.run(run_demo(args.listen))
     return 2
+
+
+def _serve(config: GatewayConfig, path: str, *, as_worker: bool) -> int:
+    configure_logging(config.logging.level, config.logging.format)
+    if as_worker:  # one of `workers: N`, on the port the parent reserved
+        from gateway.server import run_gateway
+        from gateway.workers import PORT_ENV, WORKER_ENV
+
+        structlog.contextvars.bind_contextvars(worker=int(os.environ.get(WORKER_ENV, "0")))
+        port = int(os.environ.get(PORT_ENV, config.port))
+        config = config.model_copy(update={"listen": f"{config.host}:{port}"})
+        return uvloop.run(run_gateway(config, config_path=path, reuse_port=True))
+    for warning in warnings_of(config):
+        structlog.get_logger("gateway").warning("config_warning", warning=warning)
+    if config.workers > 1:
+        from gateway.workers import run_workers
+
+        return uvloop.run(run_workers(config, path))
+    from gateway.server import run_gateway
+
+    return uvloop.run(run_gateway(config, config_path=path))
 
 
 async def _run_mock(args: argparse.Namespace) -> int:

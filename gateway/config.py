@@ -49,6 +49,9 @@ class LimitSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body")
+    redis_url: str | None = Field(
+        None, description="where shared rate-limit state lives (several workers or machines)"
+    )
 
 
 class LoggingSettings(BaseModel):
@@ -113,6 +116,7 @@ class GatewayConfig(BaseModel):
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
     shutdown_grace: float = Field(30.0, ge=0, description="seconds in-flight requests may finish")
+    workers: int = Field(1, ge=1, le=256, description="gateway processes sharing the port")
 
     @field_validator("listen")
     @classmethod
@@ -155,13 +159,31 @@ def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
     return config
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
-    """Load from `path`, else from $CITADEL_CONFIG."""
+def config_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """`path`, else $CITADEL_CONFIG."""
     if path is None:
         path = os.environ.get(CONFIG_ENV)
         if not path:
             raise ConfigError(f"no configuration file given (use --config or ${CONFIG_ENV})")
-    file = Path(path)
+    return Path(path)
+
+
+def warnings_of(config: GatewayConfig) -> list[str]:
+    """Valid but probably not what was meant: said by check-config and at start."""
+    warnings = []
+    if config.workers > 1 and config.limits.redis_url is None:
+        warnings.append(
+            f"workers: {config.workers} without limits.redis_url: each worker keeps its own "
+            "rate-limit state, so a key may get up to that many times its limits"
+        )
+    if not config.auth.api_keys:
+        warnings.append("auth.api_keys is empty: the model endpoints accept any caller")
+    return warnings
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
+    """Load from `path`, else from $CITADEL_CONFIG."""
+    file = config_path(path)
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:

@@ -5,16 +5,25 @@ and several apps in one process never share counters. Gauges that describe the a
 (backend health, circuits, in-flight, actor restarts, mailboxes) are read from the live tree at
 scrape time rather than kept up to date on the hot path. Labels are bounded: configured model
 and backend names, route templates, status classes; never request ids or user input.
+
+With several worker processes (`workers: N`), prometheus_client's multiprocess mode is on
+($PROMETHEUS_MULTIPROC_DIR, set by the parent): every worker writes its counters to files in
+that directory and a scrape, whichever worker answers it, sums them. A dead worker's files
+stay, so counters never go backwards when a worker is replaced. The tree gauges are then
+sampled into multiprocess gauges (`TreeSampler`), aggregated over the live workers.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from typing import Literal
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from actors.kernel import ActorRef, ActorSnapshot
@@ -26,11 +35,16 @@ TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 
 _CIRCUIT_VALUE = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_LiveMode = Literal["livesum", "livemin", "livemax"]
 
 
 class GatewayMetrics:
-    def __init__(self, root: ActorRef) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+    def __init__(self, root: ActorRef, multiprocess_dir: str | None = None) -> None:
+        """`multiprocess_dir` defaults to $PROMETHEUS_MULTIPROC_DIR (set by the workers'
+        parent); without one, this process's metrics are all there is."""
+        multiprocess_dir = multiprocess_dir or os.environ.get(MULTIPROC_ENV) or None
+        self.registry = CollectorRegistry(auto_describe=True)  # where the metrics live
         registry = self.registry
         self.requests = Counter(
             "citadel_requests",
@@ -83,10 +97,20 @@ class GatewayMetrics:
             "Requests refused for a missing or wrong key.",
             registry=registry,
         )
-        registry.register(TreeCollector(root))
+        self.sampler: TreeSampler | None = None
+        if multiprocess_dir is None:
+            registry.register(TreeCollector(root))
+            self.exposed = registry
+        else:
+            # The metrics' own registry is never exposed: its values are in the files.
+            self.sampler = TreeSampler(root, registry)
+            self.exposed = CollectorRegistry()
+            MultiProcessCollector(self.exposed, path=multiprocess_dir)  # type: ignore[no-untyped-call]
 
     def handler(self) -> web.Response:
-        response = web.Response(body=generate_latest(self.registry))
+        if self.sampler is not None:
+            self.sampler.sample()  # this worker's view, fresh; the others' within a second
+        response = web.Response(body=generate_latest(self.exposed))
         response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
         return response
 
@@ -136,6 +160,70 @@ class TreeCollector(Collector):
                 circuit.add_metric([node.name], _CIRCUIT_VALUE.get(details["circuit"], 2.0))
                 latency.add_metric([node.name], details["latency_s"])
         yield from (in_flight, healthy, circuit, latency, restarts, depth, running)
+
+
+class TreeSampler:
+    """The tree gauges for multiprocess mode, where custom collectors would show only the
+    worker that answers the scrape: each worker writes its view into multiprocess gauges
+    (`sample()`, every second and at each scrape), aggregated over the live workers."""
+
+    def __init__(self, root: ActorRef, registry: CollectorRegistry) -> None:
+        self._root = root
+
+        def gauge(name: str, doc: str, label: str, mode: _LiveMode) -> Gauge:
+            return Gauge(name, doc, [label], registry=registry, multiprocess_mode=mode)
+
+        self.in_flight = gauge(
+            "citadel_backend_in_flight", "Requests in flight per backend.", "backend", "livesum"
+        )
+        self.healthy = gauge(
+            "citadel_backend_healthy",
+            "1 if the backend passes its health probes (in every worker).",
+            "backend",
+            "livemin",
+        )
+        self.circuit = gauge(
+            "citadel_backend_circuit_state",
+            "Circuit breaker state, the worst of the workers': 0 closed, 1 half-open, 2 open.",
+            "backend",
+            "livemax",
+        )
+        self.latency = gauge(
+            "citadel_backend_latency_seconds",
+            "The balancer's latency estimate (peak EWMA) per backend, the workers' highest.",
+            "backend",
+            "livemax",
+        )
+        self.restarts = gauge(
+            "citadel_actor_restarts",
+            "Restarts of each actor since its worker started, summed over workers.",
+            "actor",
+            "livesum",
+        )
+        self.depth = gauge(
+            "citadel_actor_mailbox_depth",
+            "Messages waiting per actor, the workers' highest.",
+            "actor",
+            "livemax",
+        )
+        self.running = gauge(
+            "citadel_actor_running",
+            "1 if the actor is running in every worker.",
+            "actor",
+            "livemin",
+        )
+
+    def sample(self) -> None:
+        for node in _walk(self._root.snapshot()):
+            self.restarts.labels(node.path).set(node.restarts)
+            self.depth.labels(node.path).set(node.mailbox_depth)
+            self.running.labels(node.path).set(1.0 if node.state.value == "running" else 0.0)
+            details = node.details
+            if "circuit" in details:
+                self.in_flight.labels(node.name).set(details["in_flight"])
+                self.healthy.labels(node.name).set(1.0 if details["healthy"] else 0.0)
+                self.circuit.labels(node.name).set(_CIRCUIT_VALUE.get(details["circuit"], 2.0))
+                self.latency.labels(node.name).set(details["latency_s"])
 
 
 def _walk(node: ActorSnapshot) -> Iterator[ActorSnapshot]:

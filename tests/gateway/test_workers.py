@@ -1,0 +1,140 @@
+"""`workers: N`: several gateway processes on one port under a parent that keeps them up,
+with metrics summed over the workers and never going backwards when one is replaced."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import openai
+
+from tests.gateway.harness import API_KEY, mock_service
+
+CONFIG = """
+listen: "127.0.0.1:0"
+workers: 2
+auth:
+  api_keys: ["{key}"]
+logging:
+  format: json
+  access_log: false
+shutdown_grace: 5
+models:
+  - name: m
+    backends:
+      - url: {upstream}
+"""
+
+
+class Parent:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.url = ""
+
+    async def event(self, name: str) -> dict[str, object]:
+        """The next log event called `name` (any worker's or the parent's)."""
+        assert self.process.stdout is not None
+        async with asyncio.timeout(30):
+            while True:
+                line = await self.process.stdout.readline()
+                assert line, f"the gateway exited before {name}"
+                if line.startswith(b"{"):
+                    record: dict[str, object] = json.loads(line)
+                    if record.get("event") == name:
+                        return record
+
+    def workers(self) -> list[int]:
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return sorted(int(child) for child in children)
+
+
+@asynccontextmanager
+async def parent_process(tmp_path: Path, upstream: str) -> AsyncIterator[Parent]:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(CONFIG.format(key=API_KEY, upstream=upstream))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    parent = Parent(process)
+    try:
+        ready = await parent.event("workers_ready")
+        parent.url = str(ready["url"])
+        yield parent
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def requests_total(exposition: str) -> float:
+    total = 0.0
+    for line in exposition.splitlines():
+        if line.startswith("citadel_requests_total{") and 'model="m"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def scrape(http: aiohttp.ClientSession, url: str) -> str:
+    async with http.get(url + "/metrics") as response:
+        assert response.status == 200
+        return await response.text()
+
+
+async def test_workers_share_the_port_sum_their_metrics_and_a_killed_one_is_replaced(
+    tmp_path: Path,
+) -> None:
+    async with (
+        mock_service(model="m", ttft=0.0) as mock,
+        parent_process(tmp_path, mock.url) as parent,
+        aiohttp.ClientSession() as http,
+        openai.AsyncOpenAI(base_url=f"{parent.url}/v1", api_key=API_KEY, max_retries=0) as sdk,
+    ):
+        workers = parent.workers()
+        assert len(workers) == 2
+
+        async def burst(count: int) -> None:
+            for _ in range(count):  # new connections, spread over the workers by the kernel
+                async with (
+                    aiohttp.ClientSession() as fresh,
+                    fresh.post(
+                        f"{parent.url}/v1/chat/completions",
+                        json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                        headers={"Authorization": f"Bearer {API_KEY}"},
+                    ) as response,
+                ):
+                    assert response.status == 200
+
+        await burst(40)
+        exposition = await scrape(http, parent.url)
+        assert requests_total(exposition) == 40  # both workers' counts, whichever answered
+        assert 'citadel_backend_healthy{backend="m#0"} 1.0' in exposition
+
+        os.kill(workers[0], signal.SIGKILL)
+        died = await parent.event("worker_died")
+        assert died["pid"] == workers[0]
+        replaced = await parent.event("worker_ready")
+        assert replaced["worker"] == died["worker"]
+        assert sorted(parent.workers()) != workers
+        assert len(parent.workers()) == 2
+
+        assert requests_total(await scrape(http, parent.url)) == 40  # not backwards
+        await burst(10)
+        answer = await sdk.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert answer.choices[0].message.content
+        assert requests_total(await scrape(http, parent.url)) == 51
+
+        parent.process.send_signal(signal.SIGTERM)
+        await parent.event("workers_stopped")
+        assert await parent.process.wait() == 0
