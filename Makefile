@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint demo bench bench-actors bench-deps clean
+.PHONY: test lint demo bench bench-workers bench-actors bench-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ demo: $(STAMP)
 # The side-by-side benchmark (upstream alone, bare passthrough, gateway). Needs wrk.
 bench: $(STAMP) bench-deps
 	$(BIN)/python -m ops.bench.run
+
+bench-workers: $(STAMP) bench-deps
+	$(BIN)/python -m ops.bench.workers
 
 bench-actors: $(STAMP)
 	$(BIN)/python -m ops.bench.actors

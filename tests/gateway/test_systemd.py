@@ -95,3 +95,18 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "citadel-gateway.service" not in result.stderr, result.stderr
+
+
+def test_unit_file_reloads_with_sighup_and_runs_hardened() -> None:
+    unit = Path(__file__).resolve().parents[2] / "ops" / "systemd" / "citadel-gateway.service"
+    lines = {
+        line.partition("=")[0]: line.partition("=")[2] for line in unit.read_text().split("\n")
+    }
+    assert lines["Type"] == "notify"
+    assert lines["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert lines["Restart"] == "on-failure"
+    assert lines["User"] == "citadel"
+    for option in ("NoNewPrivileges", "PrivateTmp", "ProtectHome"):
+        assert lines[option] == "yes"
+    assert lines["ProtectSystem"] == "strict"
+    assert int(lines["LimitNOFILE"]) >= 65536

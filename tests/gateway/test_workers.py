@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -57,13 +58,16 @@ class Parent:
 
 
 @asynccontextmanager
-async def parent_process(tmp_path: Path, upstream: str) -> AsyncIterator[Parent]:
+async def parent_process(
+    tmp_path: Path, upstream: str, notify_socket: str
+) -> AsyncIterator[Parent]:
     config = tmp_path / "gateway.yaml"
     config.write_text(CONFIG.format(key=API_KEY, upstream=upstream))
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "NOTIFY_SOCKET": notify_socket},
     )  # fmt: skip
     parent = Parent(process)
     try:
@@ -93,14 +97,19 @@ async def scrape(http: aiohttp.ClientSession, url: str) -> str:
 async def test_workers_share_the_port_sum_their_metrics_and_a_killed_one_is_replaced(
     tmp_path: Path,
 ) -> None:
+    systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # stands in for systemd
+    systemd.bind(str(tmp_path / "notify"))
+    systemd.settimeout(10)
     async with (
         mock_service(model="m", ttft=0.0) as mock,
-        parent_process(tmp_path, mock.url) as parent,
+        parent_process(tmp_path, mock.url, str(tmp_path / "notify")) as parent,
         aiohttp.ClientSession() as http,
         openai.AsyncOpenAI(base_url=f"{parent.url}/v1", api_key=API_KEY, max_retries=0) as sdk,
     ):
         workers = parent.workers()
         assert len(workers) == 2
+        ready = systemd.recv(4096).decode()  # once, from the parent, after both workers
+        assert ready.startswith("READY=1\nSTATUS=2 workers on port ")
 
         async def burst(count: int) -> None:
             for _ in range(count):  # new connections, spread over the workers by the kernel
@@ -138,3 +147,5 @@ async def test_workers_share_the_port_sum_their_metrics_and_a_killed_one_is_repl
         parent.process.send_signal(signal.SIGTERM)
         await parent.event("workers_stopped")
         assert await parent.process.wait() == 0
+        assert systemd.recv(4096) == b"STOPPING=1"
+        systemd.close()
