@@ -4,6 +4,8 @@ root                         one_for_one, intensity 3 / 10 s
 ├── backends                 one_for_one, one BackendActor per replica, jittered backoff
 │   ├── mixtral-8x7b#0
 │   └── …
+├── keystore                 PykkaHost of KeyStoreActor (SQLite), with auth.key_store only
+├── auth                     AuthActor
 └── router                   RouterActor
 
 A `TreeLayout` is what the tree is built from: the router's settings, each model's replica
@@ -16,9 +18,10 @@ of a retired replica never mix with its successor's).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
+from actors.auth import AuthActor, AuthSources
 from actors.backend import BackendActor, BackendSettings
 from actors.balancer import ReplicaLoad
 from actors.breaker import BreakerSettings
@@ -27,14 +30,18 @@ from actors.kernel import (
     Backoff,
     ChildSpec,
     MailboxConfig,
+    PykkaHost,
     Strategy,
     Supervisor,
 )
+from actors.keystore import KeyStoreActor
 from actors.router import ModelSettings, RouterActor, RouterSettings
 
 ROOT = "root"
 BACKENDS = f"{ROOT}/backends"
 ROUTER = f"{ROOT}/router"
+AUTH = f"{ROOT}/auth"
+KEYSTORE = f"{ROOT}/keystore"
 
 # A replica's actor restarts after a crash without hammering a service that may be down.
 BACKEND_BACKOFF = Backoff(initial=0.1, maximum=10.0, multiplier=2.0, jitter=0.3, reset_after=60)
@@ -135,12 +142,17 @@ class TreeLayout:
 
 class LiveLayout:
     """The layout the running tree has: the supervisors' factories read it, so that a
-    supervisor restarted after a reload rebuilds the reloaded tree, not the first one."""
+    supervisor restarted after a reload rebuilds the reloaded tree, not the first one.
+    `auth` is AuthActor's key sources (without the store ref, which the tree resolves)."""
 
-    __slots__ = ("current",)
+    __slots__ = ("auth", "current", "key_store")
 
-    def __init__(self, layout: TreeLayout) -> None:
+    def __init__(
+        self, layout: TreeLayout, auth: AuthSources | None = None, key_store: str | None = None
+    ) -> None:
         self.current = layout
+        self.auth = auth or AuthSources()
+        self.key_store = key_store
 
 
 def gateway_tree(live: LiveLayout, lookup: Callable[[str], ActorRef]) -> ChildSpec:
@@ -160,12 +172,20 @@ def gateway_tree(live: LiveLayout, lookup: Callable[[str], ActorRef]) -> ChildSp
             names=layout.names,
         )
 
+    def auth() -> AuthActor:
+        store = lookup(KEYSTORE) if live.key_store is not None else None
+        return AuthActor(replace(live.auth, store=store))
+
+    children = [ChildSpec("backends", backends)]
+    if live.key_store is not None:
+        path = live.key_store
+        children.append(ChildSpec("keystore", lambda: PykkaHost(lambda: KeyStoreActor.start(path))))
+    children += [
+        ChildSpec("auth", auth, mailbox=HOT_MAILBOX),
+        ChildSpec("router", router, mailbox=HOT_MAILBOX),
+    ]
     return ChildSpec(
         ROOT,
-        lambda: Supervisor(
-            [ChildSpec("backends", backends), ChildSpec("router", router, mailbox=HOT_MAILBOX)],
-            strategy=Strategy.ONE_FOR_ONE,
-            intensity=3,
-        ),
+        lambda: Supervisor(children, strategy=Strategy.ONE_FOR_ONE, intensity=3),
         shutdown_timeout=30.0,
     )

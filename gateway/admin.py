@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from actors.kernel import ActorSnapshot, RestartChild
+from gateway.auth import authenticate_admin
 from gateway.errors import InvalidRequest, NotFound
 from gateway.reload import ReloadRejected, reload_from_file
 from gateway.state import STATE
@@ -24,7 +25,7 @@ def _wants_html(request: web.Request) -> bool:
 async def actors(request: web.Request) -> web.Response:
     """The supervision tree: every actor's state, mailbox, messages, restarts, last failure."""
     state = request.app[STATE]
-    state.auth.authenticate_admin(request)
+    await authenticate_admin(state, request)
     tree = [node.to_dict() for node in state.system.snapshot()]
     if _wants_html(request):
         rows = "".join(_rows(snapshot, 0) for snapshot in state.system.snapshot())
@@ -35,7 +36,7 @@ async def actors(request: web.Request) -> web.Response:
 async def restart_actor(request: web.Request) -> web.Response:
     """Restart one actor through its supervisor (not counted against restart intensity)."""
     state = request.app[STATE]
-    state.auth.authenticate_admin(request)
+    await authenticate_admin(state, request)
     path = request.match_info["path"]
     parent_path, _, name = path.rpartition("/")
     if not parent_path:
@@ -54,7 +55,7 @@ async def restart_actor(request: web.Request) -> web.Response:
 async def backends(request: web.Request) -> web.Response:
     """Each replica: health, circuit, in flight, latency estimate, queue, served and failed."""
     state = request.app[STATE]
-    state.auth.authenticate_admin(request)
+    await authenticate_admin(state, request)
     replicas: list[dict[str, Any]] = []
     root = state.root.snapshot()
     group = root.find("root/backends")
@@ -97,7 +98,7 @@ async def reload_config(request: web.Request) -> web.Response:
     """Re-read the configuration file and apply it (the same as SIGHUP). 400 with the
     reason when the file is invalid; the running configuration then stays."""
     state = request.app[STATE]
-    state.auth.authenticate_admin(request)
+    await authenticate_admin(state, request)
     try:
         report = await reload_from_file(state)
     except ReloadRejected as exc:

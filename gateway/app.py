@@ -17,9 +17,8 @@ import structlog
 from aiohttp import web
 
 from actors.kernel import ActorSystem
-from actors.tree import ROUTER, LiveLayout, TreeLayout, gateway_tree
+from actors.tree import AUTH, ROUTER, LiveLayout, TreeLayout, gateway_tree
 from gateway import admin, handlers, health
-from gateway.auth import StaticKeys
 from gateway.config import GatewayConfig
 from gateway.errors import (
     GatewayError,
@@ -185,17 +184,18 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     system = ActorSystem()
-    layout = LiveLayout(TreeLayout.first(config.router_settings()))
+    sources = config.auth_sources()
+    layout = LiveLayout(TreeLayout.first(config.router_settings()), sources, config.auth.key_store)
     root = await system.spawn(gateway_tree(layout, system.lookup))
-    auth = StaticKeys(config.auth.api_keys, config.auth.admin_keys)
-    if not auth.enabled:
-        log.warning("auth_disabled", reason="no api_keys configured")
+    if not sources.enabled:
+        log.warning("auth_disabled", reason="no API keys and no key store configured")
     app[STATE] = state = GatewayState(
         config=config,
         system=system,
         root=root,
         router=system.lookup(ROUTER),
-        auth=auth,
+        auth=system.lookup(AUTH),
+        auth_enabled=sources.enabled,
         metrics=GatewayMetrics(root),
         started=int(time.time()),
         streams=OpenStreams(),

@@ -1,31 +1,24 @@
-"""Who may call the gateway: a pluggable check on every model endpoint.
+"""Who may call the gateway: the HTTP side of AuthActor.
 
-`StaticKeys` accepts the API keys listed in the configuration. Keys are compared by their
-SHA-256 digest, so lookup time does not depend on how much of a key matches.
+The key comes from `Authorization: Bearer …`, or from `api-key` (Azure-style clients).
+AuthActor decides who the caller is; this module turns its refusals into OpenAI errors and
+checks the key's scopes against the endpoint, the model and the admin API.
 """
 
 from __future__ import annotations
 
-import hashlib
-from typing import Protocol
-
 from aiohttp import web
 
-from gateway.errors import AuthenticationFailed, PermissionDenied
+from actors.auth import ANONYMOUS, Authenticate, AuthRefused, Principal, Refusal, retry_seconds
+from actors.kernel import ActorDead, AskTimeout, MailboxFull
+from gateway.errors import AuthenticationFailed, PermissionDenied, RateLimited, ServiceUnavailable
+from gateway.state import GatewayState
 
-
-class Authenticator(Protocol):
-    def authenticate(self, request: web.Request) -> str:
-        """The caller's key id, or raise AuthenticationFailed."""
-        ...
-
-    def authenticate_admin(self, request: web.Request) -> str:
-        """The caller's admin key id, or raise AuthenticationFailed / PermissionDenied."""
-        ...
+AUTH_ASK_TIMEOUT = 2.0
+_INVALID = "Incorrect API key provided. You can find your API key in your citadel admin's keys."
 
 
 def presented_key(request: web.Request) -> str | None:
-    """The key from `Authorization: Bearer …`, or from `api-key` (Azure-style clients)."""
     header = request.headers.get("Authorization")
     if header is not None:
         scheme, _, token = header.partition(" ")
@@ -35,42 +28,62 @@ def presented_key(request: web.Request) -> str | None:
     return request.headers.get("api-key") or None
 
 
-def _digests(keys: tuple[str, ...], prefix: str) -> dict[bytes, str]:
-    return {hashlib.sha256(key.encode()).digest(): f"{prefix}-{i}" for i, key in enumerate(keys)}
-
-
-class StaticKeys:
-    def __init__(self, keys: tuple[str, ...], admin_keys: tuple[str, ...] = ()) -> None:
-        self._ids = _digests(keys, "static")
-        self._admin_ids = _digests(admin_keys, "admin")
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self._ids)
-
-    def authenticate(self, request: web.Request) -> str:
-        if not self._ids:
-            return "anonymous"
-        key = presented_key(request)
-        if key is None:
+async def _principal(state: GatewayState, request: web.Request) -> Principal:
+    message = Authenticate(presented_key(request), request.remote or "")
+    try:
+        principal: Principal = await state.auth.ask(message, timeout=AUTH_ASK_TIMEOUT)
+    except AuthRefused as refused:
+        if refused.reason is Refusal.MISSING:
             raise AuthenticationFailed(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."
-            )
-        key_id = self._ids.get(hashlib.sha256(key.encode()).digest())
-        if key_id is None:
-            raise AuthenticationFailed("Incorrect API key provided.")
-        return key_id
+            ) from None
+        if refused.reason is Refusal.THROTTLED:
+            wait = retry_seconds(refused.retry_after)
+            raise RateLimited(
+                "Too many failed authentication attempts from this address. Retry later.",
+                code="too_many_auth_failures",
+                headers={"Retry-After": str(wait)},
+            ) from None
+        if refused.reason is Refusal.UNAVAILABLE:
+            raise ServiceUnavailable("The key store did not answer. Retry shortly.") from None
+        raise AuthenticationFailed(_INVALID) from None
+    except (ActorDead, AskTimeout, MailboxFull):
+        raise ServiceUnavailable("The gateway's auth service is restarting. Retry.") from None
+    return principal
 
-    def authenticate_admin(self, request: web.Request) -> str:
-        """The admin key's id; 401 without a valid key, 403 for a model key. The admin API
-        is closed when no admin key is configured."""
-        key = presented_key(request)
-        if key is None:
-            raise AuthenticationFailed("The admin API needs an admin key.")
-        digest = hashlib.sha256(key.encode()).digest()
-        admin_id = self._admin_ids.get(digest)
-        if admin_id is not None:
-            return admin_id
-        if digest in self._ids:
-            raise PermissionDenied("This key may not use the admin API.", code="admin_required")
-        raise AuthenticationFailed("Incorrect API key provided.")
+
+async def authenticate(state: GatewayState, request: web.Request, endpoint: str) -> Principal:
+    """The caller of a model endpoint (`chat.completions`, `completions`, `embeddings`,
+    `models`); 401 without a valid key, 403 when the key may not use the endpoint."""
+    if not state.auth_enabled:
+        return ANONYMOUS  # no model keys configured (a warning was logged at start)
+    principal = await _principal(state, request)
+    if principal.admin_only:
+        raise AuthenticationFailed(_INVALID)  # an admin key is no model key
+    if not principal.scopes.allows_endpoint(endpoint):
+        raise PermissionDenied(
+            f"This API key may not use the {endpoint} endpoint.", code="endpoint_not_allowed"
+        )
+    return principal
+
+
+def require_model(principal: Principal, *model_ids: str) -> None:
+    """403 unless the key's model scope holds one of `model_ids` (the id the client sent, or
+    the model that serves it)."""
+    if not principal.scopes.allows_model(*model_ids):
+        raise PermissionDenied(
+            f"This API key may not use the model '{model_ids[0]}'.",
+            param="model",
+            code="model_not_allowed",
+        )
+
+
+async def authenticate_admin(state: GatewayState, request: web.Request) -> Principal:
+    """An admin key: 401 without a valid key, 403 for a key without the admin flag. The admin
+    API is closed when no admin key exists."""
+    if presented_key(request) is None:
+        raise AuthenticationFailed("The admin API needs an admin key.")
+    principal = await _principal(state, request)
+    if principal is ANONYMOUS or not principal.scopes.admin:
+        raise PermissionDenied("This key may not use the admin API.", code="admin_required")
+    return principal

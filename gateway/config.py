@@ -14,8 +14,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from actors.auth import AuthSources
+from actors.keys import KeyRecord, KeyScopes
 from actors.router import ModelSettings, RouterSettings
 from actors.routing_rules import VirtualModelSettings
 
@@ -26,15 +35,46 @@ class ConfigError(Exception):
     """The configuration is invalid; the message says where and why, one problem a line."""
 
 
-class AuthSettings(BaseModel):
-    """API keys the gateway accepts. Empty means no authentication (a warning is logged)."""
+class ConfiguredKey(BaseModel):
+    """A key kept in the configuration by its id and the SHA-256 of its secret only."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    api_keys: tuple[str, ...] = ()
+    id: str
+    secret_sha256: str
+    scopes: KeyScopes = KeyScopes()
+
+    def record(self) -> KeyRecord:
+        return KeyRecord(
+            id=self.id, secret_sha256=self.secret_sha256, scopes=self.scopes, source="config"
+        )
+
+
+class AuthSettings(BaseModel):
+    """API keys the gateway accepts. No keys and no key store mean no authentication (a
+    warning is logged)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api_keys: tuple[str, ...] = Field((), description="plain keys with every model scope")
     admin_keys: tuple[str, ...] = Field(
         (), description="keys for /admin/* only; never accepted on the model endpoints"
     )
+    keys: tuple[ConfiguredKey, ...] = Field((), description="hashed keys with their scopes")
+    key_store: str | None = Field(None, description="SQLite file of managed keys")
+    failure_limit: int = Field(20, ge=1, description="failed attempts per address per minute")
+    cache_ttl: float = Field(
+        1.0, gt=0, le=60, description="seconds a key store lookup is cached (revocation delay)"
+    )
+
+    @model_validator(mode="after")
+    def _ids_unique(self) -> AuthSettings:
+        ids = [key.id for key in self.keys]
+        if len(ids) != len(set(ids)):
+            raise ValueError("auth.keys: each id may appear once")
+        for key in self.keys:
+            key.record()  # id and hash format
+        return self
 
     @field_validator("api_keys", "admin_keys")
     @classmethod
@@ -132,6 +172,18 @@ class GatewayConfig(BaseModel):
     def port(self) -> int:
         return _split_listen(self.listen)[1]
 
+    def auth_sources(self) -> AuthSources:
+        """AuthActor's key sources (the key store ref is the tree's to add)."""
+        auth = self.auth
+        return AuthSources(
+            plain_keys=auth.api_keys,
+            admin_keys=auth.admin_keys,
+            records=tuple(key.record() for key in auth.keys),
+            failure_limit=auth.failure_limit,
+            cache_ttl=auth.cache_ttl,
+            has_store=auth.key_store is not None,
+        )
+
     def router_settings(self) -> RouterSettings:
         return RouterSettings(models=self.models, virtual_models=self.virtual_models)
 
@@ -176,8 +228,9 @@ def warnings_of(config: GatewayConfig) -> list[str]:
             f"workers: {config.workers} without limits.redis_url: each worker keeps its own "
             "rate-limit state, so a key may get up to that many times its limits"
         )
-    if not config.auth.api_keys:
-        warnings.append("auth.api_keys is empty: the model endpoints accept any caller")
+    auth = config.auth
+    if not (auth.api_keys or auth.keys or auth.key_store):
+        warnings.append("no API keys and no key store: the model endpoints accept any caller")
     return warnings
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from actors.auth import Principal
 from actors.kernel import ActorDead, AskTimeout
 from actors.router import (
     ListModels,
@@ -17,6 +18,7 @@ from actors.router import (
 from actors.routing_rules import RequestTraits, estimate_prompt_tokens, prefix_key
 from gateway import proxy
 from gateway.attempt import UpstreamCall
+from gateway.auth import authenticate, require_model
 from gateway.errors import NotFound, ServiceUnavailable
 from gateway.schemas import (
     ChatCompletionRequest,
@@ -84,21 +86,31 @@ async def _route(
 
 
 async def _forward(
-    request: web.Request, state: GatewayState, decision: RouteDecision, call: UpstreamCall
+    request: web.Request,
+    state: GatewayState,
+    decision: RouteDecision,
+    call: UpstreamCall,
+    principal: Principal,
 ) -> web.StreamResponse:
     """Forward a routed request; the router counted it in flight, so tell it when it ends."""
     try:
+        require_model(principal, call.sent_model, decision.model)
         return await proxy.forward(request, decision, call, state.router)
     finally:
         state.router.notify(RequestEnded(decision.model))
 
 
 async def _generate(
-    request: web.Request, schema: type[ChatCompletionRequest | CompletionRequest], path: str
+    request: web.Request,
+    schema: type[ChatCompletionRequest | CompletionRequest],
+    path: str,
+    endpoint: str,
 ) -> web.StreamResponse:
     state = request.app[STATE]
     context = request[REQUEST]
-    context.key_id = state.auth.authenticate(request)  # before reading a body from a stranger
+    # Before reading a body from a stranger.
+    principal = await authenticate(state, request, endpoint)
+    context.key_id = principal.key_id
     raw = await request.read()
     body = parse_request(schema, raw)
     context.model = body.model
@@ -109,7 +121,7 @@ async def _generate(
     if log_settings.log_prompts:
         context.transcript = Transcript()
     try:
-        return await _forward(request, state, decision, call)
+        return await _forward(request, state, decision, call, principal)
     finally:
         if context.transcript is not None:
             log_exchange(
@@ -122,46 +134,52 @@ async def _generate(
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _generate(request, ChatCompletionRequest, "/v1/chat/completions")
+    return await _generate(
+        request, ChatCompletionRequest, "/v1/chat/completions", "chat.completions"
+    )
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    return await _generate(request, CompletionRequest, "/v1/completions")
+    return await _generate(request, CompletionRequest, "/v1/completions", "completions")
 
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     context = request[REQUEST]
-    context.key_id = state.auth.authenticate(request)
+    principal = await authenticate(state, request, "embeddings")
+    context.key_id = principal.key_id
     raw = await request.read()
     body = parse_request(EmbeddingRequest, raw)
     context.model = body.model
     decision = await _route(state, body.model)
     call = UpstreamCall("/v1/embeddings", raw, body.model, False, context.request_id)
-    return await _forward(request, state, decision, call)
+    return await _forward(request, state, decision, call, principal)
 
 
 def _model_object(entry: ModelEntry, created: int) -> dict[str, object]:
     return {"id": entry.id, "object": "model", "created": created, "owned_by": entry.owned_by}
 
 
-async def list_models(request: web.Request) -> web.Response:
+async def _visible_models(request: web.Request) -> tuple[GatewayState, list[ModelEntry]]:
+    """The model ids the caller's key may use."""
     state = request.app[STATE]
-    state.auth.authenticate(request)
+    principal = await authenticate(state, request, "models")
     entries: tuple[ModelEntry, ...] = await state.router.ask(
         ListModels(), timeout=ROUTER_ASK_TIMEOUT
     )
+    allows = principal.scopes.allows_model
+    return state, [entry for entry in entries if allows(entry.id, entry.canonical)]
+
+
+async def list_models(request: web.Request) -> web.Response:
+    state, entries = await _visible_models(request)
     data = [_model_object(entry, state.started) for entry in entries]
     return web.json_response({"object": "list", "data": data})
 
 
 async def get_model(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    state.auth.authenticate(request)
+    state, entries = await _visible_models(request)
     model_id = request.match_info["model"]
-    entries: tuple[ModelEntry, ...] = await state.router.ask(
-        ListModels(), timeout=ROUTER_ASK_TIMEOUT
-    )
     for entry in entries:
         if entry.id == model_id:
             return web.json_response(_model_object(entry, state.started))

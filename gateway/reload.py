@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import structlog
 
+from actors.auth import UseSources
 from actors.kernel import ActorDead, ActorError, AskTimeout, StartChild, TerminateChild
 from actors.router import Reconfigure
 from actors.tree import BACKENDS, TreeLayout
-from gateway.auth import StaticKeys
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.state import GatewayState
 
@@ -38,6 +38,8 @@ RESTART_ONLY: tuple[tuple[str, ...], ...] = (
     ("metrics", "listen"),
     ("metrics", "on_main_port"),
     ("limits", "max_body_bytes"),
+    ("limits", "redis_url"),
+    ("auth", "key_store"),
     ("logging", "level"),
     ("logging", "format"),
 )
@@ -124,8 +126,11 @@ async def apply_config(state: GatewayState, new: GatewayConfig) -> ReloadReport:
                 await _terminate(state, name)
             log.error("config_reload_rejected", reason=f"applying failed: {exc!r}")
             raise ReloadRejected(f"the new configuration could not be applied: {exc}") from exc
+        sources = config.auth_sources()
+        state.layout.auth = sources
+        await state.auth.ask(UseSources(sources), timeout=ASK_TIMEOUT)
         state.config = config
-        state.auth = StaticKeys(config.auth.api_keys, config.auth.admin_keys)
+        state.auth_enabled = sources.enabled
         state.prefix_affinity = any(m.routing.prefix_affinity for m in config.models)
         if retired:
             state.in_background(_retire(state, retired, previous, config.shutdown_grace))

@@ -11,7 +11,6 @@ from aiohttp import web
 
 from actors.kernel import ActorRef, ActorSystem
 from actors.tree import LiveLayout
-from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
 from gateway.transcript import Transcript
@@ -47,14 +46,15 @@ class OpenStreams:
 
 @dataclass(slots=True)
 class GatewayState:
-    """`config`, `auth`, `layout` and `prefix_affinity` change on a reload (gateway.reload),
+    """`config`, `auth_enabled`, `layout` and `prefix_affinity` change on a reload (gateway.reload),
     as a whole and between two requests' reads: handlers read them once per request."""
 
     config: GatewayConfig
     system: ActorSystem
     root: ActorRef
     router: ActorRef
-    auth: Authenticator
+    auth: ActorRef  # AuthActor
+    auth_enabled: bool  # some model key exists (else the model endpoints are open)
     metrics: GatewayMetrics
     started: int  # unix time, the "created" of /v1/models entries
     streams: OpenStreams

@@ -1,0 +1,217 @@
+"""AuthActor: who is calling, and whether that key may do what it asks.
+
+Keys come from three places: plain keys in the configuration (`auth.api_keys`, and
+`auth.admin_keys` for /admin only), hashed key records in the configuration (`auth.keys`,
+for infrastructure-as-code), and the SQLite key store (`auth.key_store`, managed with
+`citadel-gateway keys` and /admin/keys), reached through KeyStoreActor.
+
+Store lookups are cached (aiocache, in memory) for at most `cache_ttl` seconds, so the hot
+path does not touch SQLite and a revocation anywhere (the CLI, another worker) takes effect
+within that time; a revocation through this gateway's admin API takes effect at once.
+
+Every refusal looks the same to the caller whatever the reason (unknown id, wrong secret,
+revoked, expired): one message, and the same work, a SHA-256 and a constant-time compare.
+An address that keeps failing is throttled for the rest of its window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+from aiocache import SimpleMemoryCache
+
+from actors.kernel import Actor, ActorDead, ActorRef, AskTimeout
+from actors.keys import KeyRecord, KeyScopes, secret_matches, split_key
+from actors.keystore import LookupKey
+
+STORE_ASK_TIMEOUT = 2.0
+_MISSING = "missing"  # cached for ids the store does not know (aiocache drops None values)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller."""
+
+    key_id: str
+    scopes: KeyScopes
+    admin_only: bool = False  # a plain `auth.admin_keys` key: /admin only
+
+
+ANONYMOUS = Principal("anonymous", KeyScopes())
+_ADMIN_ONLY = KeyScopes(models=(), endpoints=(), admin=True)
+
+
+class Refusal(StrEnum):
+    MISSING = "missing"
+    INVALID = "invalid"  # malformed, unknown, revoked, expired: the caller is not told which
+    THROTTLED = "throttled"
+    UNAVAILABLE = "unavailable"  # the key store did not answer
+
+
+class AuthRefused(Exception):
+    def __init__(self, reason: Refusal, retry_after: float = 0.0) -> None:
+        super().__init__(reason.value)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    """Ask: the Principal for a presented key (None: none presented), from `address`."""
+
+    key: str | None
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetKey:
+    """Tell: drop a cached lookup (the key was revoked or rotated through this gateway)."""
+
+    key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class UseSources:
+    """Ask: check keys against these sources from now on (a reload); the store stays."""
+
+    sources: AuthSources
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSources:
+    plain_keys: tuple[str, ...] = ()
+    admin_keys: tuple[str, ...] = ()
+    records: tuple[KeyRecord, ...] = ()
+    store: ActorRef | None = None  # KeyStoreActor's host
+    has_store: bool = False  # a store is configured (its ref is added by the tree)
+    failure_limit: int = 20  # failed attempts per address per window before throttling
+    failure_window: float = 60.0
+    cache_ttl: float = 1.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.plain_keys or self.records or self.has_store or self.store is not None)
+
+
+class _Failures:
+    """Failed attempts per address in fixed windows; bounded: old windows are dropped."""
+
+    MAX_ADDRESSES = 100_000
+
+    def __init__(self, limit: int, window: float) -> None:
+        self._limit, self._window = limit, window
+        self._counts: dict[str, tuple[float, int]] = {}
+
+    def throttled_for(self, address: str, now: float) -> float:
+        start, count = self._counts.get(address, (now, 0))
+        if now - start >= self._window or count < self._limit:
+            return 0.0
+        return start + self._window - now
+
+    def add(self, address: str, now: float) -> None:
+        start, count = self._counts.get(address, (now, 0))
+        if now - start >= self._window:
+            start, count = now, 0
+        if len(self._counts) >= self.MAX_ADDRESSES:  # keep only the current windows
+            self._counts = {a: v for a, v in self._counts.items() if now - v[0] < self._window}
+        self._counts[address] = (start, count + 1)
+
+
+class AuthActor(Actor):
+    """Checks keys one message at a time: store lookups await the cache or the store."""
+
+    def __init__(self, sources: AuthSources) -> None:
+        self._cache = SimpleMemoryCache(timeout=None)  # timeout=None: no wait_for per get
+        self._use(sources)
+        self.refused = 0
+
+    def _use(self, sources: AuthSources) -> None:
+        self._sources = sources
+        self._plain = {
+            _digest(key): Principal(f"static-{i}", KeyScopes())
+            for i, key in enumerate(sources.plain_keys)
+        }
+        for i, key in enumerate(sources.admin_keys):
+            self._plain[_digest(key)] = Principal(f"admin-{i}", _ADMIN_ONLY, admin_only=True)
+        self._records = {record.id: record for record in sources.records}
+        self._failures = _Failures(sources.failure_limit, sources.failure_window)
+
+    async def receive(self, message: Any) -> Any:
+        match message:
+            case Authenticate(key=key, address=address):
+                return await self._authenticate(key, address)
+            case UseSources(sources=sources):
+                self._use(replace(sources, store=self._sources.store))
+                return None
+            case ForgetKey(key_id=key_id):
+                await self._cache.delete(key_id)
+                return None
+        return await super().receive(message)
+
+    async def _authenticate(self, key: str | None, address: str) -> Principal:
+        now = time.monotonic()
+        wait = self._failures.throttled_for(address, now)
+        if wait > 0:
+            raise AuthRefused(Refusal.THROTTLED, retry_after=wait)
+        plain = self._plain.get(_digest(key)) if key is not None else None
+        if plain is not None:
+            return plain
+        if not self._sources.enabled:
+            return ANONYMOUS  # no model keys at all: the model endpoints are open
+        if key is None:
+            raise self._refuse(Refusal.MISSING, address, now)
+        parts = split_key(key)
+        if parts is None:
+            secret_matches(key, None)  # the same work as a wrong secret
+            raise self._refuse(Refusal.INVALID, address, now)
+        key_id, secret = parts
+        record = self._records.get(key_id) or await self._stored(key_id)
+        valid = (
+            secret_matches(secret, record.secret_sha256 if record else None)
+            and record is not None
+            and record.revoked_at is None
+            and not record.scopes.expired()
+        )
+        if not valid or record is None:
+            raise self._refuse(Refusal.INVALID, address, now)
+        return Principal(record.id, record.scopes)
+
+    async def _stored(self, key_id: str) -> KeyRecord | None:
+        store = self._sources.store
+        if store is None:
+            return None
+        cached = await self._cache.get(key_id)
+        if cached is not None:
+            return None if cached == _MISSING else cached
+        try:
+            record: KeyRecord | None = await store.ask(LookupKey(key_id), timeout=STORE_ASK_TIMEOUT)
+        except (ActorDead, AskTimeout):
+            raise AuthRefused(Refusal.UNAVAILABLE, retry_after=1.0) from None
+        await self._cache.set(key_id, record or _MISSING, ttl=self._sources.cache_ttl)
+        return record
+
+    def _refuse(self, reason: Refusal, address: str, now: float) -> AuthRefused:
+        self.refused += 1
+        self._failures.add(address, now)
+        return AuthRefused(reason)
+
+    def introspect(self) -> dict[str, Any]:
+        return {
+            "plain_keys": len(self._plain),
+            "configured_keys": len(self._records),
+            "key_store": self._sources.store is not None,
+            "refused": self.refused,
+        }
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def retry_seconds(seconds: float) -> int:
+    return max(1, math.ceil(seconds))
