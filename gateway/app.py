@@ -18,7 +18,7 @@ from aiohttp import web
 
 from actors.kernel import ActorSystem
 from actors.tree import AUTH, ROUTER, LiveLayout, TreeLayout, gateway_tree
-from gateway import admin, handlers, health
+from gateway import admin, admin_keys, handlers, health
 from gateway.config import GatewayConfig
 from gateway.errors import (
     GatewayError,
@@ -261,6 +261,7 @@ def create_app(config: GatewayConfig, *, config_path: str | None = None) -> web.
     handlers.add_routes(app)
     health.add_routes(app)
     admin.add_routes(app)
+    admin_keys.add_routes(app)
     if config.metrics.on_main_port:
         app.router.add_get("/metrics", metrics_endpoint)
     return app

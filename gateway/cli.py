@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import structlog
 import uvloop
 
+from gateway import cli_keys
 from gateway.config import ConfigError, GatewayConfig, config_path, load_config, warnings_of
 from gateway.observability import configure_logging
 
@@ -36,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument("--tokens-per-s", type=float, default=200.0)
     mock.add_argument("--length", type=int, default=16, help="tokens per answer")
 
+    cli_keys.add_parser(commands)
+
     demo = commands.add_parser("demo", help="four mock model services and the gateway")
     demo.add_argument("--listen", default="127.0.0.1:8000")
     return parser
@@ -59,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "serve":
         return _serve(config, path, as_worker=args.worker)
+    if args.command == "keys":
+        return cli_keys.run(args)
     if args.command == "mock-backend":
         configure_logging("info")
         return uvloop.run(_run_mock(args))

@@ -1,0 +1,88 @@
+"""/admin/keys: managing the key store over HTTP (admin key required).
+
+GET    /admin/keys                    every key (never a secret nor its hash)
+POST   /admin/keys                    create: scopes as JSON; the answer holds the full key,
+                                      shown this once
+POST   /admin/keys/{id}/revoke        revoke (also DELETE /admin/keys/{id}); at once here,
+                                      within auth.cache_ttl on other gateways sharing the file
+POST   /admin/keys/{id}/rotate        a new key with the same scopes; the old one is revoked
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from actors.auth import ForgetKey
+from actors.kernel import ActorDead, ActorRef, AskTimeout
+from actors.keys import KeyRecord, KeyScopes
+from actors.keystore import CreateKey, KeyNotFound, ListKeys, RevokeKey, RotateKey
+from actors.tree import KEYSTORE
+from gateway.auth import authenticate_admin
+from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
+from gateway.state import STATE, GatewayState
+
+STORE_TIMEOUT = 10.0
+
+
+async def _store(request: web.Request) -> tuple[GatewayState, ActorRef]:
+    state = request.app[STATE]
+    await authenticate_admin(state, request)
+    if state.config.auth.key_store is None:
+        raise NotFound(
+            "No key store is configured (auth.key_store).", code="key_store_not_configured"
+        )
+    return state, state.system.lookup(KEYSTORE)
+
+
+async def _ask(store: ActorRef, message: Any) -> Any:
+    try:
+        return await store.ask(message, timeout=STORE_TIMEOUT)
+    except KeyNotFound as exc:
+        raise NotFound(f"No key with id '{exc.key_id}'.", code="key_not_found") from None
+    except (ActorDead, AskTimeout):
+        raise ServiceUnavailable("The key store did not answer. Retry shortly.") from None
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    _, store = await _store(request)
+    records: list[KeyRecord] = await _ask(store, ListKeys())
+    config_keys = [key.record() for key in request.app[STATE].config.auth.keys]
+    return web.json_response({"keys": [r.public() for r in (*config_keys, *records)]})
+
+
+async def create_key(request: web.Request) -> web.Response:
+    _, store = await _store(request)
+    try:
+        scopes = KeyScopes.model_validate_json(await request.read() or b"{}")
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise InvalidRequest(f"{where}: {first['msg']}", param=where) from None
+    record, key = await _ask(store, CreateKey(scopes))
+    return web.json_response({**record.public(), "key": key}, status=201)
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    state, store = await _store(request)
+    record: KeyRecord = await _ask(store, RevokeKey(request.match_info["key_id"]))
+    await state.auth.ask(ForgetKey(record.id), timeout=STORE_TIMEOUT)
+    return web.json_response(record.public())
+
+
+async def rotate_key(request: web.Request) -> web.Response:
+    state, store = await _store(request)
+    old_id = request.match_info["key_id"]
+    record, key = await _ask(store, RotateKey(old_id))
+    await state.auth.ask(ForgetKey(old_id), timeout=STORE_TIMEOUT)
+    return web.json_response({**record.public(), "key": key, "replaces": old_id}, status=201)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/admin/keys", list_keys)
+    app.router.add_post("/admin/keys", create_key)
+    app.router.add_post("/admin/keys/{key_id}/revoke", revoke_key)
+    app.router.add_delete("/admin/keys/{key_id}", revoke_key)
+    app.router.add_post("/admin/keys/{key_id}/rotate", rotate_key)

@@ -1,0 +1,122 @@
+"""`citadel-gateway keys create|list|revoke|rotate`: the key store from the shell.
+
+The store is the file named by `--db`, else the configuration's `auth.key_store` (from
+`--config` or $CITADEL_CONFIG). A running gateway sees a change within `auth.cache_ttl`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import UTC, datetime
+
+from pydantic import ValidationError
+
+from actors.keys import KeyRecord, KeyScopes
+from actors.keystore import KeyNotFound, KeyStore
+from gateway.config import ConfigError, load_config
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = commands.add_parser("keys", help="manage API keys in the key store")
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--db", help="the key store file (default: the config's auth.key_store)")
+    where.add_argument("--config", help="configuration file (default: $CITADEL_CONFIG)")
+    actions = keys.add_subparsers(dest="action", required=True)
+
+    create = actions.add_parser("create", parents=[where], help="create a key; prints it once")
+    create.add_argument("--name", default="", help="who or what the key is for")
+    create.add_argument("--models", default="*", help='comma-separated ids, or "*" (default)')
+    create.add_argument("--endpoints", default="*", help='e.g. "chat.completions,models"')
+    create.add_argument("--rpm", type=int, help="requests per minute")
+    create.add_argument("--tpm", type=int, help="tokens per minute")
+    create.add_argument("--max-concurrent", type=int, help="requests in flight at once")
+    create.add_argument("--expires-in-days", type=float, help="refused after this many days")
+    create.add_argument("--admin", action="store_true", help="may use /admin/*")
+
+    listing = actions.add_parser("list", parents=[where], help="list keys (never secrets)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    listing.add_argument("--active", action="store_true", help="leave out revoked keys")
+
+    for name, text in (("revoke", "revoke a key"), ("rotate", "replace a key, same scopes")):
+        action = actions.add_parser(name, parents=[where], help=text)
+        action.add_argument("key_id", help="the key's id (12 hex digits)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        path = args.db or load_config(args.config).auth.key_store
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if path is None:
+        print("no key store: pass --db or set auth.key_store in the configuration", file=sys.stderr)
+        return 2
+    store = KeyStore(path)
+    try:
+        return _act(store, args)
+    except KeyNotFound as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+
+
+def _act(store: KeyStore, args: argparse.Namespace) -> int:
+    if args.action == "create":
+        try:
+            scopes = KeyScopes(
+                name=args.name,
+                models=tuple(_items(args.models)),
+                endpoints=tuple(_items(args.endpoints)),
+                rpm=args.rpm,
+                tpm=args.tpm,
+                max_concurrent=args.max_concurrent,
+                expires_at=time.time() + args.expires_in_days * 86400
+                if args.expires_in_days
+                else None,
+                admin=args.admin,
+            )
+        except ValidationError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        record, key = store.create(scopes)
+        print(key)
+        print(f"created key {record.id}; store the key now: it is not shown again", file=sys.stderr)
+        return 0
+    if args.action == "list":
+        for record in store.list(include_revoked=not args.active):
+            print(json.dumps(record.public()) if args.json else _line(record))
+        return 0
+    if args.action == "revoke":
+        record = store.revoke(args.key_id)
+        print(f"revoked {record.id}")
+        return 0
+    record, key = store.rotate(args.key_id)
+    print(key)
+    print(f"key {record.id} replaces {args.key_id}, now revoked", file=sys.stderr)
+    return 0
+
+
+def _items(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _line(record: KeyRecord) -> str:
+    scopes = record.scopes
+    state = "revoked" if record.revoked_at else ("expired" if scopes.expired() else "active")
+    limits = " ".join(
+        f"{name}={value}"
+        for name, value in (
+            ("rpm", scopes.rpm), ("tpm", scopes.tpm), ("concurrent", scopes.max_concurrent)
+        )
+        if value is not None
+    )  # fmt: skip
+    created = datetime.fromtimestamp(record.created_at, UTC).strftime("%Y-%m-%d %H:%M")
+    flags = " admin" if scopes.admin else ""
+    return (
+        f"{record.id}  {state:<7}  {created}  models={','.join(scopes.models)}  "
+        f"{limits}{flags}  {scopes.name}".rstrip()
+    )
