@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from actors.backend import BackendSettings
 from actors.balancer import BalancerSettings
 from actors.breaker import BreakerSettings
+from actors.limits import LimitSpec
 from actors.routing_rules import VirtualModelSettings
 
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
@@ -69,6 +70,9 @@ class ModelSettings(BaseModel):
     )
     context_fallback: str | None = Field(
         None, description="a larger-window model for prompts that do not fit this one"
+    )
+    limits: LimitSpec = Field(
+        LimitSpec(), description="limits of the whole model, over every key, to protect it"
     )
 
     @field_validator("name")

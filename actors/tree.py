@@ -6,6 +6,7 @@ root                         one_for_one, intensity 3 / 10 s
 │   └── …
 ├── keystore                 PykkaHost of KeyStoreActor (SQLite), with auth.key_store only
 ├── auth                     AuthActor
+├── limiter                  RateLimiterActor (state local, or in Redis)
 └── router                   RouterActor
 
 A `TreeLayout` is what the tree is built from: the router's settings, each model's replica
@@ -35,12 +36,14 @@ from actors.kernel import (
     Supervisor,
 )
 from actors.keystore import KeyStoreActor
+from actors.limiter import LimiterSettings, RateLimiterActor
 from actors.router import ModelSettings, RouterActor, RouterSettings
 
 ROOT = "root"
 BACKENDS = f"{ROOT}/backends"
 ROUTER = f"{ROOT}/router"
 AUTH = f"{ROOT}/auth"
+LIMITER = f"{ROOT}/limiter"
 KEYSTORE = f"{ROOT}/keystore"
 
 # A replica's actor restarts after a crash without hammering a service that may be down.
@@ -145,14 +148,19 @@ class LiveLayout:
     supervisor restarted after a reload rebuilds the reloaded tree, not the first one.
     `auth` is AuthActor's key sources (without the store ref, which the tree resolves)."""
 
-    __slots__ = ("auth", "current", "key_store")
+    __slots__ = ("auth", "current", "key_store", "limiter")
 
     def __init__(
-        self, layout: TreeLayout, auth: AuthSources | None = None, key_store: str | None = None
+        self,
+        layout: TreeLayout,
+        auth: AuthSources | None = None,
+        key_store: str | None = None,
+        limiter: LimiterSettings | None = None,
     ) -> None:
         self.current = layout
         self.auth = auth or AuthSources()
         self.key_store = key_store
+        self.limiter = limiter or LimiterSettings()
 
 
 def gateway_tree(live: LiveLayout, lookup: Callable[[str], ActorRef]) -> ChildSpec:
@@ -182,6 +190,7 @@ def gateway_tree(live: LiveLayout, lookup: Callable[[str], ActorRef]) -> ChildSp
         children.append(ChildSpec("keystore", lambda: PykkaHost(lambda: KeyStoreActor.start(path))))
     children += [
         ChildSpec("auth", auth, mailbox=HOT_MAILBOX),
+        ChildSpec("limiter", lambda: RateLimiterActor(live.limiter), mailbox=HOT_MAILBOX),
         ChildSpec("router", router, mailbox=HOT_MAILBOX),
     ]
     return ChildSpec(

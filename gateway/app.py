@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from actors.kernel import ActorSystem
-from actors.tree import AUTH, ROUTER, LiveLayout, TreeLayout, gateway_tree
+from actors.tree import AUTH, LIMITER, ROUTER, LiveLayout, TreeLayout, gateway_tree
 from gateway import admin, admin_keys, handlers, health
 from gateway.config import GatewayConfig
 from gateway.errors import (
@@ -28,6 +28,7 @@ from gateway.errors import (
     PayloadTooLarge,
 )
 from gateway.metrics import GatewayMetrics, TreeSampler, status_class
+from gateway.ratelimit import add_rate_headers
 from gateway.state import (
     CONFIG,
     CONFIG_PATH,
@@ -196,6 +197,8 @@ async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
         router=system.lookup(ROUTER),
         auth=system.lookup(AUTH),
         auth_enabled=sources.enabled,
+        limiter=system.lookup(LIMITER),
+        model_limits={m.name: m.limits for m in config.models},
         metrics=GatewayMetrics(root),
         started=int(time.time()),
         streams=OpenStreams(),
@@ -254,6 +257,7 @@ def create_app(config: GatewayConfig, *, config_path: str | None = None) -> web.
         middlewares=[edge_middleware], client_max_size=config.limits.max_body_bytes
     )
     app[CONFIG] = config
+    app.on_response_prepare.append(add_rate_headers)
     if config_path is not None:
         app[CONFIG_PATH] = config_path
     app.cleanup_ctx.append(_actor_tree)

@@ -30,6 +30,7 @@ class UpstreamCall:
     sent_model: str  # the id or alias the client sent
     stream: bool
     request_id: str
+    hide_usage: bool = False  # the gateway asked for the usage report; the client did not
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +45,7 @@ class Outgoing:
 class Attempt:
     """One request on one lease: what happened, for the release and the access log."""
 
-    __slots__ = ("lease", "outcome", "started", "ttft", "upstream_seconds", "usage")
+    __slots__ = ("events", "lease", "outcome", "started", "ttft", "upstream_seconds", "usage")
 
     def __init__(self, lease: Lease) -> None:
         self.lease = lease
@@ -53,6 +54,7 @@ class Attempt:
         self.ttft: float | None = None
         self.upstream_seconds = 0.0  # waiting on the upstream: for the overhead metric
         self.usage: tuple[int, int] | None = None  # (prompt, completion) tokens, if reported
+        self.events = 0  # stream events relayed: the completion's size when no usage comes
 
     def release(self) -> None:
         latency = time.monotonic() - self.started

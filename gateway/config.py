@@ -25,6 +25,7 @@ from pydantic import (
 
 from actors.auth import AuthSources
 from actors.keys import KeyRecord, KeyScopes
+from actors.limiter import LimiterSettings
 from actors.router import ModelSettings, RouterSettings
 from actors.routing_rules import VirtualModelSettings
 
@@ -85,12 +86,13 @@ class AuthSettings(BaseModel):
         return keys
 
 
-class LimitSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class LimitSettings(LimiterSettings):
+    """Request size, and where rate-limit state lives (limits themselves are per key and
+    per model)."""
 
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body")
-    redis_url: str | None = Field(
-        None, description="where shared rate-limit state lives (several workers or machines)"
+    default_max_tokens: int = Field(
+        256, ge=1, description="completion tokens charged up front when max_tokens is not sent"
     )
 
 

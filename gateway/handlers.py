@@ -7,6 +7,7 @@ from aiohttp import web
 
 from actors.auth import Principal
 from actors.kernel import ActorDead, AskTimeout
+from actors.limits import LimitSpec
 from actors.router import (
     ListModels,
     ModelEntry,
@@ -16,10 +17,12 @@ from actors.router import (
     UnknownModel,
 )
 from actors.routing_rules import RequestTraits, estimate_prompt_tokens, prefix_key
-from gateway import proxy
+from gateway import proxy, ratelimit
 from gateway.attempt import UpstreamCall
 from gateway.auth import authenticate, require_model
 from gateway.errors import NotFound, ServiceUnavailable
+from gateway.ratelimit import subjects_of
+from gateway.rewrite import with_stream_usage
 from gateway.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -30,6 +33,7 @@ from gateway.state import REQUEST, STATE, GatewayState
 from gateway.transcript import Transcript, log_exchange
 
 ROUTER_ASK_TIMEOUT = 2.0
+NO_LIMITS = LimitSpec()
 
 
 NO_FALLBACK_HEADER = "x-citadel-no-fallback"
@@ -91,11 +95,22 @@ async def _forward(
     decision: RouteDecision,
     call: UpstreamCall,
     principal: Principal,
+    tokens: tuple[int, int],
 ) -> web.StreamResponse:
-    """Forward a routed request; the router counted it in flight, so tell it when it ends."""
+    """Forward a routed request within the key's scopes and limits, charging `tokens`
+    (prompt estimate, completion budget) up front; the router counted it in flight, so tell
+    it when it ends."""
     try:
         require_model(principal, call.sent_model, decision.model)
-        return await proxy.forward(request, decision, call, state.router)
+        context = request[REQUEST]
+        subjects = subjects_of(
+            principal, decision.model, state.model_limits.get(decision.model, NO_LIMITS)
+        )
+        admitted = await ratelimit.admit(state, context, subjects, *tokens)
+        try:
+            return await proxy.forward(request, decision, call, state.router)
+        finally:
+            ratelimit.settle(state, admitted, context)
     finally:
         state.router.notify(RequestEnded(decision.model))
 
@@ -116,12 +131,16 @@ async def _generate(
     context.model = body.model
     traits = traits_of(request, body, affinity=state.prefix_affinity)
     decision = await _route(state, body.model, traits)
-    call = UpstreamCall(path, raw, body.model, body.stream, context.request_id)
+    hide_usage = body.stream and not body.include_usage
+    forwarded = with_stream_usage(raw) if hide_usage else raw
+    call = UpstreamCall(path, forwarded, body.model, body.stream, context.request_id, hide_usage)
     log_settings = state.config.logging
     if log_settings.log_prompts:
         context.transcript = Transcript()
     try:
-        return await _forward(request, state, decision, call, principal)
+        budget = traits.max_tokens or state.config.limits.default_max_tokens
+        tokens = (traits.prompt_tokens, budget)
+        return await _forward(request, state, decision, call, principal, tokens)
     finally:
         if context.transcript is not None:
             log_exchange(
@@ -153,7 +172,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     context.model = body.model
     decision = await _route(state, body.model)
     call = UpstreamCall("/v1/embeddings", raw, body.model, False, context.request_id)
-    return await _forward(request, state, decision, call, principal)
+    return await _forward(request, state, decision, call, principal, (len(raw) // 4 + 1, 0))
 
 
 def _model_object(entry: ModelEntry, created: int) -> dict[str, object]:

@@ -92,6 +92,13 @@ class GatewayMetrics:
             ["model", "key", "kind"],
             registry=registry,
         )
+        self.rate_limited = Counter(
+            "citadel_rate_limited",
+            "Requests refused by a rate limit, by kind (requests, tokens, concurrency, "
+            "unavailable).",
+            ["kind"],
+            registry=registry,
+        )
         self.auth_failures = Counter(
             "citadel_auth_failures",
             "Requests refused for a missing or wrong key.",

@@ -102,6 +102,7 @@ async def forward(
             attempt.release()
             context.upstream_seconds += attempt.upstream_seconds
             context.usage = attempt.usage or context.usage
+            context.relayed_events += attempt.events
             if retrying:
                 router.notify(RetryEnded(decision.model))
                 retrying = False

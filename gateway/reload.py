@@ -131,6 +131,7 @@ async def apply_config(state: GatewayState, new: GatewayConfig) -> ReloadReport:
         await state.auth.ask(UseSources(sources), timeout=ASK_TIMEOUT)
         state.config = config
         state.auth_enabled = sources.enabled
+        state.model_limits = {m.name: m.limits for m in config.models}
         state.prefix_affinity = any(m.routing.prefix_affinity for m in config.models)
         if retired:
             state.in_background(_retire(state, retired, previous, config.shutdown_grace))

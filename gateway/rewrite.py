@@ -81,3 +81,19 @@ def response_rewriter(upstream_model: str, public_model: str) -> Callable[[bytes
 
 def _identity(data: bytes) -> bytes:
     return data
+
+
+def with_stream_usage(raw: bytes) -> bytes:
+    """The body of a stream with `stream_options.include_usage` on, so that the upstream
+    reports the tokens it used (for limits and the usage ledger) even when the client did
+    not ask; the gateway then hides that report from the client (sse.drop_usage_events)."""
+    if b'"stream_options"' not in raw:
+        start = raw.index(b"{") + 1
+        return raw[:start] + b'"stream_options":{"include_usage":true},' + raw[start:]
+    payload = json.loads(raw)
+    options = payload.get("stream_options")
+    payload["stream_options"] = {
+        **(options if isinstance(options, dict) else {}),
+        "include_usage": True,
+    }
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()

@@ -4,6 +4,7 @@ into events, recognising what matters in them, and writing the gateway's own eve
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 DONE = b"data: [DONE]\n\n"
@@ -83,3 +84,19 @@ def find_error(events: bytes) -> dict[str, Any] | None:
 def error_event(body: dict[str, Any]) -> bytes:
     """An OpenAI-style error event: the official SDKs raise APIError when they read one."""
     return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+_NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+
+
+def drop_usage_events(events: bytes) -> bytes:
+    """`events` without the usage report (a chunk with no choices and a usage object), for
+    a client that did not ask for it. Other events pass as they are."""
+    if b'"usage"' not in events or _NO_CHOICES.search(events) is None:
+        return events
+    kept = [
+        event
+        for event in events.split(b"\n\n")
+        if not (_NO_CHOICES.search(event) and b'"prompt_tokens"' in event)
+    ]
+    return b"\n\n".join(kept)

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from actors.kernel import ActorRef, ActorSystem
+from actors.limits import LimitSpec
 from actors.tree import LiveLayout
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
@@ -55,6 +56,8 @@ class GatewayState:
     router: ActorRef
     auth: ActorRef  # AuthActor
     auth_enabled: bool  # some model key exists (else the model endpoints are open)
+    limiter: ActorRef  # RateLimiterActor
+    model_limits: dict[str, LimitSpec]  # each model's own limits (over every key)
     metrics: GatewayMetrics
     started: int  # unix time, the "created" of /v1/models entries
     streams: OpenStreams
@@ -86,6 +89,8 @@ class RequestContext:
         "first_byte_at",
         "key_id",
         "model",
+        "rate_headers",
+        "relayed_events",
         "request_id",
         "route_reason",
         "served_model",
@@ -108,6 +113,8 @@ class RequestContext:
         self.first_byte_at: float | None = None  # perf_counter() at a stream's first event
         self.usage: tuple[int, int] | None = None  # (prompt, completion) tokens reported
         self.transcript: Transcript | None = None  # only with logging.log_prompts
+        self.rate_headers: dict[str, str] | None = None  # x-ratelimit-*, once admitted
+        self.relayed_events = 0  # stream events relayed to the client
 
 
 REQUEST = web.RequestKey("citadel_request", RequestContext)

@@ -148,6 +148,12 @@ async def relay_stream(
         await response.prepare(request)
         request[REQUEST].first_byte_at = time.perf_counter()
         rewrite = response_rewriter(lease.upstream_model, decision.model)
+        if call.hide_usage:
+            rename_model = rewrite
+
+            def rewrite(data: bytes) -> bytes:
+                return sse.drop_usage_events(rename_model(data))
+
         try:
             streams = request.app[STATE].streams
             transcript = request[REQUEST].transcript
@@ -212,6 +218,7 @@ async def _pump(
                     return False
                 if b'"usage"' in events:
                     attempt.usage = usage_of(events) or attempt.usage
+                attempt.events += events.count(b"data:")
                 if transcript is not None:
                     transcript.keep(events)
                 try:

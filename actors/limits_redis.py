@@ -1,0 +1,156 @@
+"""The rate-limit arithmetic of actors.limits, in Redis: one Lua script per admission and
+one per settlement, each atomic, each reading the clock from Redis (`TIME`), so that every
+worker process and every gateway machine sharing the Redis shares one exact limit.
+
+Per subject, three keys: `<prefix><subject>:tat` (GCRA), `:tokens` (a hash: level, stamp),
+`:flight` (a sorted set of request ids scored by when their slot expires, so that a slot
+held by a process that died is freed after `lease_ttl` rather than leaked).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as redis
+
+from actors.limits import Subject, Verdict, quota_of
+
+_ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tokens = tonumber(ARGV[1])
+local id = ARGV[2]
+local lease_ttl = tonumber(ARGV[3])
+local n = (#ARGV - 3) / 3
+local plans = {}
+for i = 1, n do
+  local rpm = tonumber(ARGV[1 + i * 3])
+  local tpm = tonumber(ARGV[2 + i * 3])
+  local conc = tonumber(ARGV[3 + i * 3])
+  local k = (i - 1) * 3
+  local plan = {tat = nil, level = nil}
+  if rpm > 0 then
+    local interval = 60 / rpm
+    local tat = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
+    local new_tat = math.max(tat, now) + interval
+    if new_tat - now > 60 + 1e-9 then
+      return {0, 'requests', tostring(i), tostring(new_tat - 60 - now)}
+    end
+    plan.tat = new_tat
+  end
+  if tpm > 0 then
+    local state = redis.call('HMGET', KEYS[k + 2], 'level', 'stamp')
+    local level = tpm
+    if state[1] then
+      level = math.min(tpm, tonumber(state[1]) + (now - tonumber(state[2])) * tpm / 60)
+    end
+    local need = math.min(tokens, tpm)
+    if level < need then
+      return {0, 'tokens', tostring(i), tostring((need - level) * 60 / tpm)}
+    end
+    plan.level = level - need
+  end
+  if conc > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[k + 3], '-inf', now)
+    if redis.call('ZCARD', KEYS[k + 3]) >= conc then
+      return {0, 'concurrency', tostring(i), '1'}
+    end
+    plan.conc = true
+  end
+  plans[i] = plan
+end
+local out = {1}
+for i = 1, n do
+  local k = (i - 1) * 3
+  local plan = plans[i]
+  if plan.tat then
+    local ttl = math.ceil((plan.tat - now) * 1000) + 1000
+    redis.call('SET', KEYS[k + 1], tostring(plan.tat), 'PX', ttl)
+  end
+  if plan.level then
+    redis.call('HSET', KEYS[k + 2], 'level', tostring(plan.level), 'stamp', tostring(now))
+    redis.call('PEXPIRE', KEYS[k + 2], 120000)
+  end
+  if plan.conc then
+    redis.call('ZADD', KEYS[k + 3], now + lease_ttl, id)
+    redis.call('PEXPIRE', KEYS[k + 3], math.ceil(lease_ttl * 1000))
+  end
+  table.insert(out, tostring(plan.tat or 0))
+  table.insert(out, tostring(plan.level or -1))
+end
+table.insert(out, tostring(now))
+return out
+"""
+
+_SETTLE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local used = tonumber(ARGV[1])
+local id = ARGV[2]
+local n = (#ARGV - 2) / 2
+for i = 1, n do
+  local tpm, charged = tonumber(ARGV[1 + i * 2]), tonumber(ARGV[2 + i * 2])
+  local k = (i - 1) * 2
+  redis.call('ZREM', KEYS[k + 2], id)
+  if tpm > 0 then
+    local state = redis.call('HMGET', KEYS[k + 1], 'level', 'stamp')
+    local level = tpm
+    if state[1] then
+      level = math.min(tpm, tonumber(state[1]) + (now - tonumber(state[2])) * tpm / 60)
+    end
+    level = math.min(tpm, level + charged - used)
+    redis.call('HSET', KEYS[k + 1], 'level', tostring(level), 'stamp', tostring(now))
+    redis.call('PEXPIRE', KEYS[k + 1], 120000)
+  end
+end
+return 1
+"""
+
+
+class RedisLimits:
+    def __init__(
+        self, client: redis.Redis, *, prefix: str = "citadel:rl:", lease_ttl: float = 3600
+    ) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._lease_ttl = lease_ttl
+        self._admit = client.register_script(_ADMIT)
+        self._settle = client.register_script(_SETTLE)
+
+    def _keys(self, subject: Subject) -> tuple[str, str, str]:
+        base = f"{self._prefix}{subject.name}"
+        return f"{base}:tat", f"{base}:tokens", f"{base}:flight"
+
+    async def admit(self, subjects: tuple[Subject, ...], tokens: int, request_id: str) -> Verdict:
+        keys: list[str] = []
+        args: list[Any] = [tokens, request_id, self._lease_ttl]
+        for subject in subjects:
+            keys.extend(self._keys(subject))
+            spec = subject.spec
+            args += [spec.rpm or 0, spec.tpm or 0, spec.max_concurrent or 0]
+        reply = await self._admit(keys=keys, args=args)
+        if int(reply[0]) == 0:
+            kind, index, wait = (_text(value) for value in reply[1:4])
+            return Verdict(False, kind, subjects[int(index) - 1].name, float(wait))
+        now = float(_text(reply[-1]))
+        quota = None
+        if subjects:
+            tat, level = float(_text(reply[1])), float(_text(reply[2]))
+            quota = quota_of(subjects[0].spec, tat, None if level < 0 else level, now)
+        return Verdict(True, quota=quota)
+
+    async def settle(
+        self, subjects: tuple[Subject, ...], charged: int, used: int, request_id: str
+    ) -> None:
+        keys: list[str] = []
+        args: list[Any] = [used, request_id]
+        for subject in subjects:
+            _, tokens_key, flight_key = self._keys(subject)
+            keys += [tokens_key, flight_key]
+            tpm = subject.spec.tpm or 0
+            args += [tpm, min(charged, tpm) if tpm else 0]
+        await self._settle(keys=keys, args=args)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

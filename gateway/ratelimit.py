@@ -1,0 +1,141 @@
+"""The HTTP side of RateLimiterActor: which limits a request falls under, OpenAI's rate-limit
+headers, 429s with an exact retry time, and settling every admitted request however it ends.
+
+Headers (on every response to a key with limits, as OpenAI sends them):
+`x-ratelimit-limit-requests`, `x-ratelimit-remaining-requests`, `x-ratelimit-reset-requests`
+and the same three for tokens; resets as durations like `1s`, `6m0s`, `120ms`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from actors.auth import Principal
+from actors.kernel import ActorDead, AskTimeout, MailboxFull
+from actors.limiter import UNAVAILABLE, Admission, Admit, Settle
+from actors.limits import LimitSpec, Quota, Subject
+from gateway.errors import RateLimited, ServiceUnavailable
+from gateway.state import REQUEST, GatewayState, RequestContext
+
+LIMITER_ASK_TIMEOUT = 2.0
+_KIND_TEXT = {
+    "requests": "requests per minute",
+    "tokens": "tokens per minute",
+    "concurrency": "concurrent requests",
+}
+
+
+@dataclass(slots=True)
+class Admitted:
+    """An admitted request's charge, settled when it ends (`settle`)."""
+
+    subjects: tuple[Subject, ...]
+    charged: int
+    prompt_tokens: int  # the estimate, for a stream whose upstream reports no usage
+    shared: bool
+
+
+def subjects_of(principal: Principal, model: str, model_limits: LimitSpec) -> tuple[Subject, ...]:
+    scopes = principal.scopes
+    key = LimitSpec(rpm=scopes.rpm, tpm=scopes.tpm, max_concurrent=scopes.max_concurrent)
+    subjects = []
+    if key.any:
+        subjects.append(Subject(f"key:{principal.key_id}", key))
+    if model_limits.any:
+        subjects.append(Subject(f"model:{model}", model_limits))
+    return tuple(subjects)
+
+
+async def admit(
+    state: GatewayState,
+    context: RequestContext,
+    subjects: tuple[Subject, ...],
+    prompt_tokens: int,
+    completion_budget: int,
+) -> Admitted | None:
+    """Charge the request (its prompt estimate and completion budget), or raise 429 (503
+    when the limiter cannot decide)."""
+    if not subjects:
+        return None
+    tokens = prompt_tokens + completion_budget
+    try:
+        admission: Admission = await state.limiter.ask(
+            Admit(subjects, tokens, context.request_id), timeout=LIMITER_ASK_TIMEOUT
+        )
+    except (ActorDead, AskTimeout, MailboxFull):
+        raise ServiceUnavailable("The rate limiter is restarting. Retry shortly.") from None
+    verdict = admission.verdict
+    if not verdict.allowed:
+        state.metrics.rate_limited.labels(verdict.kind).inc()
+        if verdict.kind == UNAVAILABLE:
+            raise ServiceUnavailable(
+                "The rate limiter's store is unreachable. Retry shortly.",
+                headers={"Retry-After": "1"},
+            )
+        who = "this API key" if verdict.subject.startswith("key:") else "this model"
+        wait_ms = max(1, math.ceil(verdict.retry_after * 1000))
+        raise RateLimited(
+            f"Rate limit reached for {who}: {_KIND_TEXT.get(verdict.kind, verdict.kind)}. "
+            f"Please try again in {duration(verdict.retry_after)}.",
+            code="rate_limit_exceeded",
+            headers={
+                "Retry-After": str(max(1, math.ceil(verdict.retry_after))),
+                "retry-after-ms": str(wait_ms),
+            },
+        )
+    if verdict.quota is not None:
+        context.rate_headers = headers_of(verdict.quota)
+    return Admitted(subjects, tokens, prompt_tokens, admission.shared)
+
+
+def settle(state: GatewayState, admitted: Admitted | None, context: RequestContext) -> None:
+    """Free the request's slot and reconcile its tokens; a tell, safe on every exit path
+    (including cancellation)."""
+    if admitted is None:
+        return
+    if context.usage is not None:
+        used = sum(context.usage)
+    elif context.relayed_events:  # a stream without a usage report: count what was relayed
+        used = admitted.prompt_tokens + context.relayed_events
+    else:
+        used = admitted.charged
+    state.limiter.notify(
+        Settle(admitted.subjects, admitted.charged, used, context.request_id, admitted.shared)
+    )
+
+
+def headers_of(quota: Quota) -> dict[str, str]:
+    headers = {}
+    if quota.rpm is not None:
+        headers["x-ratelimit-limit-requests"] = str(quota.rpm)
+        headers["x-ratelimit-remaining-requests"] = str(quota.remaining_requests)
+        headers["x-ratelimit-reset-requests"] = duration(quota.reset_requests)
+    if quota.tpm is not None:
+        headers["x-ratelimit-limit-tokens"] = str(quota.tpm)
+        headers["x-ratelimit-remaining-tokens"] = str(quota.remaining_tokens)
+        headers["x-ratelimit-reset-tokens"] = duration(quota.reset_tokens)
+    return headers
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's duration strings: `120ms`, `1s`, `6m0s`, `1h2m3s` (rounded up)."""
+    if seconds < 1:
+        return f"{max(0, math.ceil(seconds * 1000))}ms"
+    whole = math.ceil(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+async def add_rate_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: the admitted request's rate-limit headers, on any response."""
+    context = request.get(REQUEST)
+    if context is not None and context.rate_headers:
+        response.headers.update(context.rate_headers)
