@@ -168,4 +168,5 @@ class RateLimiterActor(Actor):
             "redis_down": self._down_since is not None,
             "redis_failures": self.redis_failures,
             "refused": dict(self.refused),
+            "in_flight": self._local.in_flight(),  # local admissions only
         }

@@ -165,6 +165,6 @@ class LocalLimits:
                 state.level = min(float(spec.tpm), level + min(charged, spec.tpm) - used)
                 state.stamp = now
 
-    def in_flight(self, name: str) -> int:
-        state = self._states.get(name)
-        return 0 if state is None else state.in_flight
+    def in_flight(self) -> dict[str, int]:
+        """Requests holding a slot, by subject (those with any)."""
+        return {name: state.in_flight for name, state in self._states.items() if state.in_flight}

@@ -186,7 +186,9 @@ async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     system = ActorSystem()
     sources = config.auth_sources()
-    layout = LiveLayout(TreeLayout.first(config.router_settings()), sources, config.auth.key_store)
+    layout = LiveLayout(
+        TreeLayout.first(config.router_settings()), sources, config.auth.key_store, config.limits
+    )
     root = await system.spawn(gateway_tree(layout, system.lookup))
     if not sources.enabled:
         log.warning("auth_disabled", reason="no API keys and no key store configured")

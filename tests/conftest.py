@@ -3,6 +3,7 @@ check after each test that nothing it printed or logged holds key material."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 
@@ -12,6 +13,8 @@ from gateway.defaults import DEMO_ADMIN_KEY, DEMO_API_KEY
 from gateway.observability import BufferedLineLogger, configure_logging
 from tests.gateway.harness import ADMIN_KEY, API_KEY
 
+# A whole sk-citadel key (its id alone is fine to show).
+FULL_KEY = re.compile(r"sk-citadel-[0-9a-f]{12}-[A-Za-z0-9_-]{20,}")
 # Every key the tests use, and the shapes of keys sent on purpose as wrong ones.
 KEY_MATERIAL = (API_KEY, ADMIN_KEY, DEMO_API_KEY, DEMO_ADMIN_KEY, "sk-not-a-real-key")
 
@@ -29,6 +32,7 @@ def no_key_material_in_output(capfd: pytest.CaptureFixture[str]) -> Iterator[Non
     yield
     out, err = capfd.readouterr()
     leaked = [key for key in KEY_MATERIAL if key in out or key in err]
+    leaked += FULL_KEY.findall(out + err)  # any store or configured key, whole
     sys.stdout.write(out)  # give the output back to pytest's report
     sys.stderr.write(err)
     assert not leaked, f"key material in the test's output: {leaked}"

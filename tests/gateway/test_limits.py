@@ -1,0 +1,195 @@
+"""Rate limits in one gateway (state in the process): headers, 429s, token reconciliation
+(streams included), concurrency slots on every exit path, model limits, and the SDK's
+retry honouring Retry-After."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import yaml
+from openai.types.chat import ChatCompletionMessageParam
+
+from actors.keys import hash_secret
+from actors.tree import LIMITER
+from gateway.config import load_config
+from gateway.mock.faults import Fault
+from gateway.server import RunningServer, start_gateway
+from gateway.state import STATE, GatewayState
+from tests.gateway.harness import ADMIN_KEY, Mock, mock_service, until
+
+CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
+SECRET = "s" * 43
+
+
+def key_for(key_id: str) -> tuple[str, dict[str, Any]]:
+    """A configured key (id, hash) and the full key a client sends."""
+    return f"sk-citadel-{key_id}-{SECRET}", {"id": key_id, "secret_sha256": hash_secret(SECRET)}
+
+
+@asynccontextmanager
+async def limited_gateway(
+    tmp_path: Path, scopes: dict[str, Any], *, model_limits: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None, key_id: str = "00000000000a",
+) -> AsyncIterator[tuple[RunningServer, Mock, str]]:  # fmt: skip
+    key, configured = key_for(key_id)
+    async with mock_service(model="m", ttft=0.0) as upstream:
+        model: dict[str, Any] = {"name": "m", "backends": [{"url": upstream.url}]}
+        if model_limits:
+            model["limits"] = model_limits
+        config = {
+            "listen": "127.0.0.1:0",
+            "auth": {"admin_keys": [ADMIN_KEY], "keys": [{**configured, "scopes": scopes}]},
+            "limits": limits or {},
+            "logging": {"access_log": False},
+            "models": [model],
+        }
+        path = tmp_path / "gateway.yaml"
+        path.write_text(yaml.safe_dump(config))
+        server = await start_gateway(load_config(path), config_path=str(path))
+        try:
+            yield server, upstream, key
+        finally:
+            await server.close()
+
+
+def post(http: aiohttp.ClientSession, url: str, key: str, **body: Any) -> Any:
+    payload = {"model": "m", "messages": CHAT, **body}
+    headers = {"Authorization": f"Bearer {key}"}
+    return http.post(f"{url}/v1/chat/completions", json=payload, headers=headers)
+
+
+def slots(state: GatewayState) -> dict[str, int]:
+    details: dict[str, int] = state.system.lookup(LIMITER).snapshot().details["in_flight"]
+    return details
+
+
+async def test_requests_per_minute_headers_and_an_exact_429(tmp_path: Path) -> None:
+    async with (
+        limited_gateway(tmp_path, {"rpm": 3}) as (gateway, _, key),
+        aiohttp.ClientSession() as http,
+    ):
+        remaining = []
+        for _ in range(3):
+            async with post(http, gateway.url, key) as response:
+                assert response.status == 200
+                assert response.headers["x-ratelimit-limit-requests"] == "3"
+                remaining.append(response.headers["x-ratelimit-remaining-requests"])
+                reset = response.headers["x-ratelimit-reset-requests"]
+                assert reset.endswith("s")
+                assert not reset.endswith("ms")
+        assert remaining == ["2", "1", "0"]
+        async with post(http, gateway.url, key) as response:
+            body = await response.json()
+            assert response.status == 429
+            assert body["error"]["code"] == "rate_limit_exceeded"
+            assert body["error"]["type"] == "rate_limit_exceeded"
+            assert "requests per minute" in body["error"]["message"]
+            retry_ms = int(response.headers["retry-after-ms"])
+            # GCRA: the first of the three frees its slot 20 s (60/3) after it was taken.
+            assert 19_000 < retry_ms <= 20_000
+            assert int(response.headers["Retry-After"]) == -(-retry_ms // 1000)
+        metrics = gateway.runner.app[STATE].metrics
+        assert metrics.rate_limited.labels("requests")._value.get() == 1
+
+
+async def test_tokens_are_reconciled_from_real_usage_for_answers_and_streams(
+    tmp_path: Path,
+) -> None:
+    async with (
+        limited_gateway(tmp_path, {"tpm": 2000}) as (gateway, upstream, key),
+        aiohttp.ClientSession() as http,
+    ):
+        # Charged ~1000 up front each (max_tokens), the mock uses 16 completion tokens.
+        async with post(http, gateway.url, key, max_tokens=1000) as response:
+            assert response.status == 200
+            assert int(response.headers["x-ratelimit-remaining-tokens"]) < 1000
+        async with post(http, gateway.url, key, max_tokens=1000, stream=True) as response:
+            events = (await response.read()).decode()
+        assert '"usage"' not in events  # asked for by the gateway, hidden from this client
+        assert upstream.state.stats.last_body["stream_options"] == {"include_usage": True}
+        async with post(http, gateway.url, key, max_tokens=1000) as response:
+            # Without reconciliation two charges of ~1000 would leave nothing for this one.
+            assert response.status == 200
+            assert int(response.headers["x-ratelimit-remaining-tokens"]) > 900 - 2 * 40
+        async with openai.AsyncOpenAI(
+            base_url=f"{gateway.url}/v1", api_key=key, max_retries=0
+        ) as sdk:
+            stream = await sdk.chat.completions.create(
+                model="m", messages=CHAT, stream=True, stream_options={"include_usage": True}
+            )
+            chunks = [chunk async for chunk in stream]
+        assert chunks[-1].usage is not None
+        assert chunks[-1].usage.completion_tokens == 16
+
+
+async def test_concurrency_slots_are_freed_on_every_exit_path(tmp_path: Path) -> None:
+    async with (
+        limited_gateway(tmp_path, {"max_concurrent": 1}) as (gateway, upstream, key),
+        aiohttp.ClientSession() as http,
+    ):
+        state = gateway.runner.app[STATE]
+        async with post(http, gateway.url, key) as response:  # success
+            assert response.status == 200
+        gate = asyncio.Semaphore(0)
+        upstream.state.token_gate = gate
+        async with post(http, gateway.url, key, stream=True) as held:
+            await held.content.readany()  # under way: the slot is taken
+            async with post(http, gateway.url, key) as refused:
+                assert refused.status == 429
+                assert (await refused.json())["error"]["message"].endswith("in 1s.")
+            assert slots(state) == {"key:00000000000a": 1}
+        # The client went away mid-stream: its handler is cancelled.
+        await until(lambda: slots(state) == {}, passes=1_000_000)
+        upstream.state.token_gate = None
+        upstream.state.set_fault(Fault(mode="error", status=500))  # an upstream failure
+        async with post(http, gateway.url, key) as response:
+            assert response.status == 502
+        upstream.state.set_fault(Fault(mode="cut", after_chunks=1))  # cut mid-stream
+        async with post(http, gateway.url, key, stream=True) as response:
+            assert b'"error"' in await response.read()
+        await until(lambda: slots(state) == {}, passes=1_000_000)
+        upstream.state.set_fault(Fault())
+        async with post(http, gateway.url, key) as response:
+            assert response.status == 200
+
+
+async def test_the_sdk_retry_honours_retry_after(tmp_path: Path) -> None:
+    async with limited_gateway(tmp_path, {"max_concurrent": 1}) as (gateway, upstream, key):
+        state = gateway.runner.app[STATE]
+        gate = asyncio.Semaphore(0)
+        upstream.state.token_gate = gate
+        async with (
+            aiohttp.ClientSession() as http,
+            post(http, gateway.url, key, stream=True) as held,
+            openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=2) as sdk,
+        ):
+            await held.content.readany()
+            retried = asyncio.ensure_future(sdk.chat.completions.create(model="m", messages=CHAT))
+            refused = state.metrics.rate_limited.labels("concurrency")
+            await until(lambda: refused._value.get() == 1, passes=1_000_000)
+            upstream.state.token_gate = None
+            gate.release()
+            await held.read()  # the held stream ends, freeing the slot
+            answer = await retried  # the SDK waited Retry-After (1 s) and tried again
+        assert answer.choices[0].message.content
+        assert refused._value.get() == 1
+
+
+async def test_model_limits_protect_a_model_across_keys(tmp_path: Path) -> None:
+    async with (
+        limited_gateway(tmp_path, {}, model_limits={"rpm": 2}) as (gateway, _, key),
+        aiohttp.ClientSession() as http,
+    ):
+        for expected in (200, 200, 429):
+            async with post(http, gateway.url, key) as response:
+                assert response.status == expected
+                if expected == 429:
+                    assert "this model" in (await response.json())["error"]["message"]
+                else:  # the key has no limits of its own: the headers are the model's
+                    assert response.headers["x-ratelimit-limit-requests"] == "2"
