@@ -7,6 +7,8 @@ root                         one_for_one, intensity 3 / 10 s
 ├── keystore                 PykkaHost of KeyStoreActor (SQLite), with auth.key_store only
 ├── auth                     AuthActor
 ├── limiter                  RateLimiterActor (state local, or in Redis)
+├── ledger_writer            PykkaHost of LedgerWriterActor (SQLite), with usage.ledger only
+├── ledger                   UsageLedgerActor (batches; flushed on stop)
 └── router                   RouterActor
 
 A `TreeLayout` is what the tree is built from: the router's settings, each model's replica
@@ -36,6 +38,8 @@ from actors.kernel import (
     Supervisor,
 )
 from actors.keystore import KeyStoreActor
+from actors.ledger import LedgerSettings, UsageLedgerActor
+from actors.ledger_store import LedgerWriterActor
 from actors.limiter import LimiterSettings, RateLimiterActor
 from actors.router import ModelSettings, RouterActor, RouterSettings
 
@@ -44,6 +48,8 @@ BACKENDS = f"{ROOT}/backends"
 ROUTER = f"{ROOT}/router"
 AUTH = f"{ROOT}/auth"
 LIMITER = f"{ROOT}/limiter"
+LEDGER = f"{ROOT}/ledger"
+LEDGER_WRITER = f"{ROOT}/ledger_writer"
 KEYSTORE = f"{ROOT}/keystore"
 
 # A replica's actor restarts after a crash without hammering a service that may be down.
@@ -148,7 +154,7 @@ class LiveLayout:
     supervisor restarted after a reload rebuilds the reloaded tree, not the first one.
     `auth` is AuthActor's key sources (without the store ref, which the tree resolves)."""
 
-    __slots__ = ("auth", "current", "key_store", "limiter")
+    __slots__ = ("auth", "current", "key_store", "ledger", "limiter")
 
     def __init__(
         self,
@@ -156,11 +162,13 @@ class LiveLayout:
         auth: AuthSources | None = None,
         key_store: str | None = None,
         limiter: LimiterSettings | None = None,
+        ledger: LedgerSettings | None = None,
     ) -> None:
         self.current = layout
         self.auth = auth or AuthSources()
         self.key_store = key_store
         self.limiter = limiter or LimiterSettings()
+        self.ledger = ledger
 
 
 def gateway_tree(live: LiveLayout, lookup: Callable[[str], ActorRef]) -> ChildSpec:
@@ -191,10 +199,27 @@ def gateway_tree(live: LiveLayout, lookup: Callable[[str], ActorRef]) -> ChildSp
     children += [
         ChildSpec("auth", auth, mailbox=HOT_MAILBOX),
         ChildSpec("limiter", lambda: RateLimiterActor(live.limiter), mailbox=HOT_MAILBOX),
-        ChildSpec("router", router, mailbox=HOT_MAILBOX),
     ]
+    ledger = live.ledger
+    if ledger is not None:  # the writer first: it stops after the ledger has flushed to it
+        children += [
+            ChildSpec(
+                "ledger_writer", lambda: PykkaHost(lambda: LedgerWriterActor.start(ledger.path))
+            ),
+            ChildSpec(
+                "ledger",
+                lambda: UsageLedgerActor(
+                    lookup(LEDGER_WRITER),
+                    batch_size=ledger.batch_size,
+                    flush_interval=ledger.flush_interval,
+                ),
+                mailbox=HOT_MAILBOX,
+                shutdown_timeout=60.0,
+            ),
+        ]
+    children.append(ChildSpec("router", router, mailbox=HOT_MAILBOX))
     return ChildSpec(
         ROOT,
         lambda: Supervisor(children, strategy=Strategy.ONE_FOR_ONE, intensity=3),
-        shutdown_timeout=30.0,
+        shutdown_timeout=90.0,
     )

@@ -17,8 +17,9 @@ import structlog
 from aiohttp import web
 
 from actors.kernel import ActorSystem
-from actors.tree import AUTH, LIMITER, ROUTER, LiveLayout, TreeLayout, gateway_tree
-from gateway import admin, admin_keys, handlers, health
+from actors.ledger_store import UsageRecord
+from actors.tree import AUTH, LEDGER, LIMITER, ROUTER, LiveLayout, TreeLayout, gateway_tree
+from gateway import admin, admin_keys, admin_usage, handlers, health
 from gateway.config import GatewayConfig
 from gateway.errors import (
     GatewayError,
@@ -114,6 +115,8 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
         state = request.app.get(STATE)
         if state is not None:
             record(state.metrics, request, context, status, elapsed)
+            if state.ledger is not None and context.served_model is not None:
+                state.ledger.notify(usage_record(request, context, status, elapsed))
         if (state.config if state is not None else request.app[CONFIG]).logging.access_log:
             access_log.info(
                 "request",
@@ -166,6 +169,27 @@ def record(
         metrics.routed.labels(context.model or "-", model, kind).inc()
 
 
+def usage_record(
+    request: web.Request, context: RequestContext, status: int, elapsed: float
+) -> UsageRecord:
+    info = request.match_info
+    prompt, completion = context.usage or (0, 0)
+    first = context.first_byte_at
+    return UsageRecord(
+        ts=time.time(),
+        request_id=context.request_id,
+        key_id=context.key_id,
+        model=context.served_model or "-",
+        backend=context.backend,
+        endpoint=info.route.resource.canonical if info.route.resource is not None else "-",
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        status=status,
+        latency_ms=round(elapsed * 1000, 3),
+        ttft_ms=None if first is None else round((first - context.started) * 1000, 3),
+    )
+
+
 async def metrics_endpoint(request: web.Request) -> web.Response:
     """/metrics on the API port, for the networks the config allows."""
     settings = request.app[STATE].config.metrics
@@ -187,7 +211,11 @@ async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
     system = ActorSystem()
     sources = config.auth_sources()
     layout = LiveLayout(
-        TreeLayout.first(config.router_settings()), sources, config.auth.key_store, config.limits
+        TreeLayout.first(config.router_settings()),
+        sources,
+        config.auth.key_store,
+        config.limits,
+        config.usage,
     )
     root = await system.spawn(gateway_tree(layout, system.lookup))
     if not sources.enabled:
@@ -200,6 +228,7 @@ async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
         auth=system.lookup(AUTH),
         auth_enabled=sources.enabled,
         limiter=system.lookup(LIMITER),
+        ledger=system.lookup(LEDGER) if config.usage is not None else None,
         model_limits={m.name: m.limits for m in config.models},
         metrics=GatewayMetrics(root),
         started=int(time.time()),
@@ -268,6 +297,7 @@ def create_app(config: GatewayConfig, *, config_path: str | None = None) -> web.
     health.add_routes(app)
     admin.add_routes(app)
     admin_keys.add_routes(app)
+    admin_usage.add_routes(app)
     if config.metrics.on_main_port:
         app.router.add_get("/metrics", metrics_endpoint)
     return app

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import structlog
 import uvloop
 
-from gateway import cli_keys
+from gateway import cli_keys, cli_usage
 from gateway.config import ConfigError, GatewayConfig, config_path, load_config, warnings_of
 from gateway.observability import configure_logging
 
@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument("--length", type=int, default=16, help="tokens per answer")
 
     cli_keys.add_parser(commands)
+    cli_usage.add_parser(commands)
 
     demo = commands.add_parser("demo", help="four mock model services and the gateway")
     demo.add_argument("--listen", default="127.0.0.1:8000")
@@ -64,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(config, path, as_worker=args.worker)
     if args.command == "keys":
         return cli_keys.run(args)
+    if args.command == "usage":
+        return cli_usage.run(args)
     if args.command == "mock-backend":
         configure_logging("info")
         return uvloop.run(_run_mock(args))

@@ -25,6 +25,7 @@ from pydantic import (
 
 from actors.auth import AuthSources
 from actors.keys import KeyRecord, KeyScopes
+from actors.ledger import LedgerSettings
 from actors.limiter import LimiterSettings
 from actors.router import ModelSettings, RouterSettings
 from actors.routing_rules import VirtualModelSettings
@@ -159,6 +160,7 @@ class GatewayConfig(BaseModel):
     metrics: MetricsSettings = MetricsSettings()
     shutdown_grace: float = Field(30.0, ge=0, description="seconds in-flight requests may finish")
     workers: int = Field(1, ge=1, le=256, description="gateway processes sharing the port")
+    usage: LedgerSettings | None = Field(None, description="the usage ledger (SQLite)")
 
     @field_validator("listen")
     @classmethod

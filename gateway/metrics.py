@@ -156,17 +156,22 @@ class TreeCollector(Collector):
         running = GaugeMetricFamily(
             "citadel_actor_running", "1 if the actor is running.", labels=["actor"]
         )
+        backlog = GaugeMetricFamily(
+            "citadel_usage_ledger_backlog", "Usage records waiting to be written to the ledger."
+        )
         for node in _walk(self._root.snapshot()):
             restarts.add_metric([node.path], node.restarts)
             depth.add_metric([node.path], node.mailbox_depth)
             running.add_metric([node.path], 1.0 if node.state.value == "running" else 0.0)
             details = node.details
+            if "backlog" in details:
+                backlog.add_metric([], details["backlog"])
             if "circuit" in details:
                 in_flight.add_metric([node.name], details["in_flight"])
                 healthy.add_metric([node.name], 1.0 if details["healthy"] else 0.0)
                 circuit.add_metric([node.name], _CIRCUIT_VALUE.get(details["circuit"], 2.0))
                 latency.add_metric([node.name], details["latency_s"])
-        yield from (in_flight, healthy, circuit, latency, restarts, depth, running)
+        yield from (in_flight, healthy, circuit, latency, restarts, depth, running, backlog)
 
 
 class TreeSampler:
@@ -220,12 +225,21 @@ class TreeSampler:
             "livemin",
         )
 
+        self.backlog = Gauge(
+            "citadel_usage_ledger_backlog",
+            "Usage records waiting to be written to the ledger, summed over workers.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+
     def sample(self) -> None:
         for node in _walk(self._root.snapshot()):
             self.restarts.labels(node.path).set(node.restarts)
             self.depth.labels(node.path).set(node.mailbox_depth)
             self.running.labels(node.path).set(1.0 if node.state.value == "running" else 0.0)
             details = node.details
+            if "backlog" in details:
+                self.backlog.set(details["backlog"])
             if "circuit" in details:
                 self.in_flight.labels(node.name).set(details["in_flight"])
                 self.healthy.labels(node.name).set(1.0 if details["healthy"] else 0.0)

@@ -40,6 +40,7 @@ RESTART_ONLY: tuple[tuple[str, ...], ...] = (
     ("limits", "max_body_bytes"),
     ("limits", "redis_url"),
     ("auth", "key_store"),
+    ("usage",),
     ("logging", "level"),
     ("logging", "format"),
 )

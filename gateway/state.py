@@ -57,6 +57,7 @@ class GatewayState:
     auth: ActorRef  # AuthActor
     auth_enabled: bool  # some model key exists (else the model endpoints are open)
     limiter: ActorRef  # RateLimiterActor
+    ledger: ActorRef | None  # UsageLedgerActor, with usage.ledger configured
     model_limits: dict[str, LimitSpec]  # each model's own limits (over every key)
     metrics: GatewayMetrics
     started: int  # unix time, the "created" of /v1/models entries

@@ -1,0 +1,145 @@
+"""The usage ledger's SQLite file, and LedgerWriterActor: the pykka ThreadingActor that owns
+it (SQLite blocks; the event loop never touches it).
+
+One row per completed request. WAL mode: readers (`citadel-gateway usage`, /admin/usage)
+never block the writer, and a committed batch survives a crash of the process.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import astuple, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from actors.kernel import BridgedThreadingActor
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage (
+    ts                REAL NOT NULL,
+    request_id        TEXT NOT NULL,
+    key_id            TEXT,
+    model             TEXT NOT NULL,
+    backend           TEXT,
+    endpoint          TEXT NOT NULL,
+    prompt_tokens     INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    status            INTEGER NOT NULL,
+    latency_ms        REAL NOT NULL,
+    ttft_ms           REAL
+);
+CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
+"""
+GROUPS = {"key": "key_id", "model": "model", "day": "date(ts, 'unixepoch')"}
+Group = Literal["key", "model", "day"]
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    ts: float  # unix time the request ended
+    request_id: str
+    key_id: str | None
+    model: str  # the model that served it
+    backend: str | None
+    endpoint: str
+    prompt_tokens: int
+    completion_tokens: int
+    status: int
+    latency_ms: float
+    ttft_ms: float | None
+
+
+class LedgerStore:
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), timeout=10.0, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def append(self, records: list[UsageRecord]) -> int:
+        """One transaction for the batch: all of it is durable, or none."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [astuple(record) for record in records],
+            )
+        return len(records)
+
+    def summary(
+        self, by: tuple[Group, ...], since: float | None = None, until: float | None = None
+    ) -> list[dict[str, Any]]:
+        columns = [f"{GROUPS[group]} AS {group}" for group in by]
+        where, args = [], []
+        if since is not None:
+            where.append("ts >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("ts < ?")
+            args.append(until)
+        query = (
+            f"SELECT {', '.join([*columns, ''])}COUNT(*), SUM(prompt_tokens), "
+            "SUM(completion_tokens), SUM(status >= 400), AVG(latency_ms) FROM usage"
+            + (f" WHERE {' AND '.join(where)}" if where else "")
+            + (f" GROUP BY {', '.join(by)} ORDER BY {', '.join(by)}" if by else "")
+        )
+        rows = []
+        for row in self._db.execute(query, args):
+            groups = dict(zip(by, row[: len(by)], strict=True))
+            requests, prompt, completion, errors, latency = row[len(by) :]
+            rows.append(
+                {
+                    **groups,
+                    "requests": requests,
+                    "prompt_tokens": prompt or 0,
+                    "completion_tokens": completion or 0,
+                    "total_tokens": (prompt or 0) + (completion or 0),
+                    "errors": errors or 0,
+                    "avg_latency_ms": round(latency or 0.0, 3),
+                }
+            )
+        return rows
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM usage").fetchone()[0])
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBatch:
+    records: list[UsageRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class Summarize:
+    by: tuple[Group, ...] = ("key", "model")
+    since: float | None = None
+    until: float | None = None
+
+
+class LedgerWriterActor(BridgedThreadingActor):
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self._path = path
+        self._store: LedgerStore | None = None
+
+    def on_start(self) -> None:
+        self._store = LedgerStore(self._path)
+
+    def on_stop(self) -> None:
+        super().on_stop()
+        if self._store is not None:
+            self._store.close()
+
+    def handle(self, message: Any) -> Any:
+        store = self._store
+        assert store is not None
+        match message:
+            case WriteBatch(records=records):
+                return store.append(records)
+            case Summarize(by=by, since=since, until=until):
+                return store.summary(by, since, until)
+        return super().handle(message)

@@ -1,0 +1,66 @@
+"""GET /admin/usage: tokens and requests from the usage ledger, summarised (admin key).
+
+Query: `by` (comma-separated: key, model, day; default key,model), `since` and `until`
+(unix seconds), or `hours` (the last N hours). Records still waiting in memory are written
+first, so the answer includes every request that has completed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import get_args
+
+from aiohttp import web
+
+from actors.kernel import ActorDead, AskTimeout
+from actors.ledger_store import Group, Summarize
+from gateway.auth import authenticate_admin
+from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
+from gateway.state import STATE
+
+GROUP_NAMES: tuple[str, ...] = get_args(Group)
+
+
+def parse_groups(text: str) -> tuple[Group, ...]:
+    groups = tuple(part.strip() for part in text.split(",") if part.strip())
+    for group in groups:
+        if group not in GROUP_NAMES:
+            raise ValueError(f"cannot group by {group!r}: use {', '.join(GROUP_NAMES)}")
+    return groups  # type: ignore[return-value]
+
+
+def _number(request: web.Request, name: str) -> float | None:
+    value = request.query.get(name)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise InvalidRequest(f"'{name}' must be a number.", param=name) from None
+
+
+async def usage(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    await authenticate_admin(state, request)
+    if state.ledger is None:
+        raise NotFound("No usage ledger is configured (usage.path).", code="ledger_not_configured")
+    try:
+        by = parse_groups(request.query.get("by", "key,model"))
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="by") from None
+    since, until, hours = (
+        _number(request, "since"),
+        _number(request, "until"),
+        _number(request, "hours"),
+    )
+    if hours is not None:
+        since = time.time() - hours * 3600
+    try:
+        rows = await state.ledger.ask(Summarize(by, since, until), timeout=30.0)
+    except (ActorDead, AskTimeout):
+        raise ServiceUnavailable("The usage ledger did not answer. Retry shortly.") from None
+    return web.json_response({"by": list(by), "since": since, "until": until, "usage": rows})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/admin/usage", usage)
