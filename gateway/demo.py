@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import tempfile
+from pathlib import Path
 
 import structlog
 
+from actors.ledger import LedgerSettings
 from gateway.config import AuthSettings, GatewayConfig
 from gateway.defaults import (
     DEFAULT_MODELS,
@@ -21,20 +24,36 @@ from gateway.server import RunningServer, start_gateway, start_server
 log = structlog.get_logger("gateway.demo")
 
 
-def demo_config(listen: str = "127.0.0.1:8000") -> GatewayConfig:
+def demo_config(listen: str = "127.0.0.1:8000", state: Path | None = None) -> GatewayConfig:
+    """The demo's configuration; with `state`, a key store and a usage ledger in it."""
     return GatewayConfig(
         listen=listen,
         models=DEFAULT_MODELS,
         virtual_models=DEFAULT_VIRTUAL_MODELS,
-        auth=AuthSettings(api_keys=(DEMO_API_KEY,), admin_keys=(DEMO_ADMIN_KEY,)),
+        auth=AuthSettings(
+            api_keys=(DEMO_API_KEY,),
+            admin_keys=(DEMO_ADMIN_KEY,),
+            key_store=str(state / "keys.db") if state else None,
+        ),
+        usage=LedgerSettings(path=str(state / "usage.db")) if state else None,
     )
 
 
-def usage_text(url: str) -> str:
+def usage_text(url: str, state: Path | None = None) -> str:
+    where = (
+        ""
+        if state is None
+        else f"""
+Keys and usage are kept in {state}:
+  citadel-gateway keys create --db {state}/keys.db --name me --rpm 60 --models phi-3-mini
+  citadel-gateway usage --db {state}/usage.db
+  curl {url}/admin/usage -H "Authorization: Bearer {DEMO_ADMIN_KEY}"
+"""
+    )
     return f"""
 citadel-gateway demo is running on {url}  (Ctrl-C stops everything)
 API key: {DEMO_API_KEY}    admin key: {DEMO_ADMIN_KEY}
-
+{where}
   curl {url}/v1/models -H "Authorization: Bearer {DEMO_API_KEY}"
 
   curl {url}/v1/chat/completions -H "Authorization: Bearer {DEMO_API_KEY}" \\
@@ -60,7 +79,8 @@ API key: {DEMO_API_KEY}    admin key: {DEMO_ADMIN_KEY}
 
 
 async def run_demo(listen: str = "127.0.0.1:8000") -> int:
-    config = demo_config(listen)
+    state = Path(tempfile.mkdtemp(prefix="citadel-demo-"))
+    config = demo_config(listen, state)
     mocks: list[RunningServer] = []
     gateway: RunningServer | None = None
     try:
@@ -74,7 +94,7 @@ async def run_demo(listen: str = "127.0.0.1:8000") -> int:
                 mocks.append(await start_server(create_mock_app(settings), host, int(port)))
                 log.info("mock_service_started", model=model.name, url=backend.url)
         gateway = await start_gateway(config)
-        print(usage_text(gateway.url), flush=True)
+        print(usage_text(gateway.url, state), flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -71,16 +71,21 @@ async def list_once(url: str, key: str) -> list[str]:
         return [m.id for m in (await client.models.list()).data]
 
 
-async def refused_within(url: str, key: str, seconds: float) -> float:
-    """How long until `key` is refused; fails if it is still accepted after `seconds`."""
+async def assert_refused_within(url: str, key: str, seconds: float) -> None:
+    """`key` is refused no later than `seconds` (the cache's lifetime) after now, give or take
+    the time one request takes on this machine."""
     started = time.monotonic()
+    slowest = 0.0
     async with sdk(url, key) as client:
-        while time.monotonic() - started < seconds:
+        while True:
+            sent = time.monotonic()
             try:
                 await client.models.list()
             except openai.AuthenticationError:
-                return time.monotonic() - started
-    raise AssertionError(f"the key was still accepted after {seconds}s")
+                return
+            finally:
+                slowest = max(slowest, time.monotonic() - sent)
+            assert time.monotonic() - started <= seconds + 2 * slowest, "still accepted"
 
 
 async def test_cli_key_lifecycle_against_a_running_gateway(tmp_path: Path) -> None:
@@ -108,14 +113,14 @@ async def test_cli_key_lifecycle_against_a_running_gateway(tmp_path: Path) -> No
         rotated = cli("rotate", "--db", str(store), key_id)
         assert rotated.returncode == 0, rotated.stderr
         new_key = rotated.stdout.strip()
-        assert await refused_within(gateway.url, key, 1.5) <= 1.5
+        await assert_refused_within(gateway.url, key, 1.0)
         async with sdk(gateway.url, new_key) as client:
             assert [m.id for m in (await client.models.list()).data] == ["m", "m-alias"]
 
         revoked = cli("revoke", "--db", str(store), new_key.split("-")[2])
         assert revoked.returncode == 0
         assert "revoked" in revoked.stdout
-        assert await refused_within(gateway.url, new_key, 1.5) <= 1.5
+        await assert_refused_within(gateway.url, new_key, 1.0)
         assert cli("revoke", "--db", str(store), "0123456789ab").returncode == 1
 
 
