@@ -7,6 +7,8 @@ checks the key's scopes against the endpoint, the model and the admin API.
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from actors.auth import ANONYMOUS, Authenticate, AuthRefused, Principal, Refusal, retry_seconds
@@ -31,7 +33,11 @@ def presented_key(request: web.Request) -> str | None:
 async def _principal(state: GatewayState, request: web.Request) -> Principal:
     message = Authenticate(presented_key(request), request.remote or "")
     try:
-        principal: Principal = await state.auth.ask(message, timeout=AUTH_ASK_TIMEOUT)
+        answer = await state.auth.ask(message, timeout=AUTH_ASK_TIMEOUT)
+        if isinstance(answer, asyncio.Future):  # a key store lookup: answered when it is done
+            async with asyncio.timeout(AUTH_ASK_TIMEOUT):
+                answer = await answer
+        principal: Principal = answer
     except AuthRefused as refused:
         if refused.reason is Refusal.MISSING:
             raise AuthenticationFailed(
@@ -47,7 +53,7 @@ async def _principal(state: GatewayState, request: web.Request) -> Principal:
         if refused.reason is Refusal.UNAVAILABLE:
             raise ServiceUnavailable("The key store did not answer. Retry shortly.") from None
         raise AuthenticationFailed(_INVALID) from None
-    except (ActorDead, AskTimeout, MailboxFull):
+    except (ActorDead, AskTimeout, MailboxFull, TimeoutError):
         raise ServiceUnavailable("The gateway's auth service is restarting. Retry.") from None
     return principal
 

@@ -31,6 +31,9 @@ class MockSettings(BaseModel):
     tokens_per_s: float = Field(200.0, gt=0)
     length: int = Field(16, ge=1, description="tokens per answer unless max_tokens is lower")
     embedding_dimensions: int = Field(64, ge=1)
+    reports_usage: bool = Field(
+        True, description="send a stream's usage report when asked (some servers never do)"
+    )
 
 
 @dataclass
@@ -169,7 +172,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     if body.get("stream") is True:
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        asked = bool((body.get("stream_options") or {}).get("include_usage"))
+        include_usage = asked and settings.reports_usage
         return await _stream(
             request, state, fault, chat, ident, created, words, finish, usage, include_usage, slow
         )

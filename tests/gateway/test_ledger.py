@@ -93,6 +93,16 @@ async def test_a_burst_is_recorded_exactly_streams_included(tmp_path: Path) -> N
     assert len(streamed) == 25  # the streams, with their time to first token
     assert all(r["completion_tokens"] == completion and r["status"] == 200 for r in records)
     assert all(r["backend"] == "m#0" and r["endpoint"] == "/v1/chat/completions" for r in records)
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "usage", "--db", str(ledger), "--by", "model",
+        "--json", stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await cli.communicate()
+    assert cli.returncode == 0
+    by_model = json.loads(out)
+    assert by_model["model"] == "m"
+    assert by_model["requests"] == 50
+    assert by_model["total_tokens"] == 50 * (prompt + completion)
 
 
 async def test_sigterm_under_load_loses_no_record(tmp_path: Path) -> None:

@@ -197,3 +197,30 @@ async def test_model_limits_protect_a_model_across_keys(tmp_path: Path) -> None:
                     assert "this model" in (await response.json())["error"]["message"]
                 else:  # the key has no limits of its own: the headers are the model's
                     assert response.headers["x-ratelimit-limit-requests"] == "2"
+
+
+async def test_a_stream_without_a_usage_report_is_charged_what_was_relayed(
+    tmp_path: Path,
+) -> None:
+    key, configured = key_for("00000000000b")
+    async with mock_service(model="m", ttft=0.0, reports_usage=False) as upstream:
+        config = {
+            "listen": "127.0.0.1:0",
+            "auth": {"keys": [{**configured, "scopes": {"tpm": 3000}}]},
+            "logging": {"access_log": False},
+            "models": [{"name": "m", "backends": [{"url": upstream.url}]}],
+        }
+        path = tmp_path / "gateway.yaml"
+        path.write_text(yaml.safe_dump(config))
+        server = await start_gateway(load_config(path))
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with post(http, server.url, key, max_tokens=1000, stream=True) as response:
+                    assert b"data: [DONE]" in await response.read()
+                async with post(http, server.url, key, max_tokens=1) as response:
+                    remaining = int(response.headers["x-ratelimit-remaining-tokens"])
+        finally:
+            await server.close()
+    # Charged ~1000 up front; settled at the prompt estimate plus the ~19 events relayed
+    # (role, 16 tokens, finish, [DONE]) rather than the budget: ~2,960 left before this one.
+    assert 2900 < remaining < 3000
