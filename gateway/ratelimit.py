@@ -40,9 +40,9 @@ class Admitted:
 
 def subjects_of(principal: Principal, model: str, model_limits: LimitSpec) -> tuple[Subject, ...]:
     scopes = principal.scopes
-    key = LimitSpec(rpm=scopes.rpm, tpm=scopes.tpm, max_concurrent=scopes.max_concurrent)
     subjects = []
-    if key.any:
+    if scopes.rpm is not None or scopes.tpm is not None or scopes.max_concurrent is not None:
+        key = LimitSpec(rpm=scopes.rpm, tpm=scopes.tpm, max_concurrent=scopes.max_concurrent)
         subjects.append(Subject(f"key:{principal.key_id}", key))
     if model_limits.any:
         subjects.append(Subject(f"model:{model}", model_limits))
