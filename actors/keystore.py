@@ -9,14 +9,13 @@ itself: a key created or revoked there reaches a running gateway through the sam
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actors.kernel import BridgedThreadingActor
 from actors.keys import KeyRecord, KeyScopes, new_key
+from actors.sqlite import StoreActor, connect
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -39,10 +38,7 @@ class KeyStore:
     """Keys in one SQLite file (WAL mode: the gateway reads while the CLI writes)."""
 
     def __init__(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), timeout=5.0, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = connect(path, timeout=5.0)
         self._db.execute(_SCHEMA)
 
     def close(self) -> None:
@@ -136,25 +132,14 @@ class RotateKey:
     key_id: str
 
 
-class KeyStoreActor(BridgedThreadingActor):
-    """Owns one KeyStore on its own thread (SQLite connections belong to their thread)."""
+class KeyStoreActor(StoreActor[KeyStore]):
+    """Owns one KeyStore on its own thread."""
 
     def __init__(self, path: str | Path) -> None:
-        super().__init__()
-        self._path = path
-        self._store: KeyStore | None = None
-
-    def on_start(self) -> None:
-        self._store = KeyStore(self._path)
-
-    def on_stop(self) -> None:
-        super().on_stop()
-        if self._store is not None:
-            self._store.close()
+        super().__init__(lambda: KeyStore(path))
 
     def handle(self, message: Any) -> Any:
-        store = self._store
-        assert store is not None
+        store = self.store
         match message:
             case LookupKey(key_id=key_id):
                 return store.get(key_id)

@@ -7,12 +7,11 @@ never block the writer, and a committed batch survives a crash of the process.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from actors.kernel import BridgedThreadingActor
+from actors.sqlite import StoreActor, connect
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
@@ -51,10 +50,7 @@ class UsageRecord:
 
 class LedgerStore:
     def __init__(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), timeout=10.0, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = connect(path, timeout=10.0)
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -120,23 +116,12 @@ class Summarize:
     until: float | None = None
 
 
-class LedgerWriterActor(BridgedThreadingActor):
+class LedgerWriterActor(StoreActor[LedgerStore]):
     def __init__(self, path: str | Path) -> None:
-        super().__init__()
-        self._path = path
-        self._store: LedgerStore | None = None
-
-    def on_start(self) -> None:
-        self._store = LedgerStore(self._path)
-
-    def on_stop(self) -> None:
-        super().on_stop()
-        if self._store is not None:
-            self._store.close()
+        super().__init__(lambda: LedgerStore(path))
 
     def handle(self, message: Any) -> Any:
-        store = self._store
-        assert store is not None
+        store = self.store
         match message:
             case WriteBatch(records=records):
                 return store.append(records)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from actors.backend import BackendSettings, BackendTimeouts
@@ -161,3 +164,25 @@ async def deployment(
     finally:
         for server in reversed(started):
             await server.close()
+
+
+@asynccontextmanager
+async def serving_process(config: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """`citadel-gateway serve --config` as a real process, once its gateway_listening line is
+    out: (the process, its URL); killed on the way out if the test has not stopped it. Its
+    output (JSON log lines) stays readable on process.stdout."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(30):
+            while b'"gateway_listening"' not in (line := await process.stdout.readline()):
+                assert line, "the gateway exited before listening"
+        yield process, str(json.loads(line)["url"])
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

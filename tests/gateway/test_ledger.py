@@ -16,7 +16,7 @@ import yaml
 
 from gateway.config import load_config
 from gateway.server import start_gateway
-from tests.gateway.harness import ADMIN_KEY, API_KEY, mock_service, until
+from tests.gateway.harness import ADMIN_KEY, API_KEY, mock_service, serving_process, until
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -110,28 +110,12 @@ async def test_sigterm_under_load_loses_no_record(tmp_path: Path) -> None:
     async with mock_service(model="m", ttft=0.0, tokens_per_s=100.0) as upstream:
         config = tmp_path / "gateway.yaml"
         write_config(config, upstream.url, ledger, shutdown_grace=20)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            assert process.stdout is not None
-            async with asyncio.timeout(30):
-                while b'"gateway_listening"' not in (line := await process.stdout.readline()):
-                    assert line, "the gateway exited before listening"
-            url = json.loads(line)["url"]
-            async with aiohttp.ClientSession() as http:
-                load = [
-                    asyncio.ensure_future(send(http, url, stream=i % 2 == 0)) for i in range(40)
-                ]
-                await until(lambda: upstream.state.stats.requests == 40, passes=10_000_000)
-                process.send_signal(signal.SIGTERM)  # all 40 accepted, none finished yet
-                sent = await asyncio.gather(*load)
+        async with serving_process(config) as (process, url), aiohttp.ClientSession() as http:
+            load = [asyncio.ensure_future(send(http, url, stream=i % 2 == 0)) for i in range(40)]
+            await until(lambda: upstream.state.stats.requests == 40, passes=10_000_000)
+            process.send_signal(signal.SIGTERM)  # all 40 accepted, none finished yet
+            sent = await asyncio.gather(*load)
             assert await process.wait() == 0
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
     records = rows(ledger)
     assert sorted(r["request_id"] for r in records) == sorted(rid for rid, _ in sent)
     assert all(r["completion_tokens"] == 16 for r in records)

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
 
-from tests.gateway.harness import API_KEY, mock_service
+from tests.gateway.harness import API_KEY, mock_service, serving_process
 
 STREAM = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
@@ -34,28 +33,11 @@ models:
 async def gateway_process(
     tmp_path: Path, upstream: str, grace: float
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    """`citadel-gateway serve` as a real process, once its gateway_listening line is out;
-    killed on the way out if the test has not stopped it."""
+    """`citadel-gateway serve` as a real process in front of `upstream`."""
     config = tmp_path / "gateway.yaml"
     config.write_text(CONFIG.format(key=API_KEY, upstream=upstream, grace=grace))
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        assert process.stdout is not None
-        async with asyncio.timeout(30):
-            while True:
-                line = await process.stdout.readline()
-                assert line, "the gateway exited before listening"
-                if b'"gateway_listening"' in line:
-                    break
-        yield process, line.split(b'"url": "', 1)[1].split(b'"', 1)[0].decode()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    async with serving_process(config) as (process, url):
+        yield process, url
 
 
 async def test_sigterm_lets_an_accepted_stream_finish_and_exits_zero(tmp_path: Path) -> None:

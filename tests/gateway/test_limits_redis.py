@@ -6,10 +6,8 @@ redis-server when none answers there; outages use a private one, never the share
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import socket
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -26,7 +24,7 @@ from actors.tree import LIMITER
 from gateway.config import load_config
 from gateway.server import RunningServer, start_gateway
 from gateway.state import STATE, GatewayState
-from tests.gateway.harness import mock_service
+from tests.gateway.harness import mock_service, serving_process
 
 CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 SECRET = "r" * 43
@@ -109,26 +107,6 @@ def config_text(
     )
 
 
-@asynccontextmanager
-async def gateway_process(config: Path) -> AsyncIterator[str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        assert process.stdout is not None
-        async with asyncio.timeout(30):
-            while True:
-                line = await process.stdout.readline()
-                assert line, "the gateway exited before listening"
-                if b'"gateway_listening"' in line:
-                    break
-        yield str(json.loads(line)["url"])
-    finally:
-        process.terminate()
-        await process.wait()
-
-
 async def chat(http: aiohttp.ClientSession, url: str, key: str, **body: Any) -> int:
     async with http.post(
         f"{url}/v1/chat/completions",
@@ -148,8 +126,8 @@ async def test_two_gateway_processes_admit_exactly_the_limit(
         config = tmp_path / "gateway.yaml"
         config.write_text(config_text(upstream.url, shared_redis, key_id, {"rpm": 10}))
         async with (
-            gateway_process(config) as first,
-            gateway_process(config) as second,
+            serving_process(config) as (_, first),
+            serving_process(config) as (_, second),
             aiohttp.ClientSession() as http,
         ):
             statuses = await asyncio.gather(
