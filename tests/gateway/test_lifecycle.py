@@ -1,5 +1,6 @@
 """The gateway as a real process: SIGTERM lets accepted streams finish, and ends those still
-open when the grace period runs out with a clean error event."""
+open when the grace period runs out with a clean error event; SIGHUP reloads the file, under
+load, without a failed request."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.gateway.harness import API_KEY, mock_service, serving_process
+from tests.gateway.harness import API_KEY, mock_service, serving_process, until
 
 STREAM = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
@@ -111,3 +112,77 @@ async def test_sighup_reloads_the_file_and_a_bad_file_changes_nothing(tmp_path: 
             assert [m["id"] for m in (await response.json())["data"]] == ["m", "m2"]
         process.send_signal(signal.SIGTERM)
         assert await process.wait() == 0
+
+
+async def test_sighup_under_load_adds_and_removes_a_replica_and_a_key(tmp_path: Path) -> None:
+    extra_key = "sk-test-extra-key-0123456789"
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    async with (
+        mock_service(model="m", ttft=0.0) as first,
+        mock_service(model="m", ttft=0.0) as second,
+        gateway_process(tmp_path, first.url, grace=5) as (process, url),
+        aiohttp.ClientSession() as http,
+    ):
+        config = tmp_path / "gateway.yaml"
+        original = config.read_text()
+        assert process.stdout is not None
+        failures: list[object] = []
+        done = 0
+        stop = asyncio.Event()
+
+        async def client(streaming: bool) -> None:
+            nonlocal done
+            while not stop.is_set():
+                body = {**chat, "stream": streaming}
+                async with http.post(
+                    url + "/v1/chat/completions", json=body, headers=HEADERS
+                ) as response:
+                    payload = await response.read()
+                    complete = not streaming or payload.endswith(b"data: [DONE]\n\n")
+                    if response.status != 200 or not complete or b'"error"' in payload:
+                        failures.append((response.status, payload[-200:]))
+                    done += 1
+
+        lines: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def drain() -> None:  # keeps the pipe from filling with access-log lines
+            while line := await process.stdout.readline():  # type: ignore[union-attr]
+                lines.put_nowait(line)
+
+        async def reload(event: bytes) -> None:
+            process.send_signal(signal.SIGHUP)
+            async with asyncio.timeout(10):
+                while event not in await lines.get():
+                    pass
+
+        async def status_with(key: str) -> int:
+            headers = {"Authorization": f"Bearer {key}"}
+            async with http.post(url + "/v1/chat/completions", json=chat, headers=headers) as r:
+                return r.status
+
+        drainer = asyncio.ensure_future(drain())
+        clients = [asyncio.ensure_future(client(i % 2 == 0)) for i in range(6)]
+        assert await status_with(extra_key) == 401
+        config.write_text(
+            original.replace(f'["{API_KEY}"]', f'["{API_KEY}", "{extra_key}"]')
+            + f"      - url: {second.url}\n"
+        )
+        await reload(b'"config_reloaded"')
+        assert await status_with(extra_key) == 200
+        before = second.state.stats.requests
+        await until(lambda: second.state.stats.requests >= before + 5, passes=10_000_000)
+
+        config.write_text(original.replace(first.url, second.url))  # first and the key go
+        await reload(b'"replica_retired"')  # after its in-flight requests ended
+        assert await status_with(extra_key) == 401
+        served_by_first = first.state.stats.requests
+        before = second.state.stats.requests
+        await until(lambda: second.state.stats.requests >= before + 5, passes=10_000_000)
+        assert first.state.stats.requests == served_by_first  # no longer routed to
+        stop.set()
+        await asyncio.gather(*clients)
+        assert failures == []
+        assert done > 10
+        process.send_signal(signal.SIGTERM)
+        assert await process.wait() == 0
+        await drainer
