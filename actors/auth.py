@@ -28,9 +28,13 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
+import structlog
+
 from actors.kernel import ActorDead, ActorRef, AskTimeout, MailboxFull, SyncActor
 from actors.keys import KeyRecord, KeyScopes, secret_matches, split_key
 from actors.keystore import LookupKey
+
+log = structlog.get_logger("actors.auth")
 
 STORE_ASK_TIMEOUT = 2.0
 
@@ -247,6 +251,10 @@ class AuthActor(SyncActor):
             except AuthRefused as refused:
                 _settle(reply, error=refused)
             except (ActorDead, AskTimeout, MailboxFull):
+                _settle(reply, error=AuthRefused(Refusal.UNAVAILABLE, retry_after=1.0))
+            except Exception as exc:  # noqa: BLE001 - a store failure must not crash auth
+                # (a crash loop here would take the root supervisor, and the process, down)
+                log.error("key_lookup_failed", key_id=key_id, error=repr(exc))
                 _settle(reply, error=AuthRefused(Refusal.UNAVAILABLE, retry_after=1.0))
             else:
                 _settle(reply, result=result)

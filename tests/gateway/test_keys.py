@@ -249,3 +249,22 @@ async def test_configured_hashed_keys_and_failure_throttling(tmp_path: Path) -> 
         ) as response:
             assert response.status == 429
         await asyncio.sleep(0)
+
+
+async def test_a_failing_key_store_gives_503_and_crashes_nothing(tmp_path: Path) -> None:
+    async with keyed_gateway(tmp_path) as (gateway, store), aiohttp.ClientSession() as http:
+        key = cli("create", "--db", str(store)).stdout.strip()
+        for suffix in ("", "-wal", "-shm"):  # the disk goes bad under the running gateway
+            path = store.with_name(store.name + suffix)
+            if path.exists():
+                path.write_bytes(b"\x00garbage" * 4096)
+        async with http.get(
+            f"{gateway.url}/v1/models", headers={"Authorization": f"Bearer {key}"}
+        ) as response:
+            assert response.status == 503
+            assert "key store" in (await response.json())["error"]["message"]
+        async with http.get(f"{gateway.url}/admin/actors", headers=ADMIN) as response:
+            tree = (await response.json())["actors"][0]
+        auth = next(child for child in tree["children"] if child["name"] == "auth")
+        assert auth["restarts"] == 0
+        assert auth["state"] == "running"
