@@ -9,6 +9,7 @@ second later, so it recovers by itself.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,7 +18,7 @@ import redis.asyncio as redis
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from actors.kernel import Actor
+from actors.kernel import SyncActor
 from actors.limits import LocalLimits, Subject, Verdict
 from actors.limits_redis import RedisLimits
 
@@ -56,6 +57,32 @@ class Admission:
 
 
 @dataclass(frozen=True, slots=True)
+class _RemoteVerdict:
+    """Self-ask: Redis decided; record that it answers, and count a refusal."""
+
+    verdict: Verdict
+
+
+@dataclass(frozen=True, slots=True)
+class _RedisFailed:
+    """Self-ask: Redis failed; decide `admit` without it (None: a settlement failed)."""
+
+    admit: Admit | None
+    error: BaseException
+
+
+def _settle(
+    reply: asyncio.Future[Any], *, result: Any = None, error: BaseException | None = None
+) -> None:
+    if reply.done():
+        return  # the asker gave up
+    if error is not None:
+        reply.set_exception(error)
+    else:
+        reply.set_result(result)
+
+
+@dataclass(frozen=True, slots=True)
 class Settle:
     """Tell: the request ended; free its slot and reconcile the tokens it really used."""
 
@@ -66,7 +93,10 @@ class Settle:
     shared: bool
 
 
-class RateLimiterActor(Actor):
+class RateLimiterActor(SyncActor):
+    """Local limits are decided synchronously in the asker's task (a SyncActor); Redis
+    admissions are deferred replies, so they overlap."""
+
     def __init__(self, settings: LimiterSettings) -> None:
         self._settings = settings
         self._local = LocalLimits()
@@ -76,6 +106,7 @@ class RateLimiterActor(Actor):
         self._retry_at = 0.0
         self.redis_failures = 0  # requests decided without Redis because it was down
         self.refused: dict[str, int] = {}
+        self._settling: set[asyncio.Task[Any]] = set()  # settlements on their way to Redis
 
     async def on_start(self) -> None:
         url = self._settings.redis_url
@@ -87,6 +118,10 @@ class RateLimiterActor(Actor):
             self._redis = RedisLimits(self._client, lease_ttl=self._settings.lease_ttl)
 
     async def on_stop(self) -> None:
+        # Settlements still on their way free their slots before the client closes (the
+        # requests have ended by the time the tree stops).
+        if self._settling:
+            await asyncio.wait(self._settling, timeout=4 * self._settings.redis_timeout)
         await self._close()
 
     async def on_failure(self, error: BaseException) -> None:
@@ -96,52 +131,87 @@ class RateLimiterActor(Actor):
         if self._client is not None:
             await self._client.aclose()
 
-    async def receive(self, message: Any) -> Any:
+    def handle(self, message: Any) -> Any:
         match message:
-            case Admit(subjects=subjects, tokens=tokens, request_id=request_id):
-                admission = await self._admit(subjects, tokens, request_id)
-                if not admission.verdict.allowed:
-                    kind = admission.verdict.kind
-                    self.refused[kind] = self.refused.get(kind, 0) + 1
-                return admission
-            case Settle() as settle:
-                await self._settle(settle)
-                return None
-        return await super().receive(message)
-
-    def _redis_usable(self, now: float) -> bool:
-        return self._redis is not None and now >= self._retry_at
-
-    async def _admit(
-        self, subjects: tuple[Subject, ...], tokens: int, request_id: str
-    ) -> Admission:
-        now = time.monotonic()
-        if self._redis_usable(now):
-            assert self._redis is not None
-            try:
-                verdict = await self._redis.admit(subjects, tokens, request_id)
-            except (redis.RedisError, OSError, TimeoutError) as exc:
-                self._redis_down(now, exc)
-            else:
+            case Admit() as admit:
+                if self._redis is not None and time.monotonic() >= self._retry_at:
+                    return self._admit_remotely(admit)
+                return self._admit_locally(admit)
+            case _RemoteVerdict(verdict=verdict):
                 self._redis_up()
-                return Admission(verdict, shared=True)
+                return self._counted(Admission(verdict, shared=True))
+            case _RedisFailed(admit=admit, error=error):
+                self._redis_down(time.monotonic(), error)
+                return None if admit is None else self._admit_locally(admit)
+            case Settle() as settle:
+                if settle.shared and self._redis is not None:
+                    self._settle_remotely(settle)
+                else:
+                    self._local.settle(
+                        settle.subjects, settle.charged, settle.used, time.monotonic()
+                    )
+                return None
+        return super().handle(message)
+
+    def _admit_locally(self, admit: Admit) -> Admission:
+        """In this process: the embedded default, or Redis is down."""
         if self._redis is not None:
             self.redis_failures += 1
             if self._settings.redis_failure == "closed":
-                return Admission(Verdict(False, UNAVAILABLE, "", RETRY_REDIS_AFTER), False)
-        return Admission(self._local.admit(subjects, tokens, now), shared=False)
+                return self._counted(
+                    Admission(Verdict(False, UNAVAILABLE, "", RETRY_REDIS_AFTER), False)
+                )
+        verdict = self._local.admit(admit.subjects, admit.tokens, time.monotonic())
+        return self._counted(Admission(verdict, shared=False))
 
-    async def _settle(self, settle: Settle) -> None:
-        if settle.shared and self._redis is not None:
+    def _counted(self, admission: Admission) -> Admission:
+        if not admission.verdict.allowed:
+            kind = admission.verdict.kind
+            self.refused[kind] = self.refused.get(kind, 0) + 1
+        return admission
+
+    def _admit_remotely(self, admit: Admit) -> asyncio.Future[Any]:
+        """A deferred reply: Redis answers in a task of its own, so admissions of different
+        requests overlap (Redis makes each one atomic); what the task learns comes back to
+        this actor as a message, so its state is only touched by `handle`."""
+        redis_limits, me = self._redis, self.context.self_ref
+        assert redis_limits is not None
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        async def admit_in_redis() -> None:
             try:
-                await self._redis.settle(
+                try:
+                    verdict = await redis_limits.admit(
+                        admit.subjects, admit.tokens, admit.request_id
+                    )
+                except (redis.RedisError, OSError, TimeoutError) as exc:
+                    result = await me.ask(_RedisFailed(admit, exc))
+                else:
+                    result = await me.ask(_RemoteVerdict(verdict))
+            except Exception as exc:  # noqa: BLE001 - to the asker, never a crash of the limiter
+                _settle(reply, error=exc)
+            else:
+                _settle(reply, result=result)
+
+        self.context.spawn_task(admit_in_redis(), name="admit-in-redis")
+        return reply
+
+    def _settle_remotely(self, settle: Settle) -> None:
+        redis_limits, me = self._redis, self.context.self_ref
+        assert redis_limits is not None
+
+        async def settle_in_redis() -> None:
+            try:
+                await redis_limits.settle(
                     settle.subjects, settle.charged, settle.used, settle.request_id
                 )
             except (redis.RedisError, OSError, TimeoutError) as exc:
                 # The slot expires after lease_ttl; the token debt is lost. Both are logged.
-                self._redis_down(time.monotonic(), exc)
-            return
-        self._local.settle(settle.subjects, settle.charged, settle.used, time.monotonic())
+                me.notify(_RedisFailed(None, exc))
+
+        task = self.context.spawn_task(settle_in_redis(), name="settle-in-redis")
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
     def _redis_down(self, now: float, error: BaseException) -> None:
         self._retry_at = now + RETRY_REDIS_AFTER

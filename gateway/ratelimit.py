@@ -8,6 +8,7 @@ and the same three for tokens; resets as durations like `1s`, `6m0s`, `120ms`.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 
@@ -62,10 +63,14 @@ async def admit(
         return None
     tokens = prompt_tokens + completion_budget
     try:
-        admission: Admission = await state.limiter.ask(
+        answer = await state.limiter.ask(
             Admit(subjects, tokens, context.request_id), timeout=LIMITER_ASK_TIMEOUT
         )
-    except (ActorDead, AskTimeout, MailboxFull):
+        if isinstance(answer, asyncio.Future):  # decided in Redis: answered when it has
+            async with asyncio.timeout(LIMITER_ASK_TIMEOUT):
+                answer = await answer
+        admission: Admission = answer
+    except (ActorDead, AskTimeout, MailboxFull, TimeoutError):
         raise ServiceUnavailable("The rate limiter is restarting. Retry shortly.") from None
     verdict = admission.verdict
     if not verdict.allowed:
