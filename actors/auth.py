@@ -30,7 +30,7 @@ from typing import Any
 
 import structlog
 
-from actors.kernel import ActorDead, ActorRef, AskTimeout, MailboxFull, SyncActor
+from actors.kernel import ActorDead, ActorRef, AskTimeout, MailboxFull, SyncActor, settle_reply
 from actors.keys import KeyRecord, KeyScopes, secret_matches, split_key
 from actors.keystore import LookupKey
 
@@ -249,15 +249,15 @@ class AuthActor(SyncActor):
                 record = await store.ask(LookupKey(key_id), timeout=STORE_ASK_TIMEOUT)
                 result = await me.ask(_Looked(key_id, record, secret, address))
             except AuthRefused as refused:
-                _settle(reply, error=refused)
+                settle_reply(reply, error=refused)
             except (ActorDead, AskTimeout, MailboxFull):
-                _settle(reply, error=AuthRefused(Refusal.UNAVAILABLE, retry_after=1.0))
+                settle_reply(reply, error=AuthRefused(Refusal.UNAVAILABLE, retry_after=1.0))
             except Exception as exc:  # noqa: BLE001 - a store failure must not crash auth
                 # (a crash loop here would take the root supervisor, and the process, down)
                 log.error("key_lookup_failed", key_id=key_id, error=repr(exc))
-                _settle(reply, error=AuthRefused(Refusal.UNAVAILABLE, retry_after=1.0))
+                settle_reply(reply, error=AuthRefused(Refusal.UNAVAILABLE, retry_after=1.0))
             else:
-                _settle(reply, result=result)
+                settle_reply(reply, result=result)
 
         self.context.spawn_task(look_up(), name=f"key-lookup-{key_id}")
         return reply
@@ -275,17 +275,6 @@ class AuthActor(SyncActor):
             "refused": self.refused,
             "store_lookups": self.lookups,
         }
-
-
-def _settle(
-    reply: asyncio.Future[Any], *, result: Any = None, error: BaseException | None = None
-) -> None:
-    if reply.done():
-        return  # the asker gave up
-    if error is not None:
-        reply.set_exception(error)
-    else:
-        reply.set_result(result)
 
 
 def _digest(key: str) -> bytes:

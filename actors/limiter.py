@@ -18,7 +18,7 @@ import redis.asyncio as redis
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from actors.kernel import SyncActor
+from actors.kernel import SyncActor, settle_reply
 from actors.limits import LocalLimits, Subject, Verdict
 from actors.limits_redis import RedisLimits
 
@@ -69,17 +69,6 @@ class _RedisFailed:
 
     admit: Admit | None
     error: BaseException
-
-
-def _settle(
-    reply: asyncio.Future[Any], *, result: Any = None, error: BaseException | None = None
-) -> None:
-    if reply.done():
-        return  # the asker gave up
-    if error is not None:
-        reply.set_exception(error)
-    else:
-        reply.set_result(result)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,9 +178,9 @@ class RateLimiterActor(SyncActor):
                 else:
                     result = await me.ask(_RemoteVerdict(verdict))
             except Exception as exc:  # noqa: BLE001 - to the asker, never a crash of the limiter
-                _settle(reply, error=exc)
+                settle_reply(reply, error=exc)
             else:
-                _settle(reply, result=result)
+                settle_reply(reply, result=result)
 
         self.context.spawn_task(admit_in_redis(), name="admit-in-redis")
         return reply

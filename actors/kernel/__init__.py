@@ -6,6 +6,7 @@ See docs/architecture.md for the semantics and how they map to OTP.
 
 from actors.kernel.actor import Actor, ActorContext, SyncActor
 from actors.kernel.cell import ActorCell, ChildExited
+from actors.kernel.deferred import settle_reply
 from actors.kernel.errors import (
     ActorDead,
     ActorError,
@@ -62,4 +63,5 @@ __all__ = [
     "WhichChildren",
     "ask_bridged",
     "await_pykka",
+    "settle_reply",
 ]
