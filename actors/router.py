@@ -8,18 +8,17 @@ replicas that are left (`AllowRetry`).
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from actors.balancer import Balancer, ReplicaLoad, affinity_pick, name_hash
 from actors.kernel import ActorRef, SyncActor
+from actors.router_groups import ModelGroup, QueueFull, RetryBudget
 from actors.router_settings import (
     ModelSettings,
     RetryBudgetSettings,
@@ -111,10 +110,6 @@ class ModelAvailability:
     Usable: healthy and circuit not open (a full replica still counts)."""
 
 
-class QueueFull(Exception):
-    """The model's wait queue is full."""
-
-
 @dataclass(frozen=True, slots=True)
 class RetryEnded:
     """Notify: a retry that AllowRetry granted has ended, however."""
@@ -127,24 +122,6 @@ class RequestEnded:
     """Notify: a request that Route counted as in flight has ended, however."""
 
     model: str
-
-
-class RetryBudget:
-    """Requests and retries in flight for one model, and the budget they allow."""
-
-    __slots__ = ("_settings", "active", "retrying")
-
-    def __init__(self, settings: RetryBudgetSettings) -> None:
-        self._settings = settings
-        self.active = 0
-        self.retrying = 0
-
-    def try_retry(self) -> bool:
-        allowed = max(self._settings.min_retries, self._settings.ratio * self.active)
-        if self.retrying >= allowed:
-            return False
-        self.retrying += 1
-        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +167,7 @@ class RouterActor(SyncActor):
         self._rng = rng or random.Random()
         self._by_id: dict[str, ModelSettings] = {}
         self._virtual: dict[str, VirtualModelSettings] = {}
-        self._groups: dict[str, _Group] = {}
+        self._groups: dict[str, ModelGroup] = {}
         self._entries: tuple[ModelEntry, ...] = ()
 
     async def on_start(self) -> None:
@@ -205,7 +182,7 @@ class RouterActor(SyncActor):
         entries = []
         for model in self._settings.models:
             names = self._names[model.name]
-            group = _Group(
+            group = ModelGroup(
                 model,
                 tuple(self._resolve(n) for n in names),
                 tuple(self._loads[n] for n in names),
@@ -316,7 +293,7 @@ class RouterActor(SyncActor):
         return ModelChoice(model.name, reason)
 
     def _decide(
-        self, group: _Group, now: float, reason: str, routing_key: int | None
+        self, group: ModelGroup, now: float, reason: str, routing_key: int | None
     ) -> RouteDecision:
         model = group.model
         loads = group.loads
@@ -367,38 +344,3 @@ class RouterActor(SyncActor):
             },
             "ids": len(self._entries),
         }
-
-
-@dataclass(slots=True)
-class _Group:
-    model: ModelSettings
-    refs: tuple[ActorRef, ...]
-    loads: tuple[ReplicaLoad, ...]
-    balancer: Balancer
-    budget: RetryBudget
-    name_hashes: tuple[int, ...]
-    waiting: deque[asyncio.Future[None]] = field(default_factory=deque)
-
-    def wait_for_room(self) -> asyncio.Future[None]:
-        """A deferred reply: resolved by a later RequestEnded, in arrival order."""
-        waiting = self.waiting
-        while waiting and waiting[0].done():  # cancelled or timed out: gone
-            waiting.popleft()
-        if len(waiting) >= self.model.routing.queue_size:
-            raise QueueFull(self.model.name)
-        waiter = asyncio.get_running_loop().create_future()
-        waiting.append(waiter)
-        return waiter
-
-    def wake_all(self) -> None:
-        while self.waiting:
-            waiter = self.waiting.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def wake_one(self) -> None:
-        while self.waiting:
-            waiter = self.waiting.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
