@@ -12,9 +12,12 @@ import hmac
 import re
 import secrets
 import time
+from functools import cached_property
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from actors.limits import LimitSpec
 
 PREFIX = "sk-citadel-"
 _KEY = re.compile(r"^sk-citadel-([0-9a-f]{12})-([A-Za-z0-9_-]{20,128})$")
@@ -64,6 +67,11 @@ class KeyScopes(BaseModel):
     max_concurrent: int | None = Field(None, ge=1, description="requests in flight at once")
     expires_at: float | None = Field(None, description="unix time after which it is refused")
     admin: bool = Field(False, description="may use /admin/*; never a substitute for scopes")
+
+    @cached_property
+    def limits(self) -> LimitSpec:
+        """The key's own limits, as the rate limiter takes them (built once per scopes)."""
+        return LimitSpec(rpm=self.rpm, tpm=self.tpm, max_concurrent=self.max_concurrent)
 
     def allows_model(self, *ids: str) -> bool:
         """Whether any of `ids` (the id the client sent, the model that serves it) is in

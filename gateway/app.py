@@ -114,9 +114,11 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
         elapsed = time.perf_counter() - started
         state = request.app.get(STATE)
         if state is not None:
-            record(state.metrics, request, context, status, elapsed)
+            resource = request.match_info.route.resource
+            endpoint = resource.canonical if resource is not None else "unmatched"
+            record(state.metrics, endpoint, context, status, elapsed)
             if state.ledger is not None and context.served_model is not None:
-                state.ledger.notify(usage_record(request, context, status, elapsed))
+                state.ledger.notify(usage_record(endpoint, context, status, elapsed))
         if (state.config if state is not None else request.app[CONFIG]).logging.access_log:
             access_log.info(
                 "request",
@@ -137,14 +139,13 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 def record(
     metrics: GatewayMetrics,
-    request: web.Request,
+    endpoint: str,
     context: RequestContext,
     status: int,
     elapsed: float,
 ) -> None:
-    """One request's metrics. Labels come from configuration and routes, never the client."""
-    info = request.match_info
-    endpoint = info.route.resource.canonical if info.route.resource is not None else "unmatched"
+    """One request's metrics (`endpoint`: the route template). Labels come from
+    configuration and routes, never the client."""
     if status == 401:
         metrics.auth_failures.inc()
     model = context.served_model
@@ -170,9 +171,8 @@ def record(
 
 
 def usage_record(
-    request: web.Request, context: RequestContext, status: int, elapsed: float
+    endpoint: str, context: RequestContext, status: int, elapsed: float
 ) -> UsageRecord:
-    info = request.match_info
     prompt, completion = context.usage or (0, 0)
     first = context.first_byte_at
     return UsageRecord(
@@ -181,7 +181,7 @@ def usage_record(
         key_id=context.key_id,
         model=context.served_model or "-",
         backend=context.backend,
-        endpoint=info.route.resource.canonical if info.route.resource is not None else "-",
+        endpoint=endpoint,
         prompt_tokens=prompt,
         completion_tokens=completion,
         status=status,
@@ -226,14 +226,11 @@ async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
         root=root,
         router=system.lookup(ROUTER),
         auth=system.lookup(AUTH),
-        auth_enabled=sources.enabled,
         limiter=system.lookup(LIMITER),
         ledger=system.lookup(LEDGER) if config.usage is not None else None,
-        model_limits={m.name: m.limits for m in config.models},
         metrics=GatewayMetrics(root),
         started=int(time.time()),
         streams=OpenStreams(),
-        prefix_affinity=any(m.routing.prefix_affinity for m in config.models),
         layout=layout,
         config_path=app.get(CONFIG_PATH),
     )

@@ -7,12 +7,10 @@ checks the key's scopes against the endpoint, the model and the admin API.
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
 from actors.auth import ANONYMOUS, Authenticate, AuthRefused, Principal, Refusal, retry_seconds
-from actors.kernel import ActorDead, AskTimeout, MailboxFull
+from actors.kernel import ActorDead, AskTimeout, MailboxFull, ask_settled
 from gateway.errors import AuthenticationFailed, PermissionDenied, RateLimited, ServiceUnavailable
 from gateway.state import GatewayState
 
@@ -33,11 +31,8 @@ def presented_key(request: web.Request) -> str | None:
 async def _principal(state: GatewayState, request: web.Request) -> Principal:
     message = Authenticate(presented_key(request), request.remote or "")
     try:
-        answer = await state.auth.ask(message, timeout=AUTH_ASK_TIMEOUT)
-        if isinstance(answer, asyncio.Future):  # a key store lookup: answered when it is done
-            async with asyncio.timeout(AUTH_ASK_TIMEOUT):
-                answer = await answer
-        principal: Principal = answer
+        # A key store lookup is a deferred reply: answered when the store has.
+        principal: Principal = await ask_settled(state.auth, message, timeout=AUTH_ASK_TIMEOUT)
     except AuthRefused as refused:
         if refused.reason is Refusal.MISSING:
             raise AuthenticationFailed(
@@ -53,7 +48,7 @@ async def _principal(state: GatewayState, request: web.Request) -> Principal:
         if refused.reason is Refusal.UNAVAILABLE:
             raise ServiceUnavailable("The key store did not answer. Retry shortly.") from None
         raise AuthenticationFailed(_INVALID) from None
-    except (ActorDead, AskTimeout, MailboxFull, TimeoutError):
+    except (ActorDead, AskTimeout, MailboxFull):
         raise ServiceUnavailable("The gateway's auth service is restarting. Retry.") from None
     return principal
 

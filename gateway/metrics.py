@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Literal
 
 from aiohttp import web
@@ -122,6 +123,75 @@ class GatewayMetrics:
         return response
 
 
+@dataclass(frozen=True, slots=True)
+class TreeGauge:
+    """A gauge read from the actor tree; `mode` and `across` say how several workers' views
+    combine in multiprocess mode."""
+
+    name: str
+    doc: str
+    label: str | None  # "backend", "actor", or None for a single value
+    mode: _LiveMode
+    across: str
+
+
+TREE_GAUGES = (
+    TreeGauge(
+        "citadel_backend_in_flight", "Requests in flight per backend.", "backend", "livesum",
+        "summed over workers",
+    ),
+    TreeGauge(
+        "citadel_backend_healthy", "1 if the backend passes its health probes.", "backend",
+        "livemin", "in every worker",
+    ),
+    TreeGauge(
+        "citadel_backend_circuit_state",
+        "Circuit breaker state: 0 closed, 1 half-open, 2 open.", "backend", "livemax",
+        "the workers' worst",
+    ),
+    TreeGauge(
+        "citadel_backend_latency_seconds",
+        "The balancer's latency estimate (peak EWMA) per backend.", "backend", "livemax",
+        "the workers' highest",
+    ),
+    TreeGauge(
+        "citadel_actor_restarts", "Restarts of each actor since start.", "actor", "livesum",
+        "summed over workers",
+    ),
+    TreeGauge(
+        "citadel_actor_mailbox_depth", "Messages waiting per actor.", "actor", "livemax",
+        "the workers' highest",
+    ),
+    TreeGauge(
+        "citadel_actor_running", "1 if the actor is running.", "actor", "livemin",
+        "in every worker",
+    ),
+    TreeGauge(
+        "citadel_usage_ledger_backlog", "Usage records waiting to be written to the ledger.",
+        None, "livesum", "summed over workers",
+    ),
+)  # fmt: skip
+
+
+def tree_values(root: ActorRef) -> Iterator[tuple[str, tuple[str, ...], float]]:
+    """(gauge name, label values, value) for every tree gauge, from one snapshot."""
+    for node in _walk(root.snapshot()):
+        actor = (node.path,)
+        yield "citadel_actor_restarts", actor, node.restarts
+        yield "citadel_actor_mailbox_depth", actor, node.mailbox_depth
+        yield "citadel_actor_running", actor, 1.0 if node.state.value == "running" else 0.0
+        details = node.details
+        if "backlog" in details:
+            yield "citadel_usage_ledger_backlog", (), details["backlog"]
+        if "circuit" in details:
+            backend = (node.name,)
+            yield "citadel_backend_in_flight", backend, details["in_flight"]
+            yield "citadel_backend_healthy", backend, 1.0 if details["healthy"] else 0.0
+            circuit = _CIRCUIT_VALUE.get(details["circuit"], 2.0)
+            yield "citadel_backend_circuit_state", backend, circuit
+            yield "citadel_backend_latency_seconds", backend, details["latency_s"]
+
+
 class TreeCollector(Collector):
     """Backend and actor gauges, read from the live actor tree at scrape time."""
 
@@ -129,122 +199,37 @@ class TreeCollector(Collector):
         self._root = root
 
     def collect(self) -> Iterator[Metric]:
-        in_flight = GaugeMetricFamily(
-            "citadel_backend_in_flight", "Requests in flight per backend.", labels=["backend"]
-        )
-        healthy = GaugeMetricFamily(
-            "citadel_backend_healthy",
-            "1 if the backend passes its health probes.",
-            labels=["backend"],
-        )
-        circuit = GaugeMetricFamily(
-            "citadel_backend_circuit_state",
-            "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
-            labels=["backend"],
-        )
-        latency = GaugeMetricFamily(
-            "citadel_backend_latency_seconds",
-            "The balancer's latency estimate (peak EWMA) per backend.",
-            labels=["backend"],
-        )
-        restarts = GaugeMetricFamily(
-            "citadel_actor_restarts", "Restarts of each actor since start.", labels=["actor"]
-        )
-        depth = GaugeMetricFamily(
-            "citadel_actor_mailbox_depth", "Messages waiting per actor.", labels=["actor"]
-        )
-        running = GaugeMetricFamily(
-            "citadel_actor_running", "1 if the actor is running.", labels=["actor"]
-        )
-        backlog = GaugeMetricFamily(
-            "citadel_usage_ledger_backlog", "Usage records waiting to be written to the ledger."
-        )
-        for node in _walk(self._root.snapshot()):
-            restarts.add_metric([node.path], node.restarts)
-            depth.add_metric([node.path], node.mailbox_depth)
-            running.add_metric([node.path], 1.0 if node.state.value == "running" else 0.0)
-            details = node.details
-            if "backlog" in details:
-                backlog.add_metric([], details["backlog"])
-            if "circuit" in details:
-                in_flight.add_metric([node.name], details["in_flight"])
-                healthy.add_metric([node.name], 1.0 if details["healthy"] else 0.0)
-                circuit.add_metric([node.name], _CIRCUIT_VALUE.get(details["circuit"], 2.0))
-                latency.add_metric([node.name], details["latency_s"])
-        yield from (in_flight, healthy, circuit, latency, restarts, depth, running, backlog)
+        families = {
+            g.name: GaugeMetricFamily(g.name, g.doc, labels=[g.label] if g.label else [])
+            for g in TREE_GAUGES
+        }
+        for name, labels, value in tree_values(self._root):
+            families[name].add_metric(list(labels), value)
+        yield from families.values()
 
 
 class TreeSampler:
     """The tree gauges for multiprocess mode, where custom collectors would show only the
     worker that answers the scrape: each worker writes its view into multiprocess gauges
-    (`sample()`, every second and at each scrape), aggregated over the live workers."""
+    (`sample()`, every second and at each scrape), combined over the live workers."""
 
     def __init__(self, root: ActorRef, registry: CollectorRegistry) -> None:
         self._root = root
-
-        def gauge(name: str, doc: str, label: str, mode: _LiveMode) -> Gauge:
-            return Gauge(name, doc, [label], registry=registry, multiprocess_mode=mode)
-
-        self.in_flight = gauge(
-            "citadel_backend_in_flight", "Requests in flight per backend.", "backend", "livesum"
-        )
-        self.healthy = gauge(
-            "citadel_backend_healthy",
-            "1 if the backend passes its health probes (in every worker).",
-            "backend",
-            "livemin",
-        )
-        self.circuit = gauge(
-            "citadel_backend_circuit_state",
-            "Circuit breaker state, the worst of the workers': 0 closed, 1 half-open, 2 open.",
-            "backend",
-            "livemax",
-        )
-        self.latency = gauge(
-            "citadel_backend_latency_seconds",
-            "The balancer's latency estimate (peak EWMA) per backend, the workers' highest.",
-            "backend",
-            "livemax",
-        )
-        self.restarts = gauge(
-            "citadel_actor_restarts",
-            "Restarts of each actor since its worker started, summed over workers.",
-            "actor",
-            "livesum",
-        )
-        self.depth = gauge(
-            "citadel_actor_mailbox_depth",
-            "Messages waiting per actor, the workers' highest.",
-            "actor",
-            "livemax",
-        )
-        self.running = gauge(
-            "citadel_actor_running",
-            "1 if the actor is running in every worker.",
-            "actor",
-            "livemin",
-        )
-
-        self.backlog = Gauge(
-            "citadel_usage_ledger_backlog",
-            "Usage records waiting to be written to the ledger, summed over workers.",
-            registry=registry,
-            multiprocess_mode="livesum",
-        )
+        self._gauges = {
+            g.name: Gauge(
+                g.name,
+                f"{g.doc.rstrip('.')}, {g.across}.",
+                [g.label] if g.label else [],
+                registry=registry,
+                multiprocess_mode=g.mode,
+            )
+            for g in TREE_GAUGES
+        }
 
     def sample(self) -> None:
-        for node in _walk(self._root.snapshot()):
-            self.restarts.labels(node.path).set(node.restarts)
-            self.depth.labels(node.path).set(node.mailbox_depth)
-            self.running.labels(node.path).set(1.0 if node.state.value == "running" else 0.0)
-            details = node.details
-            if "backlog" in details:
-                self.backlog.set(details["backlog"])
-            if "circuit" in details:
-                self.in_flight.labels(node.name).set(details["in_flight"])
-                self.healthy.labels(node.name).set(1.0 if details["healthy"] else 0.0)
-                self.circuit.labels(node.name).set(_CIRCUIT_VALUE.get(details["circuit"], 2.0))
-                self.latency.labels(node.name).set(details["latency_s"])
+        for name, labels, value in tree_values(self._root):
+            gauge = self._gauges[name]
+            (gauge.labels(*labels) if labels else gauge).set(value)
 
 
 def _walk(node: ActorSnapshot) -> Iterator[ActorSnapshot]:

@@ -8,14 +8,13 @@ and the same three for tokens; resets as durations like `1s`, `6m0s`, `120ms`.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from actors.auth import Principal
-from actors.kernel import ActorDead, AskTimeout, MailboxFull
+from actors.kernel import ActorDead, AskTimeout, MailboxFull, ask_settled
 from actors.limiter import UNAVAILABLE, Admission, Admit, Settle
 from actors.limits import LimitSpec, Quota, Subject
 from gateway.errors import RateLimited, ServiceUnavailable
@@ -40,11 +39,9 @@ class Admitted:
 
 
 def subjects_of(principal: Principal, model: str, model_limits: LimitSpec) -> tuple[Subject, ...]:
-    scopes = principal.scopes
     subjects = []
-    if scopes.rpm is not None or scopes.tpm is not None or scopes.max_concurrent is not None:
-        key = LimitSpec(rpm=scopes.rpm, tpm=scopes.tpm, max_concurrent=scopes.max_concurrent)
-        subjects.append(Subject(f"key:{principal.key_id}", key))
+    if principal.scopes.limits.any:
+        subjects.append(Subject(f"key:{principal.key_id}", principal.scopes.limits))
     if model_limits.any:
         subjects.append(Subject(f"model:{model}", model_limits))
     return tuple(subjects)
@@ -63,14 +60,11 @@ async def admit(
         return None
     tokens = prompt_tokens + completion_budget
     try:
-        answer = await state.limiter.ask(
-            Admit(subjects, tokens, context.request_id), timeout=LIMITER_ASK_TIMEOUT
+        # Decided in Redis, the reply is deferred: answered when Redis has.
+        admission: Admission = await ask_settled(
+            state.limiter, Admit(subjects, tokens, context.request_id), timeout=LIMITER_ASK_TIMEOUT
         )
-        if isinstance(answer, asyncio.Future):  # decided in Redis: answered when it has
-            async with asyncio.timeout(LIMITER_ASK_TIMEOUT):
-                answer = await answer
-        admission: Admission = answer
-    except (ActorDead, AskTimeout, MailboxFull, TimeoutError):
+    except (ActorDead, AskTimeout, MailboxFull):
         raise ServiceUnavailable("The rate limiter is restarting. Retry shortly.") from None
     verdict = admission.verdict
     if not verdict.allowed:

@@ -133,10 +133,7 @@ async def apply_config(state: GatewayState, new: GatewayConfig) -> ReloadReport:
         sources = config.auth_sources()
         state.layout.auth = sources
         await state.auth.ask(UseSources(sources), timeout=ASK_TIMEOUT)
-        state.config = config
-        state.auth_enabled = sources.enabled
-        state.model_limits = {m.name: m.limits for m in config.models}
-        state.prefix_affinity = any(m.routing.prefix_affinity for m in config.models)
+        state.use(config)
         if retired:
             state.in_background(_retire(state, retired, previous, config.shutdown_grace))
         report = ReloadReport(

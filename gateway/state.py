@@ -47,26 +47,37 @@ class OpenStreams:
 
 @dataclass(slots=True)
 class GatewayState:
-    """`config`, `auth_enabled`, `layout` and `prefix_affinity` change on a reload (gateway.reload),
-    as a whole and between two requests' reads: handlers read them once per request."""
+    """`config` and what the edge derives from it (`use`) change on a reload
+    (gateway.reload), between two requests' reads: handlers read them once per request."""
 
     config: GatewayConfig
     system: ActorSystem
     root: ActorRef
     router: ActorRef
     auth: ActorRef  # AuthActor
-    auth_enabled: bool  # some model key exists (else the model endpoints are open)
     limiter: ActorRef  # RateLimiterActor
     ledger: ActorRef | None  # UsageLedgerActor, with usage.ledger configured
-    model_limits: dict[str, LimitSpec]  # each model's own limits (over every key)
     metrics: GatewayMetrics
     started: int  # unix time, the "created" of /v1/models entries
     streams: OpenStreams
-    prefix_affinity: bool  # some model routes by prefix: requests need their prefix hash
     layout: LiveLayout
     config_path: str | None = None  # the file a reload re-reads
     reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    # Derived from `config` by `use`:
+    auth_enabled: bool = False  # some model key exists (else the model endpoints are open)
+    model_limits: dict[str, LimitSpec] = field(default_factory=dict)  # each model's own
+    prefix_affinity: bool = False  # some model routes by prefix: requests need its hash
+
+    def __post_init__(self) -> None:
+        self.use(self.config)
+
+    def use(self, config: GatewayConfig) -> None:
+        """Serve the next requests by `config` (at start, and on a reload)."""
+        self.config = config
+        self.auth_enabled = config.auth_sources().enabled
+        self.model_limits = {m.name: m.limits for m in config.models}
+        self.prefix_affinity = any(m.routing.prefix_affinity for m in config.models)
 
     def in_background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` for the life of the app (reloads, retiring replicas, samplers); it is

@@ -6,7 +6,7 @@ See docs/architecture.md for the semantics and how they map to OTP.
 
 from actors.kernel.actor import Actor, ActorContext, SyncActor
 from actors.kernel.cell import ActorCell, ChildExited
-from actors.kernel.deferred import settle_reply
+from actors.kernel.deferred import ask_settled, settle_reply
 from actors.kernel.errors import (
     ActorDead,
     ActorError,
@@ -62,6 +62,7 @@ __all__ = [
     "UnhandledMessage",
     "WhichChildren",
     "ask_bridged",
+    "ask_settled",
     "await_pykka",
     "settle_reply",
 ]

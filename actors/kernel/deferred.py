@@ -5,7 +5,12 @@ the future (as with RouterActor's AwaitRoom)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from actors.kernel.errors import AskTimeout
+
+if TYPE_CHECKING:
+    from actors.kernel.ref import ActorRef
 
 
 def settle_reply(
@@ -18,3 +23,16 @@ def settle_reply(
         reply.set_exception(error)
     else:
         reply.set_result(result)
+
+
+async def ask_settled(ref: ActorRef, message: Any, *, timeout: float) -> Any:
+    """Ask, and if the actor deferred its reply (answered with a future), await that too; the
+    whole within `timeout` (AskTimeout after it)."""
+    answer = await ref.ask(message, timeout=timeout)
+    if not isinstance(answer, asyncio.Future):
+        return answer
+    try:
+        async with asyncio.timeout(timeout):
+            return await answer
+    except TimeoutError:
+        raise AskTimeout(f"{ref} did not settle its reply within {timeout:g}s") from None
