@@ -12,7 +12,7 @@ from typing import get_args
 
 from aiohttp import web
 
-from actors.kernel import ActorDead, AskTimeout
+from actors.kernel import ActorDead, AskTimeout, ask_settled
 from actors.ledger_store import Group, Summarize
 from gateway.auth import authenticate_admin
 from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
@@ -56,7 +56,8 @@ async def usage(request: web.Request) -> web.Response:
     if hours is not None:
         since = time.time() - hours * 3600
     try:
-        rows = await state.ledger.ask(Summarize(by, since, until), timeout=30.0)
+        # Deferred: answered once every record received so far has been written.
+        rows = await ask_settled(state.ledger, Summarize(by, since, until), timeout=30.0)
     except (ActorDead, AskTimeout):
         raise ServiceUnavailable("The usage ledger did not answer. Retry shortly.") from None
     return web.json_response({"by": list(by), "since": since, "until": until, "usage": rows})
