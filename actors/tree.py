@@ -114,7 +114,7 @@ class TreeLayout:
                     loads[name] = ReplicaLoad(
                         name,
                         weight=backend.weight,
-                        max_in_flight=backend.max_in_flight,
+                        max_in_flight=backend.profile.max_in_flight,
                         default_latency=replica.default_latency,
                         decay=replica.decay,
                     )

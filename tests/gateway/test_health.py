@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from actors.backend import BackendStats, GetStats
+from actors.backend_kinds import PROFILES
 from actors.balancer import Policy
 from actors.probe import HealthSettings, parse_queue
 from actors.router import RoutingSettings
@@ -80,6 +81,13 @@ async def test_panic_mode_spreads_over_all_replicas_when_too_few_are_healthy(
         assert all(mock.state.stats.requests > 0 for mock in gw.mocks["m"])
 
 
+def _parse(kind: str, text: bytes) -> tuple[float | None, float | None]:
+    profile = PROFILES[kind]
+    pattern = profile.queue_pattern()
+    assert pattern is not None
+    return parse_queue(text, pattern, profile.waiting_metric)
+
+
 def test_queue_metrics_are_read_from_vllm_metrics() -> None:
     text = (
         b"# HELP vllm:num_requests_waiting Number of requests waiting.\n"
@@ -87,8 +95,19 @@ def test_queue_metrics_are_read_from_vllm_metrics() -> None:
         b'vllm:num_requests_running{model_name="a"} 7\n'
         b"vllm:num_requests_waiting 1\n"
     )
-    assert parse_queue(text) == (4.0, 7.0)
-    assert parse_queue(b"nothing here") == (None, None)
+    assert _parse("vllm", text) == (4.0, 7.0)
+    assert _parse("vllm", b"nothing here") == (None, None)
+
+
+def test_queue_metrics_are_read_from_llama_server_metrics() -> None:
+    """llama-server's --metrics names its queue requests_deferred (as a real one prints)."""
+    text = (
+        b"# TYPE llamacpp:requests_processing gauge\n"
+        b"llamacpp:requests_processing 2\n"
+        b"llamacpp:requests_deferred 5\n"
+        b"llamacpp:n_decode_total 40\n"
+    )
+    assert _parse("llama-cpp", text) == (5.0, 2.0)
 
 
 async def test_probe_reads_the_queue_into_the_replica_cost(http: aiohttp.ClientSession) -> None:
