@@ -12,8 +12,9 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 import aiohttp
@@ -21,10 +22,11 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from yarl import URL
 
+from actors.backend_kinds import PROFILES, BackendKind, BackendProfile, RequestIdMode
 from actors.balancer import ReplicaLoad
 from actors.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from actors.kernel import ActorRef, SyncActor
-from actors.probe import HealthSettings, ProbeResult, probe_loop
+from actors.probe import HealthSettings, ProbeResult, ProbeTarget, probe_loop
 
 
 class BackendTimeouts(BaseModel):
@@ -56,12 +58,29 @@ class BackendSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     url: str = Field(description="base URL of the OpenAI-compatible server, e.g. http://h:8000")
+    kind: BackendKind = Field(
+        "openai-compatible",
+        description="the server software: sets the defaults that differ (actors.backend_kinds)",
+    )
     model: str | None = Field(
         None, description="the model name this upstream serves, if not the public id"
     )
     api_key: str | None = Field(None, description="bearer token the upstream requires, if any")
     weight: int = Field(1, ge=1, le=1000, description="share of traffic under round robin")
-    max_in_flight: int = Field(512, ge=1, description="concurrent requests this replica takes")
+    max_in_flight: int | None = Field(
+        None, ge=1, description="concurrent requests this replica takes (default: the kind's)"
+    )
+    request_id: RequestIdMode | None = Field(
+        None,
+        description="X-Request-ID sent upstream: uuid (the gateway's own), forward (the "
+        "client's, if it sent a valid one), none (default: the kind's)",
+    )
+    stream_usage: bool | None = Field(
+        None, description="the server reports usage in streams when asked (default: the kind's)"
+    )
+    supports_n: bool | None = Field(
+        None, description="the server honours n > 1 (default: the kind's)"
+    )
     timeouts: BackendTimeouts = BackendTimeouts()
     pool: BackendPool = BackendPool()
     health: HealthSettings = HealthSettings()
@@ -76,16 +95,38 @@ class BackendSettings(BaseModel):
             raise ValueError("must not carry a query or fragment")
         return url.rstrip("/")
 
+    @cached_property
+    def profile(self) -> BackendProfile:
+        """The kind's defaults with this replica's own settings over them."""
+        kind = PROFILES[self.kind]
+        return replace(
+            kind,
+            health_path=self.health.path or kind.health_path,
+            metrics_path=self.health.metrics_path or kind.metrics_path,
+            stream_usage=kind.stream_usage if self.stream_usage is None else self.stream_usage,
+            supports_n=kind.supports_n if self.supports_n is None else self.supports_n,
+            max_in_flight=self.max_in_flight or kind.max_in_flight,
+            request_id=self.request_id or kind.request_id,
+        )
+
 
 class Outcome(StrEnum):
     """How a leased request ended, from the replica's point of view."""
 
-    OK = "ok"  # a complete answer (including the upstream's 4xx for a bad request)
+    OK = "ok"  # a complete answer
+    REJECTED = "rejected"  # the replica answered; the request was at fault (upstream 4xx)
+    # A failure that may be the request's own (a 500, an empty stream): not counted until
+    # a second replica has tried the request (`Judge`).
+    SUSPECT = "suspect"
     UPSTREAM_ERROR = "upstream_error"  # 5xx, malformed answer, error inside a stream
     CONNECT_ERROR = "connect_error"  # refused, unreachable, DNS: the request never left
     CONNECTION_LOST = "connection_lost"  # dropped before any answer: the replica went away
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"  # the client went away; says nothing about the replica
+    # A relayed stream ended with neither text nor a finish reason (llama-cpp-python's
+    # interrupt_requests): counted in a metric, not held against the replica, which was
+    # misconfigured or asked to stop, not broken.
+    INCOMPLETE = "incomplete"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +143,7 @@ class Lease:
     stream_timeout: aiohttp.ClientTimeout  # total and connect only: idle is watched per stream
     headers: dict[str, str]
     ref: ActorRef
+    profile: BackendProfile
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +162,16 @@ class Release:
     outcome: Outcome
     latency: float
     ttft: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Judge:
+    """Notify: the verdict on a try released as SUSPECT, once a second replica has tried the
+    request: `failed` if the replica was at fault (the other one answered, or failed
+    differently), not if the request was (the other one failed the same way)."""
+
+    lease_id: int
+    failed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +198,8 @@ class GetStats:
 FAILURES = frozenset(
     {Outcome.UPSTREAM_ERROR, Outcome.CONNECT_ERROR, Outcome.CONNECTION_LOST, Outcome.TIMEOUT}
 )
+# A SUSPECT try whose verdict never came (the request ended first) is forgotten after this.
+SUSPECT_TTL = 300.0
 log = structlog.get_logger("actors.backend")
 
 
@@ -169,6 +223,8 @@ class BackendActor(SyncActor):
         self._default_latency = default_latency
         self._session: aiohttp.ClientSession | None = None
         self._leases: dict[int, float] = {}  # lease id -> monotonic start
+        self._suspects: dict[int, float] = {}  # SUSPECT lease id -> monotonic release time
+        self._profile = settings.profile
         self._ids = itertools.count(1)
         self._served = 0
         self._failures = 0
@@ -208,10 +264,17 @@ class BackendActor(SyncActor):
 
         health = self._settings.health
         if health.enabled:
+            profile, url = self._profile, self._settings.url
+            target = ProbeTarget(
+                health_url=url + profile.health_path,
+                metrics_url=url + profile.metrics_path if profile.metrics_path else None,
+                queue=profile.queue_pattern(),
+                waiting_metric=profile.waiting_metric,
+            )
             self.context.spawn_task(
                 probe_loop(
                     self._session,
-                    self._settings.url,
+                    target,
                     health,
                     self.context.self_ref.notify,
                     random.Random(),
@@ -236,6 +299,9 @@ class BackendActor(SyncActor):
                 return self._acquire(panic)
             case Release():
                 self._release(message)
+            case Judge(lease_id=lease_id, failed=failed):
+                if self._suspects.pop(lease_id, None) is not None:
+                    self._record(failed=failed, sample=None)
             case GetStats():
                 return self._stats()
             case ProbeResult():
@@ -246,7 +312,7 @@ class BackendActor(SyncActor):
 
     def _acquire(self, panic: bool) -> Lease | None:
         session = self._session
-        if session is None or len(self._leases) >= self._settings.max_in_flight:
+        if session is None or len(self._leases) >= self._profile.max_in_flight:
             return None
         now = time.monotonic()
         if not (self._load.healthy or panic) or not self._breaker.allow(now):
@@ -265,28 +331,52 @@ class BackendActor(SyncActor):
             stream_timeout=self._stream_timeout,
             headers=self._headers,
             ref=self.context.self_ref,
+            profile=self._profile,
         )
 
     def _release(self, release: Release) -> None:
         if self._leases.pop(release.lease_id, None) is None:
             return  # granted by an earlier instance, or released twice: nothing to undo
         self._load.in_flight = len(self._leases)
-        if release.outcome is Outcome.CANCELLED:
+        outcome = release.outcome
+        if outcome is Outcome.CANCELLED or outcome is Outcome.INCOMPLETE:
             self._breaker.abandon()  # says nothing about the replica
             return
+        if outcome is Outcome.SUSPECT:
+            self._breaker.abandon()  # no verdict yet: free a half-open trial meanwhile
+            self._suspect(release.lease_id)
+            return
+        if outcome is Outcome.REJECTED:
+            self._record(failed=False, sample=None)  # it answered: alive, but no latency
+            return
+        sample = release.ttft if release.ttft is not None else release.latency
+        self._record(failed=outcome in FAILURES, sample=sample)
+
+    def _suspect(self, lease_id: int) -> None:
         now = time.monotonic()
-        failed = release.outcome in FAILURES
+        if len(self._suspects) > 1024:  # verdicts that never came: forget the old ones
+            horizon = now - SUSPECT_TTL
+            self._suspects = {k: t for k, t in self._suspects.items() if t >= horizon}
+        self._suspects[lease_id] = now
+
+    def _record(self, *, failed: bool, sample: float | None) -> None:
+        """Learn one verdict: the breaker's, the counters, and the latency estimate."""
+        now = time.monotonic()
+        load = self._load
         if failed:
             self._failures += 1
             # A failing replica answers fast; without a penalty the balancer would prefer it.
-            self._load.observe(max(2 * self._load.latency, self._default_latency), now)
+            # The penalty is the default latency, never compounded: repeated failures must
+            # not inflate the estimate (they once drove it to minutes).
+            if load.latency < self._default_latency:
+                load.observe(self._default_latency, now)
         else:
             self._served += 1
-            sample = release.ttft if release.ttft is not None else release.latency
-            self._load.observe(sample, now)
+            if sample is not None:
+                load.observe(sample, now)
         change = self._breaker.record(failed=failed, now=now)
         if change is not None:
-            self._load.blocked_until = self._breaker.open_until() if failed else 0.0
+            load.blocked_until = self._breaker.open_until() if failed else 0.0
             log.warning(
                 "circuit_" + change.value,
                 backend=self._name,
@@ -309,7 +399,13 @@ class BackendActor(SyncActor):
             self._passes = 0
             if load.healthy and self._fails >= health.unhealthy_threshold:
                 load.healthy = False
-                log.warning("backend_unhealthy", backend=self._name, failed_probes=self._fails)
+                log.warning(
+                    "backend_unhealthy",
+                    backend=self._name,
+                    failed_probes=self._fails,
+                    probe=self._profile.health_path,
+                    failure=result.failure,
+                )
 
     def _stats(self) -> BackendStats:
         return BackendStats(
@@ -329,7 +425,8 @@ class BackendActor(SyncActor):
         return {
             "url": stats.url,
             "in_flight": stats.in_flight,
-            "max_in_flight": self._settings.max_in_flight,
+            "kind": self._profile.kind,
+            "max_in_flight": self._profile.max_in_flight,
             "served": stats.served,
             "failures": stats.failures,
             "latency_s": round(stats.latency_s, 6),

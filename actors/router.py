@@ -81,6 +81,7 @@ class RouteDecision:
     saturated: bool = False  # a usable replica is merely full: waiting for room may help
     queue_timeout: float = 10.0  # how long the request may wait for room, when saturated
     reason: str = REQUESTED  # why this model: a rule, a fallback, the context window
+    supports_n: bool = True  # every replica honours n > 1
 
     @property
     def rerouted(self) -> bool:
@@ -330,6 +331,7 @@ class RouterActor(SyncActor):
             saturated=saturated,
             queue_timeout=routing.queue_timeout,
             reason=reason,
+            supports_n=model.supports_n,
         )
 
     def introspect(self) -> dict[str, Any]:

@@ -5,6 +5,7 @@ and the model-level choices (fallbacks, context window, virtual models) that Rou
 from __future__ import annotations
 
 import re
+from functools import cached_property
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -89,6 +90,11 @@ class ModelSettings(BaseModel):
             if not _MODEL_ID.match(alias):
                 raise ValueError(f"alias {alias!r}: 1-128 of letters, digits and ._:/@+-")
         return aliases
+
+    @cached_property
+    def supports_n(self) -> bool:
+        """Whether every replica honours n > 1 (a request may land on any of them)."""
+        return all(backend.profile.supports_n for backend in self.backends)
 
     def backend_names(self) -> list[str]:
         return [f"{self.name}#{index}" for index in range(len(self.backends))]

@@ -9,11 +9,18 @@ from dataclasses import dataclass
 import aiohttp
 
 from actors.backend import Lease, Outcome, Release
+from actors.backend_kinds import RequestIdMode
 from gateway.errors import GatewayError, UpstreamFailed, UpstreamTimeout
 
 # What a failed try says about the replica, when a retry elsewhere may help.
 RETRYABLE = frozenset(
-    {Outcome.CONNECT_ERROR, Outcome.CONNECTION_LOST, Outcome.TIMEOUT, Outcome.UPSTREAM_ERROR}
+    {
+        Outcome.CONNECT_ERROR,
+        Outcome.CONNECTION_LOST,
+        Outcome.TIMEOUT,
+        Outcome.UPSTREAM_ERROR,
+        Outcome.SUSPECT,
+    }
 )
 # Retries that need no budget: the replica is gone (refused, or dropped the connection before
 # answering), so trying the next one moves the request instead of adding load. The budget is
@@ -29,8 +36,20 @@ class UpstreamCall:
     raw: bytes  # the client's body, forwarded untouched but for "model"
     sent_model: str  # the id or alias the client sent
     stream: bool
-    request_id: str
+    request_id: str  # what the client sees and the logs use
+    upstream_id: str  # the gateway's own UUID, sent upstream where the backend wants one
     hide_usage: bool = False  # the gateway asked for the usage report; the client did not
+    add_usage: bool = False  # the client asked for a stream's usage report
+    prompt_estimate: int = 0  # the prompt's tokens as the gateway estimates them
+    n: int = 1  # choices asked for
+
+    def request_id_header(self, mode: RequestIdMode) -> dict[str, str]:
+        """The X-Request-ID to send a backend with this request-id mode."""
+        if mode == "uuid":
+            return {"X-Request-ID": self.upstream_id}
+        if mode == "forward":
+            return {"X-Request-ID": self.request_id}
+        return {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +64,18 @@ class Outgoing:
 class Attempt:
     """One request on one lease: what happened, for the release and the access log."""
 
-    __slots__ = ("events", "lease", "outcome", "started", "ttft", "upstream_seconds", "usage")
+    __slots__ = (
+        "error_status",
+        "events",
+        "lease",
+        "outcome",
+        "signature",
+        "started",
+        "ttft",
+        "upstream_seconds",
+        "usage",
+        "usage_estimated",
+    )
 
     def __init__(self, lease: Lease) -> None:
         self.lease = lease
@@ -53,8 +83,13 @@ class Attempt:
         self.started = time.monotonic()
         self.ttft: float | None = None
         self.upstream_seconds = 0.0  # waiting on the upstream: for the overhead metric
-        self.usage: tuple[int, int] | None = None  # (prompt, completion) tokens, if reported
+        self.usage: tuple[int, int] | None = None  # (prompt, completion) tokens
+        self.usage_estimated = False  # usage counted by the gateway, not reported upstream
         self.events = 0  # stream events relayed: the completion's size when no usage comes
+        self.signature: tuple[int, bytes] | None = None  # a SUSPECT failure, to compare
+        # A stream that failed after its first byte: the status it is recorded with (the
+        # client already has a 200), e.g. 502 for a cut, 499 for a client that left.
+        self.error_status: int | None = None
 
     def release(self) -> None:
         latency = time.monotonic() - self.started

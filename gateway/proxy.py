@@ -17,7 +17,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from actors.backend import AcquireLease, Lease, Outcome, Release
+from actors.backend import AcquireLease, Judge, Lease, Outcome, Release
 from actors.kernel import ActorDead, ActorRef, AskTimeout, MailboxFull
 from actors.router import AllowRetry, AwaitRoom, QueueFull, RetryEnded, RouteDecision
 from gateway import upstream_errors
@@ -29,8 +29,14 @@ from gateway.attempt import (
     UpstreamCall,
     upstream_failure,
 )
-from gateway.errors import GatewayError, ServiceUnavailable, UpstreamFailed, UpstreamTimeout
-from gateway.rewrite import request_body, response_rewriter
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    ServiceUnavailable,
+    UpstreamFailed,
+    UpstreamTimeout,
+)
+from gateway.rewrite import request_body, response_rewriter, with_stream_usage
 from gateway.state import REQUEST
 from gateway.streaming import relay_stream
 from gateway.transcript import Transcript
@@ -64,7 +70,9 @@ async def forward(
     A try that fails before the first byte reached the client, for a reason that is the
     replica's (connect error, reset, timeout, 429 or 5xx), moves on to the next replica, as
     long as the model's retry budget and the request's deadline allow. Errors caused by the
-    request itself (an upstream 4xx) are never retried.
+    request itself (an upstream 4xx) are never retried. A failure that may be either's (a
+    500, an empty stream: SUSPECT) is tried once more elsewhere, and that second opinion
+    decides whom to blame (`_Blame`).
     """
     context = request[REQUEST]
     context.served_model = decision.model
@@ -74,54 +82,131 @@ async def forward(
     next_index = 0
     failure: GatewayError | None = None
     retrying = False  # this try is a retry the budget granted: it must hand it back
-    for try_number in range(1, decision.max_attempts + 1):
-        lease, next_index = await _lease_from(decision, next_index)
-        if lease is None and try_number == 1 and decision.saturated:
-            lease = await _wait_for_room(decision, router, deadline)
-        if lease is None:
-            if retrying:
-                router.notify(RetryEnded(decision.model))
-            break
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            lease.ref.notify(Release(lease.lease_id, Outcome.CANCELLED, 0.0))
-            if retrying:
-                router.notify(RetryEnded(decision.model))
-            failure = UpstreamTimeout("The request's deadline passed before any model answered.")
-            break
-        context.backend = lease.backend
-        context.attempts = try_number
-        attempt = Attempt(lease)
-        try:
-            return await _try(request, attempt, decision, call, remaining)
-        except GatewayError as error:
-            if attempt.outcome not in RETRYABLE:
-                raise
-            failure = error
-        finally:
-            attempt.release()
-            context.upstream_seconds += attempt.upstream_seconds
-            context.usage = attempt.usage or context.usage
-            context.relayed_events += attempt.events
-            if retrying:
-                router.notify(RetryEnded(decision.model))
-                retrying = False
-        if try_number == decision.max_attempts or next_index >= len(decision.candidates):
-            break
-        # A replica that is gone (refused, or dropped the connection before answering) gets
-        # its requests moved for free; every other retry spends the model's budget.
-        if attempt.outcome not in FREE_RETRY:
-            if not await router.ask(AllowRetry(decision.model)):
-                log.warning("retry_budget_exhausted", model=decision.model, backend=lease.backend)
+    blame = _Blame(alone=len(decision.candidates) == 1)
+    try:
+        for try_number in range(1, decision.max_attempts + 1):
+            lease, next_index = await _lease_from(decision, next_index)
+            if lease is None and try_number == 1 and decision.saturated:
+                lease = await _wait_for_room(decision, router, deadline)
+            if lease is None:
                 break
-            retrying = True
-        log.info("request_retried", model=decision.model, failed_backend=lease.backend)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                lease.ref.notify(Release(lease.lease_id, Outcome.CANCELLED, 0.0))
+                failure = UpstreamTimeout(
+                    "The request's deadline passed before any model answered."
+                )
+                break
+            context.backend = lease.backend
+            context.attempts = try_number
+            attempt = Attempt(lease)
+            try:
+                return await _try(request, attempt, decision, call, remaining)
+            except GatewayError as error:
+                if attempt.outcome not in RETRYABLE:
+                    raise
+                failure = error
+            finally:
+                blame.hear(attempt)
+                attempt.release()
+                context.upstream_seconds += attempt.upstream_seconds
+                if attempt.usage is not None:
+                    context.usage = attempt.usage
+                    context.usage_estimated = attempt.usage_estimated
+                context.relayed_events += attempt.events
+                context.error_status = attempt.error_status
+                if retrying:
+                    router.notify(RetryEnded(decision.model))
+                    retrying = False
+            if attempt.outcome is Outcome.REJECTED:  # a second replica failed the same way
+                raise blame.client_error(failure)
+            if blame.settled and attempt.outcome is not Outcome.CANCELLED:
+                break  # a request that may be at fault is retried once, no more
+            if try_number == decision.max_attempts or next_index >= len(decision.candidates):
+                break
+            # A replica that is gone (refused, or dropped the connection before answering)
+            # gets its requests moved for free; every other retry spends the model's budget.
+            if attempt.outcome not in FREE_RETRY:
+                if not await router.ask(AllowRetry(decision.model)):
+                    log.warning(
+                        "retry_budget_exhausted", model=decision.model, backend=lease.backend
+                    )
+                    break
+                retrying = True
+            log.info("request_retried", model=decision.model, failed_backend=lease.backend)
+    finally:
+        if retrying:  # granted, but no try followed
+            router.notify(RetryEnded(decision.model))
+        blame.close()
     if failure is not None:
         raise failure
     raise ServiceUnavailable(
         f"All replicas of model '{decision.model}' are busy or unavailable. Retry shortly.",
         headers={"Retry-After": "1"},
     )
+
+
+# Outcomes that are a replica's answer to the request itself, and so an opinion on it.
+_OPINIONS = frozenset({Outcome.OK, Outcome.REJECTED, Outcome.SUSPECT})
+
+
+class _Blame:
+    """Whose fault a SUSPECT failure was, decided by the next replica that answers the same
+    request: failing it the same way (or rejecting it) blames the request, which then never
+    counts against either replica; anything else blames the first replica. A model with one
+    replica has no second opinion: its suspects count. One with more, when no second opinion
+    comes (the retry budget or the client ran out), forgets them: no client can eject a
+    replica by sending what makes it fail."""
+
+    __slots__ = ("_alone", "_suspect", "settled")
+
+    def __init__(self, *, alone: bool) -> None:
+        self._alone = alone
+        self._suspect: Attempt | None = None
+        self.settled = False  # a second opinion was had
+
+    def hear(self, attempt: Attempt) -> None:
+        """Learn a finished try's outcome, before it is released (it may change it)."""
+        suspect = self._suspect
+        if suspect is None:
+            if attempt.outcome is Outcome.SUSPECT and not self.settled:
+                self._suspect = attempt
+            elif attempt.outcome is Outcome.SUSPECT:
+                attempt.outcome = Outcome.UPSTREAM_ERROR  # no third opinion is asked
+            return
+        if attempt.outcome not in _OPINIONS:
+            return  # the replica failed on its own account: no opinion on the request
+        blamed = attempt.outcome is Outcome.REJECTED or (
+            attempt.outcome is Outcome.SUSPECT and attempt.signature == suspect.signature
+        )
+        _judge(suspect, failed=not blamed)
+        if attempt.outcome is Outcome.SUSPECT:
+            attempt.outcome = Outcome.REJECTED if blamed else Outcome.UPSTREAM_ERROR
+        self._suspect = None
+        self.settled = True
+
+    def client_error(self, failure: GatewayError | None) -> GatewayError:
+        """What the client gets when a second replica failed its request the same way: the
+        error as it was (a 500 stays a 502: which of the two is at fault is a judgement,
+        and a bad deploy fails every replica alike), saying what was seen."""
+        if failure is None or isinstance(failure, InvalidRequest):
+            return failure or InvalidRequest("The model service rejected the request.")
+        return type(failure)(
+            f"{failure.message} Two replicas failed on this request the same way: the "
+            "request itself may be the cause.",
+            param=failure.param,
+            code=failure.code,
+            headers=failure.headers,
+        )
+
+    def close(self) -> None:
+        if self._suspect is not None and self._alone:
+            _judge(self._suspect, failed=True)
+        self._suspect = None
+
+
+def _judge(attempt: Attempt, *, failed: bool) -> None:
+    attempt.lease.ref.notify(Judge(attempt.lease.lease_id, failed))
 
 
 async def _wait_for_room(
@@ -169,12 +254,16 @@ async def _try(
     }
     if decision.rerouted:
         response_headers["x-citadel-route"] = decision.reason
+    profile = lease.profile
+    # The gateway asks for a stream's usage report (for limits and the ledger) from servers
+    # that send one; from the others it counts the tokens itself (gateway.streaming).
+    raw = with_stream_usage(call.raw) if call.hide_usage and profile.stream_usage else call.raw
     out = Outgoing(
-        body=request_body(call.raw, call.sent_model, lease.upstream_model),
+        body=request_body(raw, call.sent_model, lease.upstream_model),
         headers={
             **lease.headers,
             "Content-Type": "application/json",
-            "x-request-id": call.request_id,
+            **call.request_id_header(profile.request_id),
         },
         response_headers=response_headers,
     )
@@ -211,6 +300,7 @@ async def _relay_unary(
     rename = (lease.upstream_model, decision.model)
     if status != 200:
         error, attempt.outcome = upstream_errors.from_status(status, payload, rename)
+        attempt.signature = upstream_errors.signature(status, payload)
         log.warning(
             "upstream_error_status", backend=lease.backend, status=status, body=payload[:500]
         )
@@ -218,12 +308,14 @@ async def _relay_unary(
     # An error object announces itself in its first bytes ({"error": / {"object":"error"):
     # a successful answer is never parsed here.
     if not payload.startswith(b"{") or b'error"' in payload[:48]:
-        attempt.outcome = Outcome.UPSTREAM_ERROR
         log.warning("upstream_error_body", backend=lease.backend, body=payload[:500])
         error_obj = upstream_errors.error_object(payload)
-        if error_obj is not None:
-            raise upstream_errors.from_error_event(error_obj, rename)
-        raise UpstreamFailed("The model service returned a malformed response.")
+        if error_obj is None:
+            attempt.outcome = Outcome.UPSTREAM_ERROR
+            raise UpstreamFailed("The model service returned a malformed response.")
+        error = upstream_errors.from_error_event(error_obj, rename)
+        attempt.outcome, attempt.signature = upstream_errors.blame_of(error, payload)
+        raise error
     attempt.outcome = Outcome.OK
     attempt.usage = usage_of(payload)
     if transcript is not None:

@@ -62,23 +62,63 @@ def error_object(payload: bytes) -> dict[str, Any] | None:
     return None
 
 
+_SAFE_CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_SAFE_PARAM = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\[\]]{0,63}$")
+# How servers say a prompt does not fit: vLLM ("maximum context length"), llama-server
+# (type exceed_context_size_error, "exceeds the available context size"), TGI ("must have
+# less than N tokens"), llama-cpp-python ("Requested tokens (N) exceed context window").
+_CONTEXT_TYPES = frozenset({"exceed_context_size_error", "context_length_exceeded"})
+_CONTEXT_MESSAGE = re.compile(
+    r"maximum context length|context (?:size|window|length)|must have less than \d+ tokens",
+    re.IGNORECASE,
+)
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+
+
+def _rejection(error: dict[str, Any] | None, message: str | None) -> InvalidRequest:
+    """The client's error for a request an upstream refused as invalid: its OpenAI `code`
+    and `param` kept when they are plain identifiers, a context overflow named as OpenAI
+    names it."""
+    error = error or {}
+    code, param = error.get("code"), error.get("param")
+    kind = error.get("type")
+    if (
+        kind in _CONTEXT_TYPES
+        or code == CONTEXT_LENGTH_EXCEEDED
+        or (message is not None and _CONTEXT_MESSAGE.search(message))
+    ):
+        return InvalidRequest(
+            message or "The prompt does not fit the model's context window.",
+            param=param if isinstance(param, str) and _SAFE_PARAM.match(param) else "messages",
+            code=CONTEXT_LENGTH_EXCEEDED,
+        )
+    return InvalidRequest(
+        message or "The model service rejected the request.",
+        param=param if isinstance(param, str) and _SAFE_PARAM.match(param) else None,
+        code=code if isinstance(code, str) and _SAFE_CODE.match(code) else "upstream_rejected",
+    )
+
+
 def from_status(
     status: int, payload: bytes, rename: tuple[str, str]
 ) -> tuple[GatewayError, Outcome]:
     """The client-facing error for an upstream's non-200 answer, and what it says about the
-    replica. `rename` is (upstream model name, public id) so an echoed name is rewritten."""
-    message = upstream_message(error_object(payload))
+    replica. `rename` is (upstream model name, public id) so an echoed name is rewritten.
+
+    A 4xx is the request's fault (REJECTED); a 500 may be either's (SUSPECT: llama-cpp-python
+    answers a wrong type with 500), so a second replica decides; 429, 502-504 and the rest
+    are the replica's."""
+    error = error_object(payload)
+    message = upstream_message(error)
     if message is not None:
         message = message.replace(*rename)
     if status in (400, 422):
-        return (
-            InvalidRequest(
-                message or "The model service rejected the request.", code="upstream_rejected"
-            ),
-            Outcome.OK,  # the replica is fine; the request was not
-        )
+        return _rejection(error, message), Outcome.REJECTED
     if status == 413:
-        return InvalidRequest("The request is too large for the model service."), Outcome.OK
+        return (
+            InvalidRequest("The request is too large for the model service."),
+            Outcome.REJECTED,
+        )
     if status == 429:
         return (
             ServiceUnavailable(
@@ -90,10 +130,22 @@ def from_status(
         )
     if status in (408, 504):
         return UpstreamTimeout("The model service timed out."), Outcome.TIMEOUT
-    return (
-        UpstreamFailed(f"The model service failed (HTTP {status}) while processing the request."),
-        Outcome.UPSTREAM_ERROR,
+    failed = UpstreamFailed(
+        f"The model service failed (HTTP {status}) while processing the request."
     )
+    return failed, Outcome.SUSPECT if status == 500 else Outcome.UPSTREAM_ERROR
+
+
+def signature(status: int, payload: bytes) -> tuple[int, bytes]:
+    """What identifies a failure, to tell whether a second replica failed the same way."""
+    return status, payload[:512]
+
+
+def blame_of(error: GatewayError, payload: bytes) -> tuple[Outcome, tuple[int, bytes]]:
+    """What an error object in a 200 answer or a stream's first event says of the replica:
+    a rejection is the request's; anything else may be either's (SUSPECT)."""
+    outcome = Outcome.REJECTED if isinstance(error, InvalidRequest) else Outcome.SUSPECT
+    return outcome, signature(200, payload)
 
 
 def from_error_event(error: dict[str, Any], rename: tuple[str, str]) -> GatewayError:
@@ -103,5 +155,5 @@ def from_error_event(error: dict[str, Any], rename: tuple[str, str]) -> GatewayE
     if message is not None:
         message = message.replace(*rename)
     if code in (400, 422, "400", "422") or error.get("type") in ("BadRequestError",):
-        return InvalidRequest(message or "The model service rejected the request.")
+        return _rejection(error, message)
     return UpstreamFailed(message or "The model service reported an error during generation.")
