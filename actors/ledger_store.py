@@ -25,10 +25,13 @@ CREATE TABLE IF NOT EXISTS usage (
     completion_tokens INTEGER NOT NULL,
     status            INTEGER NOT NULL,
     latency_ms        REAL NOT NULL,
-    ttft_ms           REAL
+    ttft_ms           REAL,
+    usage_estimated   INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
 """
+# Columns added since the first schema, for ledgers written by an earlier version.
+_ADDED_COLUMNS = {"usage_estimated": "INTEGER NOT NULL DEFAULT 0"}
 GROUPS = {"key": "key_id", "model": "model", "day": "date(ts, 'unixepoch')"}
 Group = Literal["key", "model", "day"]
 
@@ -46,12 +49,17 @@ class UsageRecord:
     status: int
     latency_ms: float
     ttft_ms: float | None
+    usage_estimated: bool = False  # the gateway counted the tokens: the upstream reported none
 
 
 class LedgerStore:
     def __init__(self, path: str | Path) -> None:
         self._db = connect(path, timeout=10.0)
         self._db.executescript(_SCHEMA)
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(usage)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in present:
+                self._db.execute(f"ALTER TABLE usage ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self._db.close()
@@ -61,7 +69,7 @@ class LedgerStore:
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
-                "INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [astuple(record) for record in records],
             )
         return len(records)
@@ -79,14 +87,15 @@ class LedgerStore:
             args.append(until)
         query = (
             f"SELECT {', '.join([*columns, ''])}COUNT(*), SUM(prompt_tokens), "
-            "SUM(completion_tokens), SUM(status >= 400), AVG(latency_ms) FROM usage"
+            "SUM(completion_tokens), SUM(status >= 400), AVG(latency_ms), "
+            "SUM(usage_estimated) FROM usage"
             + (f" WHERE {' AND '.join(where)}" if where else "")
             + (f" GROUP BY {', '.join(by)} ORDER BY {', '.join(by)}" if by else "")
         )
         rows = []
         for row in self._db.execute(query, args):
             groups = dict(zip(by, row[: len(by)], strict=True))
-            requests, prompt, completion, errors, latency = row[len(by) :]
+            requests, prompt, completion, errors, latency, estimated = row[len(by) :]
             rows.append(
                 {
                     **groups,
@@ -96,6 +105,7 @@ class LedgerStore:
                     "total_tokens": (prompt or 0) + (completion or 0),
                     "errors": errors or 0,
                     "avg_latency_ms": round(latency or 0.0, 3),
+                    "estimated_requests": estimated or 0,
                 }
             )
         return rows

@@ -11,6 +11,7 @@ import ipaddress
 import random
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
@@ -50,12 +51,16 @@ METRICS_PORT = web.AppKey("citadel_metrics_port", int)  # the separate scrape po
 TREE_SAMPLE_INTERVAL = 1.0  # seconds; multiprocess mode only (see gateway.metrics)
 
 
-def request_id_of(request: web.Request) -> str:
+def request_ids(request: web.Request) -> tuple[str, str]:
+    """(the request's id for the client and the logs, the gateway's own UUID). The client's
+    X-Request-ID is kept when it is a plain token; the UUID is what backends get (some accept
+    nothing else), so no client-chosen id ever reaches a model server unless configured."""
+    # Not a secret, only unique: the PRNG is far cheaper than a getrandom() call per request.
+    own = str(uuid.UUID(int=random.getrandbits(128), version=4))
     sent = request.headers.get("x-request-id")
     if sent is not None and _REQUEST_ID.match(sent):
-        return sent
-    # Not a secret, only unique: the PRNG is far cheaper than a getrandom() call per request.
-    return f"{random.getrandbits(96):024x}"
+        return sent, own
+    return own, own
 
 
 def error_response(error: GatewayError, request_id: str) -> web.Response:
@@ -85,9 +90,9 @@ def _from_http_exception(exc: web.HTTPException, request: web.Request) -> Gatewa
 @web.middleware
 async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, OpenAI-style errors for everything, and one access event per request."""
-    request_id = request_id_of(request)
+    request_id, upstream_id = request_ids(request)
     started = time.perf_counter()
-    context = RequestContext(request_id, started)
+    context = RequestContext(request_id, upstream_id, started)
     request[REQUEST] = context
     status = 500
     try:
@@ -108,7 +113,8 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
             )
         if not response.prepared:
             response.headers.setdefault("x-request-id", request_id)
-        status = response.status
+        # A stream that failed after its 200 went out is recorded as what it was.
+        status = context.error_status or response.status
         return response
     finally:
         elapsed = time.perf_counter() - started
@@ -123,6 +129,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
             access_log.info(
                 "request",
                 request_id=request_id,
+                upstream_request_id=upstream_id if upstream_id != request_id else None,
                 method=request.method,
                 path=request.path,
                 status=status,
@@ -133,6 +140,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 attempts=context.attempts,
                 prompt_tokens=context.usage[0] if context.usage else None,
                 completion_tokens=context.usage[1] if context.usage else None,
+                usage_estimated=context.usage_estimated or None,
                 latency_ms=round(elapsed * 1000, 3),
             )
 
@@ -162,8 +170,9 @@ def record(
         metrics.retries.labels(model).inc(context.attempts - 1)
     if context.usage is not None:
         key = context.key_id or "-"
-        metrics.tokens.labels(model, key, "prompt").inc(context.usage[0])
-        metrics.tokens.labels(model, key, "completion").inc(context.usage[1])
+        source = "estimated" if context.usage_estimated else "reported"
+        metrics.tokens.labels(model, key, "prompt", source).inc(context.usage[0])
+        metrics.tokens.labels(model, key, "completion", source).inc(context.usage[1])
     if context.route_reason is not None:
         kind = context.route_reason.split(":", 1)[0]
         kind = kind if kind in ("context", "fallback") else "virtual"
@@ -187,6 +196,7 @@ def usage_record(
         status=status,
         latency_ms=round(elapsed * 1000, 3),
         ttft_ms=None if first is None else round((first - context.started) * 1000, 3),
+        usage_estimated=context.usage_estimated,
     )
 
 

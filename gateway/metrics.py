@@ -89,8 +89,16 @@ class GatewayMetrics:
         )
         self.tokens = Counter(
             "citadel_tokens",
-            "Tokens the upstreams reported, by served model, key id and kind (prompt, completion).",
-            ["model", "key", "kind"],
+            "Tokens used, by served model, key id, kind (prompt, completion) and source "
+            "(reported by the upstream, or estimated by the gateway when it reports none).",
+            ["model", "key", "kind", "source"],
+            registry=registry,
+        )
+        self.incomplete_streams = Counter(
+            "citadel_upstream_incomplete_streams",
+            "Streams an upstream ended with neither content nor a finish reason (a server "
+            "that interrupts a stream for the next request does this), by backend.",
+            ["backend"],
             registry=registry,
         )
         self.rate_limited = Counter(

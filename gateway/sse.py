@@ -50,6 +50,14 @@ def is_done(events: bytes) -> bool:
     return events.endswith(_DONE_ENDINGS)
 
 
+def without_done(events: bytes) -> bytes:
+    """`events` (which end with [DONE]) without that last event."""
+    for ending in _DONE_ENDINGS:
+        if events.endswith(ending):
+            return events[: -len(ending)]
+    return events
+
+
 def find_error(events: bytes) -> dict[str, Any] | None:
     """The error object if an upstream put an error inside its 200 stream.
 

@@ -98,6 +98,7 @@ class RequestContext:
     __slots__ = (
         "attempts",
         "backend",
+        "error_status",
         "first_byte_at",
         "key_id",
         "model",
@@ -108,12 +109,15 @@ class RequestContext:
         "served_model",
         "started",
         "transcript",
+        "upstream_id",
         "upstream_seconds",
         "usage",
+        "usage_estimated",
     )
 
-    def __init__(self, request_id: str, started: float) -> None:
-        self.request_id = request_id
+    def __init__(self, request_id: str, upstream_id: str, started: float) -> None:
+        self.request_id = request_id  # the client's own, if valid, else upstream_id
+        self.upstream_id = upstream_id  # the gateway's own UUID for this request
         self.started = started  # perf_counter() at arrival
         self.key_id: str | None = None
         self.model: str | None = None  # as the client named it
@@ -123,7 +127,10 @@ class RequestContext:
         self.attempts = 0  # tries across replicas (1 unless a replica failed before a byte)
         self.upstream_seconds = 0.0  # time spent waiting on upstreams, all tries
         self.first_byte_at: float | None = None  # perf_counter() at a stream's first event
-        self.usage: tuple[int, int] | None = None  # (prompt, completion) tokens reported
+        self.usage: tuple[int, int] | None = None  # (prompt, completion) tokens
+        self.usage_estimated = False  # counted by the gateway: the upstream reported none
+        # A stream that failed after its 200 went out: the status it is recorded with.
+        self.error_status: int | None = None
         self.transcript: Transcript | None = None  # only with logging.log_prompts
         self.rate_headers: dict[str, str] | None = None  # x-ratelimit-*, once admitted
         self.relayed_events = 0  # stream events relayed to the client

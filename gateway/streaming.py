@@ -9,6 +9,7 @@ server stops generating.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -20,15 +21,21 @@ from actors.backend import Outcome
 from actors.router import RouteDecision
 from gateway import sse, upstream_errors
 from gateway.attempt import Attempt, Outgoing, UpstreamCall, upstream_failure
-from gateway.errors import GatewayError, ServiceUnavailable, UpstreamFailed, UpstreamTimeout
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    ServiceUnavailable,
+    UpstreamFailed,
+    UpstreamTimeout,
+)
 from gateway.rewrite import response_rewriter
-from gateway.state import REQUEST, STATE, OpenStreams
-from gateway.transcript import Transcript
-from gateway.usage import usage_of
+from gateway.state import REQUEST, STATE, GatewayState
+from gateway.usage import StreamTally, usage_of
 
 log = structlog.get_logger("gateway.streaming")
 
 DRAIN_TIMEOUT = 1.0
+CLIENT_GONE = 499  # the status a stream whose client left is recorded with (nginx's)
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
@@ -116,6 +123,7 @@ async def relay_stream(
                     error, attempt.outcome = upstream_errors.from_status(
                         upstream.status, payload, rename
                     )
+                    attempt.signature = upstream_errors.signature(upstream.status, payload)
                     log.warning(
                         "upstream_error_status",
                         backend=lease.backend,
@@ -127,8 +135,7 @@ async def relay_stream(
                 while not first:
                     chunk = await upstream.content.readany()
                     if not chunk:
-                        attempt.outcome = Outcome.UPSTREAM_ERROR
-                        raise UpstreamFailed("The model service closed the stream before any data.")
+                        raise _empty_stream(attempt, call, decision)
                     first = framer.feed(chunk)
         except (TimeoutError, aiohttp.ClientError) as exc:
             log.warning("upstream_failed", backend=lease.backend, error=repr(exc))
@@ -137,11 +144,12 @@ async def relay_stream(
             attempt.upstream_seconds += time.perf_counter() - waiting_since
         first_error = sse.find_error(first)
         if first_error is not None:
-            attempt.outcome = Outcome.UPSTREAM_ERROR
             log.warning(
                 "upstream_stream_error", backend=lease.backend, error=str(first_error)[:500]
             )
-            raise upstream_errors.from_error_event(first_error, rename)
+            error = upstream_errors.from_error_event(first_error, rename)
+            attempt.outcome, attempt.signature = upstream_errors.blame_of(error, first)
+            raise error
         attempt.ttft = time.monotonic() - attempt.started
 
         response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **out.response_headers})
@@ -154,15 +162,18 @@ async def relay_stream(
             def rewrite(data: bytes) -> bytes:
                 return sse.drop_usage_events(rename_model(data))
 
+        tally = StreamTally(call, decision.model)
         try:
-            streams = request.app[STATE].streams
-            transcript = request[REQUEST].transcript
             clean_end = await _pump(
-                response, upstream, framer, first, rewrite, attempt, rename, streams, transcript
+                request, response, upstream, framer, first, rewrite, attempt, tally
             )
-            await response.write_eof()
         except ClientGone:
             attempt.outcome = Outcome.CANCELLED
+            attempt.error_status = CLIENT_GONE
+            return response
+        # The SDKs close the connection right after [DONE]: that stream was delivered in full.
+        with contextlib.suppress(ConnectionResetError):
+            await response.write_eof()
         return response
     finally:
         if upstream is not None:
@@ -172,28 +183,52 @@ async def relay_stream(
                 upstream.close()  # drop the connection: the model server stops generating
 
 
+def _empty_stream(attempt: Attempt, call: UpstreamCall, decision: RouteDecision) -> GatewayError:
+    """A 200 stream that ended before its first event. llama-cpp-python answers a prompt
+    over its context window this way: when the prompt's estimate is near the window, that is
+    what it was (the request's fault); otherwise it may be either's, so a second replica
+    decides (gateway.proxy)."""
+    log.warning("upstream_stream_empty", backend=attempt.lease.backend)
+    window = decision.context_window
+    if call.prompt_estimate * 2 >= window:
+        attempt.outcome = Outcome.REJECTED
+        return InvalidRequest(
+            f"The model service returned nothing for a prompt of about {call.prompt_estimate} "
+            f"tokens: it likely exceeds the model's maximum context length of {window} tokens. "
+            "Please reduce the length of the prompt.",
+            param="messages" if call.path.endswith("/chat/completions") else "prompt",
+            code=upstream_errors.CONTEXT_LENGTH_EXCEEDED,
+        )
+    attempt.outcome = Outcome.SUSPECT
+    attempt.signature = upstream_errors.signature(200, b"")
+    return UpstreamFailed("The model service ended the stream before sending anything.")
+
+
 async def _pump(
+    request: web.Request,
     response: web.StreamResponse,
     upstream: aiohttp.ClientResponse,
     framer: sse.EventFramer,
     first: bytes,
     rewrite: Callable[[bytes], bytes],
     attempt: Attempt,
-    rename: tuple[str, str],
-    streams: OpenStreams,
-    transcript: Transcript | None,
+    tally: StreamTally,
 ) -> bool:
     """Relay events until [DONE]. After the first byte, a failure ends the stream with an
     error event, never a silent cut. Returns True if the upstream finished cleanly.
 
     This loop runs once per upstream read of every stream: it is kept to a few C-level
-    byte scans and the write; the rare cases (errors, cuts) leave it.
+    byte scans and the write; the rare cases (errors, cuts, the end) leave it.
     """
     read = upstream.content.readany
     write = response.write
     perf_counter = time.perf_counter
     feed = framer.feed
+    count = tally.count
     events = first
+    state = request.app[STATE]
+    transcript = request[REQUEST].transcript
+    rename = (attempt.lease.upstream_model, tally.public_model)
     stopper = StreamStop(upstream.close)
     idle = attempt.lease.timeouts.idle
     watchdog = IdleWatchdog(
@@ -203,7 +238,7 @@ async def _pump(
         ),
     )
     touch = watchdog.touch
-    token = streams.add(
+    token = state.streams.add(
         lambda: stopper.stop(
             ServiceUnavailable("The gateway is shutting down. Retry the request."),
             Outcome.CANCELLED,
@@ -218,15 +253,16 @@ async def _pump(
                     return False
                 if b'"usage"' in events:
                     attempt.usage = usage_of(events) or attempt.usage
-                attempt.events += events.count(b"data:")
+                attempt.events += count(events)
                 if transcript is not None:
                     transcript.keep(events)
+                if sse.is_done(events):
+                    await _finish(response, rewrite(events), attempt, tally, state)
+                    break
                 try:
                     await write(rewrite(events))
                 except ConnectionResetError as gone:
                     raise ClientGone from gone
-                if sse.is_done(events):
-                    break
             waiting_since = perf_counter()
             chunk = await read()
             attempt.upstream_seconds += perf_counter() - waiting_since
@@ -234,27 +270,29 @@ async def _pump(
             if not chunk:
                 if stopper.reason is not None:
                     raise aiohttp.ClientPayloadError("stopped")  # reported as stopper.reason
-                attempt.outcome = Outcome.UPSTREAM_ERROR
                 log.warning("upstream_stream_cut", backend=attempt.lease.backend)
                 cut = UpstreamFailed("The model service ended the stream before it was complete.")
-                await _write(response, sse.error_event(cut.body()))
+                await _fail(response, attempt, cut, Outcome.UPSTREAM_ERROR)
                 return False
             events = feed(chunk)
     except (TimeoutError, aiohttp.ClientError) as caught:
         if stopper.reason is not None:
-            failure, attempt.outcome = stopper.reason
+            failure, outcome = stopper.reason
         else:
             failure = upstream_failure(caught, attempt)
+            outcome = attempt.outcome
             if isinstance(caught, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
                 failure = UpstreamFailed(
                     "The model service ended the stream before it was complete."
                 )
         log.warning("upstream_stream_failed", backend=attempt.lease.backend, error=failure.message)
-        await _write(response, sse.error_event(failure.body()))
+        await _fail(response, attempt, failure, outcome)
         return False
     finally:
         watchdog.cancel()
-        streams.discard(token)
+        state.streams.discard(token)
+    if attempt.error_status is not None:
+        return False  # an incomplete stream: ended with an error event (_finish)
     attempt.outcome = Outcome.OK
     # Read to the end of the body (the chunked terminator, normally already here) so the
     # connection can be reused; an upstream that lingers after [DONE] just loses it.
@@ -267,16 +305,57 @@ async def _pump(
     return True
 
 
+async def _finish(
+    response: web.StreamResponse,
+    events: bytes,
+    attempt: Attempt,
+    tally: StreamTally,
+    state: GatewayState,
+) -> None:
+    """The last events, ending with [DONE]: the usage the gateway counted where the upstream
+    reported none (sent to a client that asked for it), or, for a stream that ended with
+    neither content nor a finish reason, an error event instead of [DONE]."""
+    backend = attempt.lease.backend
+    if not tally.answered:
+        log.warning("upstream_stream_incomplete", backend=backend)
+        state.metrics.incomplete_streams.labels(backend).inc()
+        failure = UpstreamFailed(
+            "The model service ended the stream without an answer (it may have been "
+            "interrupted by another request)."
+        )
+        await _fail(response, attempt, failure, Outcome.INCOMPLETE, sse.without_done(events))
+        return
+    if attempt.usage is None:
+        attempt.usage = (tally.call.prompt_estimate, tally.completion_tokens)
+        attempt.usage_estimated = True
+        if tally.call.add_usage:
+            events = sse.without_done(events) + tally.usage_event(*attempt.usage) + sse.DONE
+    await _write(response, events)
+
+
 async def _end_with_error(
     response: web.StreamResponse,
     attempt: Attempt,
     error: dict[str, object],
     rename: tuple[str, str],
 ) -> None:
-    attempt.outcome = Outcome.UPSTREAM_ERROR
     log.warning("upstream_stream_error", backend=attempt.lease.backend, error=str(error)[:500])
     failure = upstream_errors.from_error_event(error, rename)
-    await _write(response, sse.error_event(failure.body()))
+    await _fail(response, attempt, failure, Outcome.UPSTREAM_ERROR)
+
+
+async def _fail(
+    response: web.StreamResponse,
+    attempt: Attempt,
+    failure: GatewayError,
+    outcome: Outcome,
+    before: bytes = b"",
+) -> None:
+    """End a stream that already sent its first byte with an error event; the request is
+    recorded with the error's status (the client already has a 200)."""
+    attempt.outcome = outcome
+    attempt.error_status = failure.status
+    await _write(response, before + sse.error_event(failure.body()))
 
 
 async def _write(response: web.StreamResponse, data: bytes) -> None:
