@@ -10,7 +10,7 @@ pass and are charged together, or none is charged.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -55,7 +55,7 @@ class Verdict:
     kind: str = ""  # what refused: "requests", "tokens" or "concurrency"
     subject: str = ""
     retry_after: float = 0.0  # seconds until the refused limit would admit this request
-    quota: Quota | None = None  # of the first subject (the key), when allowed
+    quota: Quota | None = None  # of the first subject (the key), where known
 
 
 class _State:
@@ -118,6 +118,19 @@ class LocalLimits:
         return state
 
     def admit(self, subjects: tuple[Subject, ...], tokens: int, now: float) -> Verdict:
+        verdict = self._admit(subjects, tokens, now)
+        if subjects:  # allowed or not, the client is told what is left (x-ratelimit-*)
+            first = subjects[0]
+            state = self._state(first.name)
+            level = (
+                None
+                if first.spec.tpm is None
+                else refill(state.level, state.stamp, now, first.spec.tpm)
+            )
+            verdict = replace(verdict, quota=quota_of(first.spec, state.tat, level, now))
+        return verdict
+
+    def _admit(self, subjects: tuple[Subject, ...], tokens: int, now: float) -> Verdict:
         plans: list[tuple[_State, float, float | None]] = []
         for subject in subjects:
             spec, state = subject.spec, self._state(subject.name)
@@ -146,12 +159,7 @@ class LocalLimits:
                 state.level, state.stamp = level, now
             if subject.spec.max_concurrent is not None:
                 state.in_flight += 1
-        first = subjects[0] if subjects else None
-        quota = None
-        if first is not None:
-            state = self._states[first.name]
-            quota = quota_of(first.spec, state.tat, state.level, now)
-        return Verdict(True, quota=quota)
+        return Verdict(True)
 
     def settle(self, subjects: tuple[Subject, ...], charged: int, used: int, now: float) -> None:
         """The request has ended: free its slot, and charge or refund the difference

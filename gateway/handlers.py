@@ -20,9 +20,8 @@ from actors.routing_rules import RequestTraits, estimate_prompt_tokens, prefix_k
 from gateway import proxy, ratelimit
 from gateway.attempt import UpstreamCall
 from gateway.auth import authenticate, require_model
-from gateway.errors import NotFound, ServiceUnavailable
+from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
 from gateway.ratelimit import subjects_of
-from gateway.rewrite import with_stream_usage
 from gateway.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -31,6 +30,7 @@ from gateway.schemas import (
 )
 from gateway.state import REQUEST, STATE, GatewayState
 from gateway.transcript import Transcript, log_exchange
+from gateway.upstream_errors import CONTEXT_LENGTH_EXCEEDED
 
 ROUTER_ASK_TIMEOUT = 2.0
 NO_LIMITS = LimitSpec()
@@ -45,27 +45,27 @@ def traits_of(
 ) -> RequestTraits:
     """What routing may look at, extracted once from the validated body. The prefix hash is
     computed only when some model uses prefix affinity."""
-    extra = body.model_extra or {}
     key: int | None = None
+    has_tools = json_mode = False
     if isinstance(body, ChatCompletionRequest):
         prompt_tokens, text = estimate_prompt_tokens(body.messages)
         budget = body.output_budget
         if affinity:
             key = prefix_key(body.messages)
+        has_tools = bool(body.tools or body.functions)
+        response_format = body.response_format
+        json_mode = response_format is not None and response_format.type in _JSON_FORMATS
     else:
         prompt_tokens, text = estimate_prompt_tokens(None, body.prompt)
         budget = body.max_tokens
-    response_format = extra.get("response_format")
-    metadata = extra.get("metadata")
     return RequestTraits(
         prompt_tokens=prompt_tokens,
         max_tokens=budget,
-        has_tools=bool(extra.get("tools") or extra.get("functions")),
-        json_mode=isinstance(response_format, dict)
-        and response_format.get("type") in _JSON_FORMATS,
+        has_tools=has_tools,
+        json_mode=json_mode,
         text=text,
         headers=request.headers,
-        metadata=metadata if isinstance(metadata, dict) else {},
+        metadata=body.metadata or {},
         allow_fallback=request.headers.get(NO_FALLBACK_HEADER, "").lower()
         not in ("1", "true", "yes"),
         prefix_key=key,
@@ -102,6 +102,7 @@ async def _forward(
     it when it ends."""
     try:
         require_model(principal, call.sent_model, decision.model)
+        refuse_unservable(decision, call)
         context = request[REQUEST]
         subjects = subjects_of(
             principal, decision.model, state.model_limits.get(decision.model, NO_LIMITS)
@@ -113,6 +114,28 @@ async def _forward(
             ratelimit.settle(state, admitted, context)
     finally:
         state.router.notify(RequestEnded(decision.model))
+
+
+def refuse_unservable(decision: RouteDecision, call: UpstreamCall) -> None:
+    """400 for what the chosen model cannot do, before any replica spends time on it: a
+    prompt over its context window (llama-cpp-python answers one with an empty stream), or
+    several choices from servers that silently return one."""
+    if call.prompt_estimate > decision.context_window:
+        chat = call.path.endswith("/chat/completions")
+        part = "messages" if chat else "prompt"
+        raise InvalidRequest(
+            f"This model's maximum context length is {decision.context_window} tokens. "
+            f"However, your {part} resulted in about {call.prompt_estimate} tokens. Please "
+            f"reduce the length of the {part}.",
+            param=part,
+            code=CONTEXT_LENGTH_EXCEEDED,
+        )
+    if call.n > 1 and not decision.supports_n:
+        raise InvalidRequest(
+            f"The model '{decision.model}' does not support n > 1: ask for one choice per request.",
+            param="n",
+            code="unsupported_value",
+        )
 
 
 async def _generate(
@@ -131,9 +154,18 @@ async def _generate(
     context.model = body.model
     traits = traits_of(request, body, affinity=state.prefix_affinity)
     decision = await _route(state, body.model, traits)
-    hide_usage = body.stream and not body.include_usage
-    forwarded = with_stream_usage(raw) if hide_usage else raw
-    call = UpstreamCall(path, forwarded, body.model, body.stream, context.request_id, hide_usage)
+    call = UpstreamCall(
+        path,
+        raw,
+        body.model,
+        body.stream,
+        context.request_id,
+        context.upstream_id,
+        hide_usage=body.stream and not body.include_usage,
+        add_usage=body.include_usage,
+        prompt_estimate=traits.prompt_tokens,
+        n=body.n,
+    )
     log_settings = state.config.logging
     if log_settings.log_prompts:
         context.transcript = Transcript()
@@ -171,7 +203,9 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     body = parse_request(EmbeddingRequest, raw)
     context.model = body.model
     decision = await _route(state, body.model)
-    call = UpstreamCall("/v1/embeddings", raw, body.model, False, context.request_id)
+    call = UpstreamCall(
+        "/v1/embeddings", raw, body.model, False, context.request_id, context.upstream_id
+    )
     return await _forward(request, state, decision, call, principal, (len(raw) // 4 + 1, 0))
 
 

@@ -16,7 +16,7 @@ from aiohttp import web
 from actors.auth import Principal
 from actors.kernel import ActorDead, AskTimeout, MailboxFull, ask_settled
 from actors.limiter import UNAVAILABLE, Admission, Admit, Settle
-from actors.limits import LimitSpec, Quota, Subject
+from actors.limits import LimitSpec, Quota, Subject, Verdict
 from gateway.errors import RateLimited, ServiceUnavailable
 from gateway.state import REQUEST, GatewayState, RequestContext
 
@@ -76,6 +76,7 @@ async def admit(
             )
         who = "this API key" if verdict.subject.startswith("key:") else "this model"
         wait_ms = max(1, math.ceil(verdict.retry_after * 1000))
+        quota = verdict.quota or refused_quota(subjects[0].spec, verdict)
         raise RateLimited(
             f"Rate limit reached for {who}: {_KIND_TEXT.get(verdict.kind, verdict.kind)}. "
             f"Please try again in {duration(verdict.retry_after)}.",
@@ -83,6 +84,7 @@ async def admit(
             headers={
                 "Retry-After": str(max(1, math.ceil(verdict.retry_after))),
                 "retry-after-ms": str(wait_ms),
+                **headers_of(quota),
             },
         )
     if verdict.quota is not None:
@@ -103,6 +105,21 @@ def settle(state: GatewayState, admitted: Admitted | None, context: RequestConte
         used = admitted.charged
     state.limiter.notify(
         Settle(admitted.subjects, admitted.charged, used, context.request_id, admitted.shared)
+    )
+
+
+def refused_quota(spec: LimitSpec, verdict: Verdict) -> Quota:
+    """The headers' figures for a refusal whose store gave none (Redis answers a refusal with
+    the wait only): the refused limit is spent until the wait is over."""
+    requests = verdict.kind == "requests"
+    tokens = verdict.kind == "tokens"
+    return Quota(
+        spec.rpm,
+        0 if requests else spec.rpm or 0,
+        verdict.retry_after if requests else 0.0,
+        spec.tpm,
+        0 if tokens else spec.tpm or 0,
+        verdict.retry_after if tokens else 0.0,
     )
 
 
