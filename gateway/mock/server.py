@@ -14,6 +14,13 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.mock.faults import NO_FAULT, Fault
+from gateway.mock.quirks import (
+    Flavor,
+    internal_error,
+    over_window,
+    refuses_request_id,
+    wrong_type,
+)
 from gateway.mock.text import count_tokens, embedding, pack_float32, tokens
 
 _TRACEBACK = (
@@ -33,6 +40,11 @@ class MockSettings(BaseModel):
     embedding_dimensions: int = Field(64, ge=1)
     reports_usage: bool = Field(
         True, description="send a stream's usage report when asked (some servers never do)"
+    )
+    flavor: Flavor = Field("vllm", description="whose quirks to show (gateway.mock.quirks)")
+    context_window: int | None = Field(None, ge=1, description="refuse longer prompts")
+    interrupt_requests: bool = Field(
+        False, description="llama-cpp-python's: a new request ends the running streams"
     )
 
 
@@ -60,6 +72,8 @@ class MockState:
         self.token_gate: asyncio.Semaphore | None = None
         self.health_checks = 0
         self.reported_waiting = 0  # what /metrics says is queued
+        self.arrivals = 0  # generation requests so far (interrupt_requests watches it)
+        self.request_ids: list[str | None] = []  # X-Request-ID of every request, in order
         self._health_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     def health_checked(self) -> None:
@@ -133,6 +147,9 @@ async def _arrive(request: web.Request) -> tuple[MockState, dict[str, Any], Faul
     """Count and record a request, read its body, and take the fault it meets."""
     state = request.app[MOCK_STATE]
     state.stats.requests += 1
+    state.request_ids.append(request.headers.get("X-Request-ID"))
+    if refuses_request_id(state.settings.flavor, request):
+        return web.Response(status=400)  # llama-cpp-python: no body at all
     body = await _read_json(request)
     if isinstance(body, web.Response):
         return body
@@ -152,13 +169,31 @@ async def generate(request: web.Request) -> web.StreamResponse:
         return arrived
     state, body, fault = arrived
     settings = state.settings
+    state.arrivals += 1
     if body.get("model") != settings.model:
         return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
+    flavor = settings.flavor
+    if flavor == "llama-cpp-python" and (complaint := wrong_type(body)) is not None:
+        return internal_error(complaint)
     chat = request.path.endswith("/chat/completions")
     if chat and not isinstance(body.get("messages"), list):
         return _error(400, "messages: field required", "BadRequestError")
     prompt_source = body.get("messages") if chat else body.get("prompt")
     prompt_tokens = count_tokens(prompt_source or "")
+    window = settings.context_window
+    if window is not None and prompt_tokens > window:
+        return over_window(flavor, body.get("stream") is True, prompt_tokens, window)
+    if flavor == "llama-server" and isinstance(body.get("n"), int) and body["n"] > 1:
+        return web.json_response(
+            {
+                "error": {
+                    "code": 400,
+                    "message": "Only one completion choice is allowed",
+                    "type": "invalid_request_error",
+                }
+            },
+            status=400,
+        )
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or settings.length
     length = min(int(max_tokens), settings.length)
     finish = "length" if length < settings.length else "stop"
@@ -173,7 +208,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     created = int(time.time())
     if body.get("stream") is True:
         asked = bool((body.get("stream_options") or {}).get("include_usage"))
-        include_usage = asked and settings.reports_usage
+        include_usage = asked and settings.reports_usage and flavor != "llama-cpp-python"
         return await _stream(
             request, state, fault, chat, ident, created, words, finish, usage, include_usage, slow
         )
@@ -233,6 +268,7 @@ async def _stream(
     state.stats.streams_started += 1
     state.stats.running += 1
     interval = slow / settings.tokens_per_s
+    arrivals = state.arrivals
     try:
         await asyncio.sleep(settings.ttft * slow)
         if chat:
@@ -262,6 +298,10 @@ async def _stream(
                 return response
             if state.token_gate is not None:
                 await state.token_gate.acquire()
+            if settings.interrupt_requests and state.arrivals != arrivals:
+                await response.write(b"data: [DONE]\n\n")  # no finish reason: interrupted
+                await response.write_eof()
+                return response
             await response.write(event([piece(word, None)]))
             await asyncio.sleep(interval)
         await response.write(event([piece(None, finish)]))
@@ -286,6 +326,8 @@ async def embeddings(request: web.Request) -> web.Response:
     state, body, _ = arrived
     if body.get("model") != state.settings.model:
         return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
+    if state.settings.flavor == "llama-cpp-python":
+        return internal_error("Llama model must be created with embedding=True to call this method")
     inputs = body.get("input")
     items = (
         inputs
@@ -323,6 +365,8 @@ async def models(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     state = request.app[MOCK_STATE]
+    if state.settings.flavor == "llama-cpp-python":
+        raise web.HTTPNotFound()  # it has no /health
     state.health_checked()
     fault = state.fault
     if fault.mode in ("error", "unhealthy"):
@@ -330,6 +374,16 @@ async def health(request: web.Request) -> web.Response:
     if fault.mode == "hang":
         await asyncio.Event().wait()
     return web.Response(status=200)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """FastAPI's schema, which llama-cpp-python serves without taking its model lock."""
+    state = request.app[MOCK_STATE]
+    state.health_checked()
+    fault = state.fault
+    if fault.mode in ("error", "unhealthy"):
+        return web.Response(status=503)
+    return web.json_response({"openapi": "3.1.0", "info": {"title": "mock"}, "paths": {}})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -372,6 +426,7 @@ def create_mock_app(settings: MockSettings) -> web.Application:
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
+    app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/mock/fault", set_fault)
     app.router.add_get("/mock/stats", get_stats)

@@ -96,8 +96,9 @@ class ModelPlan:
     aliases: tuple[str, ...] = ()
     context_window: int = 4096
     timeouts: BackendTimeouts = field(default_factory=BackendTimeouts)
-    max_in_flight: int = 512
+    max_in_flight: int | None = None  # the backend kind's default
     mock: dict[str, Any] = field(default_factory=dict)
+    backend: dict[str, Any] = field(default_factory=dict)  # more BackendSettings fields
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     fallbacks: tuple[str, ...] = ()
@@ -133,6 +134,7 @@ async def deployment(
                         timeouts=plan.timeouts,
                         max_in_flight=plan.max_in_flight,
                         health=plan.health,
+                        **plan.backend,
                     )
                 )
             models.append(

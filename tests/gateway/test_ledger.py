@@ -85,6 +85,7 @@ async def test_a_burst_is_recorded_exactly_streams_included(tmp_path: Path) -> N
             "total_tokens": 50 * (prompt + completion),
             "errors": 0,
             "avg_latency_ms": summary["usage"][0]["avg_latency_ms"],
+            "estimated_requests": 0,  # the mock reports usage, streams included
         }
     ]
     records = rows(ledger)

@@ -67,7 +67,7 @@ async def test_metrics_count_requests_streams_retries_and_backends() -> None:
     assert metrics[("citadel_retries_total", (("model", "m"),))] == 1.0
     # Three answers and one stream: the gateway asks for the stream's usage report even
     # though the client did not, so four usages of 2 completion tokens each.
-    tokens = (("key", "static-0"), ("kind", "completion"), ("model", "m"))
+    tokens = (("key", "static-0"), ("kind", "completion"), ("model", "m"), ("source", "reported"))
     assert metrics[("citadel_tokens_total", tokens)] == 8.0
     assert metrics[("citadel_auth_failures_total", ())] == 1.0
     assert metrics[("citadel_time_to_first_token_seconds_count", (("model", "m"),))] == 1.0

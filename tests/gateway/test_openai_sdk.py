@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
+import uuid
 from collections.abc import AsyncIterator
 
 import openai
@@ -171,15 +172,18 @@ async def test_extra_fields_reach_the_upstream_untouched(
     assert "authorization" not in upstream.last_headers  # the client's key stays here
 
 
-async def test_request_id_is_echoed_and_sent_upstream(
+async def test_request_id_is_echoed_and_the_upstream_gets_the_gateways_uuid(
     gw: Deployment, client: openai.AsyncOpenAI
 ) -> None:
+    """The client's id comes back; the model server gets a fresh UUID (a real server,
+    llama-cpp-python, refuses any other id), never a client-chosen one."""
     raw = await client.chat.completions.with_raw_response.create(
         model="phi", messages=HELLO, extra_headers={"x-request-id": "trace-42"}
     )
     assert raw.headers["x-request-id"] == "trace-42"
     assert raw.headers["x-citadel-model"] == "phi-3-mini"
     assert raw.headers["x-citadel-backend"] == "phi-3-mini#0"
-    assert gw.mocks["phi-3-mini"][0].state.stats.last_headers["x-request-id"] == "trace-42"
+    sent_up = gw.mocks["phi-3-mini"][0].state.stats.last_headers["x-request-id"]
+    assert uuid.UUID(sent_up).version == 4
     generated = await client.chat.completions.with_raw_response.create(model="phi", messages=HELLO)
-    assert len(generated.headers["x-request-id"]) == 24
+    assert uuid.UUID(generated.headers["x-request-id"]).version == 4

@@ -44,9 +44,10 @@ def test_invalid_fields_name_the_param(fields: dict[str, object], param: str | N
 
 
 def test_valid_request_keeps_unknown_fields() -> None:
-    parsed = parse_request(ChatCompletionRequest, chat(top_k=5, stream=True))
+    parsed = parse_request(ChatCompletionRequest, chat(top_k=5, guided_regex="a+", stream=True))
     assert parsed.stream is True
-    assert parsed.model_extra == {"top_k": 5}
+    assert parsed.top_k == 5  # a server extra the gateway types (it is forwarded as sent)
+    assert parsed.model_extra == {"guided_regex": "a+"}
     prompt = parse_request(CompletionRequest, b'{"model": "m", "prompt": [1, 2, 3]}')
     assert prompt.prompt == [1, 2, 3]
 
