@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-deps lint demo bench bench-workers bench-actors bench-deps clean
+.PHONY: test test-deps test-real real-servers lint demo bench bench-workers bench-actors \
+	bench-real bench-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +18,16 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 test: $(STAMP) test-deps
 	$(BIN)/python -m pytest
+
+# The real-server tier: llama-cpp-python's server and llama.cpp's llama-server, built once
+# per machine into a cache outside the checkout (the first build takes 10-30 minutes).
+REAL_SERVERS ?= $(HOME)/.cache/citadel-gateway/real-servers
+
+real-servers:
+	PYTHON=$(PYTHON) ops/real-servers/install "$(REAL_SERVERS)"
+
+test-real: $(STAMP) real-servers
+	CITADEL_REAL_SERVERS="$(REAL_SERVERS)" $(BIN)/python -m pytest -m real tests/real
 
 # The Redis tests start private redis-servers (outages are never staged on the shared one).
 test-deps:
@@ -40,6 +51,9 @@ bench-workers: $(STAMP) bench-deps
 
 bench-actors: $(STAMP)
 	$(BIN)/python -m ops.bench.actors
+
+bench-real: $(STAMP) real-servers
+	CITADEL_REAL_SERVERS="$(REAL_SERVERS)" $(BIN)/python -m ops.bench.real
 
 bench-deps:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }

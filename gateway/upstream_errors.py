@@ -105,9 +105,9 @@ def from_status(
     """The client-facing error for an upstream's non-200 answer, and what it says about the
     replica. `rename` is (upstream model name, public id) so an echoed name is rewritten.
 
-    A 4xx is the request's fault (REJECTED); a 500 may be either's (SUSPECT: llama-cpp-python
-    answers a wrong type with 500), so a second replica decides; 429, 502-504 and the rest
-    are the replica's."""
+    400, 413, 422 and 501 (not implemented) are the request's fault (REJECTED); a 500 or
+    another 4xx may be either's (SUSPECT: llama-cpp-python answers a wrong type with 500),
+    so a second replica decides; 429, 408 and 502-504 are the replica's."""
     error = error_object(payload)
     message = upstream_message(error)
     if message is not None:
@@ -117,6 +117,13 @@ def from_status(
     if status == 413:
         return (
             InvalidRequest("The request is too large for the model service."),
+            Outcome.REJECTED,
+        )
+    if status == 501:  # llama-server asked for embeddings it was not started for
+        return (
+            InvalidRequest(
+                "The model does not support this endpoint.", code="unsupported_endpoint"
+            ),
             Outcome.REJECTED,
         )
     if status == 429:
@@ -133,7 +140,10 @@ def from_status(
     failed = UpstreamFailed(
         f"The model service failed (HTTP {status}) while processing the request."
     )
-    return failed, Outcome.SUSPECT if status == 500 else Outcome.UPSTREAM_ERROR
+    # Another 4xx (401, 404: a replica configured with the wrong key or model name, or a
+    # request it cannot serve) may be either's too: a second replica decides.
+    suspect = status == 500 or 400 <= status < 500
+    return failed, Outcome.SUSPECT if suspect else Outcome.UPSTREAM_ERROR
 
 
 def signature(status: int, payload: bytes) -> tuple[int, bytes]:
