@@ -46,6 +46,9 @@ class MockSettings(BaseModel):
     interrupt_requests: bool = Field(
         False, description="llama-cpp-python's: a new request ends the running streams"
     )
+    linger: float = Field(
+        0.0, ge=0, description="seconds between a stream's [DONE] and the end of its body"
+    )
 
 
 @dataclass
@@ -308,6 +311,8 @@ async def _stream(
         if include_usage:
             await response.write(event([], usage=usage))
         await response.write(b"data: [DONE]\n\n")
+        if settings.linger:
+            await asyncio.sleep(settings.linger)
         await response.write_eof()
         state.stats.streams_completed += 1
     except (asyncio.CancelledError, ConnectionResetError):

@@ -283,8 +283,9 @@ async def test_usage_is_counted_when_the_server_reports_none() -> None:
 
 async def test_a_stream_read_to_its_end_is_a_success_even_if_the_client_closes_at_once() -> None:
     """The SDKs close the connection right after [DONE]; the gateway recorded a quarter of
-    such streams as 499."""
-    async with deployment([ModelPlan("m", mock={"ttft": 0.0})]) as gw:
+    such streams as 499. The upstream ends its body a little after [DONE], so the client is
+    gone by the time the gateway ends its own."""
+    async with deployment([ModelPlan("m", mock={"ttft": 0.0, "linger": 0.05})]) as gw:
         host, port = gw.url.removeprefix("http://").split(":")
         body = json.dumps({"model": "m", "messages": HELLO, "stream": True}).encode()
         for _ in range(10):
@@ -364,7 +365,7 @@ async def test_llama_cpp_python_is_probed_where_it_answers_and_a_failed_probe_sa
         ModelPlan("right", mock=PY, health=probes, backend={"kind": "llama-cpp-python"}),
         ModelPlan("wrong", mock=PY, health=probes),  # probed on /health, which it lacks
     ]
-    async with deployment(plans) as gw:
+    async with deployment(plans) as gw, asyncio.timeout(30):
         await gw.mocks["right"][0].state.wait_health_checks(3)
         await until(lambda: not gw.state.layout.current.loads["wrong#0"].healthy)
         assert gw.state.layout.current.loads["right#0"].healthy
