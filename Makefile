@@ -24,7 +24,7 @@ test: $(STAMP) test-deps
 REAL_SERVERS ?= $(HOME)/.cache/citadel-gateway/real-servers
 
 real-servers:
-	PYTHON=$(PYTHON) ops/real-servers/install "$(REAL_SERVERS)"
+	PYTHON=$(PYTHON) ops/real_servers/install "$(REAL_SERVERS)"
 
 test-real: $(STAMP) real-servers
 	CITADEL_REAL_SERVERS="$(REAL_SERVERS)" $(BIN)/python -m pytest -m real tests/real

@@ -1,6 +1,7 @@
-"""The real-server tier: every test here runs against real model servers (tests/real/servers)
-and is marked `real`; `make test` leaves it out, `make test-real` (and CI) runs it. When the
-servers are not installed, every test here fails saying how to install them: never a skip."""
+"""The real-server tier: every test here runs against real model servers (started by
+ops.real_servers.processes) and is marked `real`; `make test` leaves it out, `make test-real`
+(and CI) runs it. When the servers are not installed, every test here fails saying how to
+install them: never a skip."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from actors.keys import hash_secret
 from gateway.config import GatewayConfig
 from gateway.server import RunningServer, start_gateway
-from tests.real.servers import CONTEXT, SERVED_NAME, Installed, RealServer, start
+from ops.real_servers.processes import CONTEXT, SERVED_NAME, Installed, RealServer, start
 
 SECRET = "r" * 43
 KEY = f"sk-citadel-0000000000aa-{SECRET}"

@@ -20,9 +20,9 @@ from openai.types.chat import ChatCompletionMessageParam
 from actors.backend import BackendStats, GetStats
 from gateway.server import RunningServer, start_gateway
 from gateway.state import STATE
+from ops.real_servers.processes import RealServer, start
 from tests.gateway.test_metrics import samples
 from tests.real.conftest import KEY, LIMITED_KEY, Fleet, gateway_config, model
-from tests.real.servers import RealServer, start
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello."}]
 MODELS = ("smol-py", "smol-cpp")

@@ -1,5 +1,5 @@
 """Real model servers as processes on free ports: llama-cpp-python's server and llama.cpp's
-llama-server, both serving SmolLM2-135M-Instruct, installed by ops/real-servers/install.
+llama-server, both serving SmolLM2-135M-Instruct, installed by ops/real_servers/install.
 
 Each runs on one thread (four of them share this machine's two cores) and logs to a file
 that a failing test names. A port found free can be taken before the server binds it: the
