@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import structlog
@@ -225,6 +225,7 @@ async def _pump(
     perf_counter = time.perf_counter
     feed = framer.feed
     count = tally.count
+    drained = False
     events = first
     state = request.app[STATE]
     transcript = request[REQUEST].transcript
@@ -257,7 +258,8 @@ async def _pump(
                 if transcript is not None:
                     transcript.keep(events)
                 if sse.is_done(events):
-                    await _finish(response, rewrite(events), attempt, tally, state)
+                    drained = await _drain(read)
+                    await _finish(request, response, rewrite(events), attempt, tally, state)
                     break
                 try:
                     await write(rewrite(events))
@@ -294,8 +296,14 @@ async def _pump(
     if attempt.error_status is not None:
         return False  # an incomplete stream: ended with an error event (_finish)
     attempt.outcome = Outcome.OK
-    # Read to the end of the body (the chunked terminator, normally already here) so the
-    # connection can be reused; an upstream that lingers after [DONE] just loses it.
+    return drained
+
+
+async def _drain(read: Callable[[], Awaitable[bytes]]) -> bool:
+    """Read an upstream body to its end after [DONE] (the chunked terminator, normally in
+    the same packet), so the connection can be reused; one that lingers past DRAIN_TIMEOUT
+    just loses it. Done before [DONE] goes to the client: a client that closes the moment
+    it reads [DONE] (the SDKs do) cancels this task, and nothing may be awaited then."""
     try:
         async with asyncio.timeout(DRAIN_TIMEOUT):
             while await read():
@@ -306,6 +314,7 @@ async def _pump(
 
 
 async def _finish(
+    request: web.Request,
     response: web.StreamResponse,
     events: bytes,
     attempt: Attempt,
@@ -330,7 +339,19 @@ async def _finish(
         attempt.usage_estimated = True
         if tally.call.add_usage:
             events = sse.without_done(events) + tally.usage_event(*attempt.usage) + sse.DONE
-    await _write(response, events)
+    await _write_last(request, response, events)
+
+
+async def _write_last(request: web.Request, response: web.StreamResponse, events: bytes) -> None:
+    """Write the events that end with [DONE]. A write hands its bytes to the connection and
+    may then wait for it to drain: a client that closes the moment it reads [DONE] (the SDKs
+    do) makes that wait fail after the stream was delivered, which is no failure at all. A
+    connection already closing before the write is a client that left."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ClientGone
+    with contextlib.suppress(ConnectionResetError):
+        await response.write(events)  # handed to a live connection: delivered
 
 
 async def _end_with_error(
