@@ -8,6 +8,7 @@ import atexit
 import logging
 import re
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any, Literal, TextIO
 
@@ -125,6 +126,66 @@ def configure_logging(
         logger_factory=lambda *args: output,
         cache_logger_on_first_use=True,
     )
-    # aiohttp and friends log through the standard library: keep their warnings and errors.
-    logging.basicConfig(level=max(_LEVELS[level], logging.INFO), stream=sys.stderr)
+    # aiohttp, asyncio and friends log through the standard library: their lines go through
+    # the same pipeline (redaction, JSON), one line each, and within a budget, since some can
+    # be caused by anyone who connects.
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, StdlibBridge):
+            root.removeHandler(handler)
+    root.addHandler(StdlibBridge())
+    root.setLevel(max(_LEVELS[level], logging.INFO))
     return output
+
+
+class LogBudget:
+    """At most `rate` lines a second on average, `burst` at once; the lines refused are
+    counted, and the next line that passes says how many (`suppressed`)."""
+
+    __slots__ = ("_burst", "_level", "_rate", "_stamp", "suppressed")
+
+    def __init__(self, rate: float = 5.0, burst: int = 20) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._level = float(burst)
+        self._stamp = time.monotonic()
+        self.suppressed = 0
+
+    def take(self) -> int | None:
+        """None if this line must be dropped; else how many were dropped since the last."""
+        now = time.monotonic()
+        self._level = min(self._burst, self._level + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._level < 1:
+            self.suppressed += 1
+            return None
+        self._level -= 1
+        dropped, self.suppressed = self.suppressed, 0
+        return dropped
+
+
+class StdlibBridge(logging.Handler):
+    """Standard-library log records into structlog: event `stdlib_log` with the logger's
+    name, the message (capped) and the exception, all through `redact_secrets`, within a
+    `LogBudget`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._budget = LogBudget()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        suppressed = self._budget.take()
+        if suppressed is None:
+            return
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            message = str(record.msg)
+        structlog.get_logger(record.name).log(
+            record.levelno,
+            "stdlib_log",
+            logger=record.name,
+            message=message[:1000],
+            exc_info=record.exc_info or None,
+            suppressed=suppressed or None,
+        )

@@ -14,6 +14,7 @@ from aiohttp import web
 from gateway import systemd
 from gateway.app import create_app
 from gateway.config import GatewayConfig
+from gateway.protocol import GatewayRunner
 from gateway.reload import ReloadRejected, reload_from_file
 from gateway.state import STATE, GatewayState
 
@@ -56,7 +57,7 @@ async def start_server(
 ) -> RunningServer:
     """Serve `app` on host:port (port 0 picks a free one). Handler cancellation is on: when a
     client disconnects, its handler is cancelled, and so is the upstream request."""
-    runner = web.AppRunner(
+    runner = GatewayRunner(
         app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout
     )
     await runner.setup()
