@@ -280,16 +280,29 @@ class RouterActor(SyncActor):
         return ModelChoice(fitting[0], f"{why}; none available, trying the first that fits")
 
     def _for_model(self, model: ModelSettings, traits: RequestTraits, now: float) -> ModelChoice:
+        """The model itself, or a fallback the client allows and the key may use: a larger
+        window for a prompt that does not fit, or the next model when no replica is usable.
+        Without such a fallback, the request gets what it would have got without one."""
         reason = REQUESTED
-        if model.context_fallback is not None and not self._fits(model.name, traits):
+        bigger = model.context_fallback
+        if (
+            bigger is not None
+            and traits.allow_fallback
+            and traits.permits(bigger)
+            and not self._fits(model.name, traits)
+        ):
             reason = (
                 f"context: ~{traits.needed_tokens} tokens exceed {model.name}'s "
                 f"{model.context_window}"
             )
-            model = self._groups[model.context_fallback].model
+            model = self._groups[bigger].model
         if model.fallbacks and traits.allow_fallback and not self._usable(model.name, now):
             for fallback in model.fallbacks:
-                if self._fits(fallback, traits) and self._usable(fallback, now):
+                if (
+                    traits.permits(fallback)
+                    and self._fits(fallback, traits)
+                    and self._usable(fallback, now)
+                ):
                     return ModelChoice(fallback, f"fallback: no usable replica of {model.name}")
         return ModelChoice(model.name, reason)
 

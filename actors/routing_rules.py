@@ -30,7 +30,13 @@ class RequestTraits:
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
     metadata: Mapping[str, Any] = field(default_factory=dict)
     allow_fallback: bool = True  # the client may opt out of fallbacks (a header)
+    # The models the key may be served by (configured names and virtual models); None: any.
+    # Fallbacks of either kind only ever go to one of these.
+    allowed: frozenset[str] | None = None
     prefix_key: int | None = None  # hash of the leading messages, for prefix affinity
+
+    def permits(self, model: str) -> bool:
+        return self.allowed is None or model in self.allowed
 
     @property
     def needed_tokens(self) -> int:

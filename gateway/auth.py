@@ -7,6 +7,8 @@ checks the key's scopes against the endpoint, the model and the admin API.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aiohttp import web
 
 from actors.auth import ANONYMOUS, Authenticate, AuthRefused, Principal, Refusal, retry_seconds
@@ -68,15 +70,29 @@ async def authenticate(state: GatewayState, request: web.Request, endpoint: str)
     return principal
 
 
-def require_model(principal: Principal, *model_ids: str) -> None:
-    """403 unless the key's model scope holds one of `model_ids` (the id the client sent, or
-    the model that serves it)."""
-    if not principal.scopes.allows_model(*model_ids):
-        raise PermissionDenied(
-            f"This API key may not use the model '{model_ids[0]}'.",
-            param="model",
-            code="model_not_allowed",
-        )
+def allowed_models(principal: Principal, canonical: Mapping[str, str]) -> frozenset[str] | None:
+    """The configured models and virtual models the key may be served by (an alias in its
+    scope allows the model it names), or None when it may use any."""
+    models = principal.scopes.models
+    if "*" in models:
+        return None
+    return frozenset(canonical[m] for m in models if m in canonical)
+
+
+def require_model(
+    sent: str, served: str, allowed: frozenset[str] | None, state: GatewayState
+) -> None:
+    """403 unless the key may use the model it named and the one that serves it (a virtual
+    model in scope allows whichever model it picks). The router only ever falls back to
+    allowed models: this is the edge's own check of what it chose."""
+    if allowed is None:
+        return
+    named = state.canonical.get(sent)
+    if named in allowed and (served in allowed or named in state.virtual):
+        return
+    raise PermissionDenied(
+        f"This API key may not use the model '{sent}'.", param="model", code="model_not_allowed"
+    )
 
 
 async def authenticate_admin(state: GatewayState, request: web.Request) -> Principal:

@@ -19,7 +19,7 @@ from actors.router import (
 from actors.routing_rules import RequestTraits, estimate_prompt_tokens, prefix_key
 from gateway import proxy, ratelimit
 from gateway.attempt import UpstreamCall
-from gateway.auth import authenticate, require_model
+from gateway.auth import allowed_models, authenticate, require_model
 from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
 from gateway.ratelimit import subjects_of
 from gateway.schemas import (
@@ -40,8 +40,16 @@ NO_FALLBACK_HEADER = "x-citadel-no-fallback"
 _JSON_FORMATS = frozenset({"json_object", "json_schema"})
 
 
+def allows_fallback(request: web.Request) -> bool:
+    return request.headers.get(NO_FALLBACK_HEADER, "").lower() not in ("1", "true", "yes")
+
+
 def traits_of(
-    request: web.Request, body: ChatCompletionRequest | CompletionRequest, *, affinity: bool
+    request: web.Request,
+    body: ChatCompletionRequest | CompletionRequest,
+    *,
+    affinity: bool,
+    allowed: frozenset[str] | None,
 ) -> RequestTraits:
     """What routing may look at, extracted once from the validated body. The prefix hash is
     computed only when some model uses prefix affinity."""
@@ -66,18 +74,17 @@ def traits_of(
         text=text,
         headers=request.headers,
         metadata=body.metadata or {},
-        allow_fallback=request.headers.get(NO_FALLBACK_HEADER, "").lower()
-        not in ("1", "true", "yes"),
+        allow_fallback=allows_fallback(request),
         prefix_key=key,
+        allowed=allowed,
     )
 
 
-async def _route(
-    state: GatewayState, model: str, traits: RequestTraits | None = None
-) -> RouteDecision:
-    message = Route(model) if traits is None else Route(model, traits)
+async def _route(state: GatewayState, model: str, traits: RequestTraits) -> RouteDecision:
     try:
-        decision: RouteDecision = await state.router.ask(message, timeout=ROUTER_ASK_TIMEOUT)
+        decision: RouteDecision = await state.router.ask(
+            Route(model, traits), timeout=ROUTER_ASK_TIMEOUT
+        )
     except UnknownModel:
         raise NotFound(
             f"The model '{model}' does not exist or you do not have access to it.",
@@ -96,12 +103,13 @@ async def _forward(
     call: UpstreamCall,
     principal: Principal,
     tokens: tuple[int, int],
+    allowed: frozenset[str] | None,
 ) -> web.StreamResponse:
     """Forward a routed request within the key's scopes and limits, charging `tokens`
     (prompt estimate, completion budget) up front; the router counted it in flight, so tell
     it when it ends."""
     try:
-        require_model(principal, call.sent_model, decision.model)
+        require_model(call.sent_model, decision.model, allowed, state)
         refuse_unservable(decision, call)
         context = request[REQUEST]
         subjects = subjects_of(
@@ -152,7 +160,8 @@ async def _generate(
     raw = await request.read()
     body = parse_request(schema, raw)
     context.model = body.model
-    traits = traits_of(request, body, affinity=state.prefix_affinity)
+    allowed = allowed_models(principal, state.canonical)
+    traits = traits_of(request, body, affinity=state.prefix_affinity, allowed=allowed)
     decision = await _route(state, body.model, traits)
     call = UpstreamCall(
         path,
@@ -172,7 +181,7 @@ async def _generate(
     try:
         budget = traits.max_tokens or state.config.limits.default_max_tokens
         tokens = (traits.prompt_tokens, budget)
-        return await _forward(request, state, decision, call, principal, tokens)
+        return await _forward(request, state, decision, call, principal, tokens, allowed)
     finally:
         if context.transcript is not None:
             log_exchange(
@@ -202,11 +211,14 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     raw = await request.read()
     body = parse_request(EmbeddingRequest, raw)
     context.model = body.model
-    decision = await _route(state, body.model)
+    allowed = allowed_models(principal, state.canonical)
+    traits = RequestTraits(allow_fallback=allows_fallback(request), allowed=allowed)
+    decision = await _route(state, body.model, traits)
     call = UpstreamCall(
         "/v1/embeddings", raw, body.model, False, context.request_id, context.upstream_id
     )
-    return await _forward(request, state, decision, call, principal, (len(raw) // 4 + 1, 0))
+    tokens = (len(raw) // 4 + 1, 0)
+    return await _forward(request, state, decision, call, principal, tokens, allowed)
 
 
 def _model_object(entry: ModelEntry, created: int) -> dict[str, object]:

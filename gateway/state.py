@@ -68,6 +68,8 @@ class GatewayState:
     auth_enabled: bool = False  # some model key exists (else the model endpoints are open)
     model_limits: dict[str, LimitSpec] = field(default_factory=dict)  # each model's own
     prefix_affinity: bool = False  # some model routes by prefix: requests need its hash
+    canonical: dict[str, str] = field(default_factory=dict)  # id, alias or virtual -> model
+    virtual: frozenset[str] = frozenset()  # the virtual models' names
 
     def __post_init__(self) -> None:
         self.use(self.config)
@@ -78,6 +80,13 @@ class GatewayState:
         self.auth_enabled = config.auth_sources().enabled
         self.model_limits = {m.name: m.limits for m in config.models}
         self.prefix_affinity = any(m.routing.prefix_affinity for m in config.models)
+        self.canonical = {
+            model_id: model.name
+            for model in config.models
+            for model_id in (model.name, *model.aliases)
+        }
+        self.canonical.update((v.name, v.name) for v in config.virtual_models)
+        self.virtual = frozenset(v.name for v in config.virtual_models)
 
     def in_background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` for the life of the app (reloads, retiring replicas, samplers); it is
