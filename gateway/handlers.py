@@ -116,10 +116,13 @@ async def _forward(
             principal, decision.model, state.model_limits.get(decision.model, NO_LIMITS)
         )
         admitted = await ratelimit.admit(state, context, subjects, *tokens)
+        answered = False
         try:
-            return await proxy.forward(request, decision, call, state.router)
+            response = await proxy.forward(request, decision, call, state.router)
+            answered = True
+            return response
         finally:
-            ratelimit.settle(state, admitted, context)
+            ratelimit.settle(state, admitted, context, answered)
     finally:
         state.router.notify(RequestEnded(decision.model))
 

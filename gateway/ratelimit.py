@@ -92,17 +92,22 @@ async def admit(
     return Admitted(subjects, tokens, prompt_tokens, admission.shared)
 
 
-def settle(state: GatewayState, admitted: Admitted | None, context: RequestContext) -> None:
+def settle(
+    state: GatewayState, admitted: Admitted | None, context: RequestContext, answered: bool
+) -> None:
     """Free the request's slot and reconcile its tokens; a tell, safe on every exit path
-    (including cancellation)."""
+    (including cancellation). A request that produced no completion (the upstream failed or
+    refused it) is charged nothing."""
     if admitted is None:
         return
     if context.usage is not None:
         used = sum(context.usage)
-    elif context.relayed_events:  # a stream without a usage report: count what was relayed
+    elif context.relayed_events:  # a stream cut short: count what was relayed
         used = admitted.prompt_tokens + context.relayed_events
-    else:
+    elif answered:  # an answer without a usage report: the estimate stands
         used = admitted.charged
+    else:
+        used = 0
     state.limiter.notify(
         Settle(admitted.subjects, admitted.charged, used, context.request_id, admitted.shared)
     )

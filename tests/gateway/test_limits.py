@@ -224,3 +224,26 @@ async def test_a_stream_without_a_usage_report_is_charged_what_was_relayed(
     # Charged ~1000 up front; settled at the prompt estimate plus the ~19 events relayed
     # (role, 16 tokens, finish, [DONE]) rather than the budget: ~2,960 left before this one.
     assert 2900 < remaining < 3000
+
+
+async def test_a_request_that_produced_no_completion_is_charged_nothing(tmp_path: Path) -> None:
+    """A charge of 15,000 tokens once stayed after an upstream 500, and the next large
+    request got a 429."""
+    faults = [
+        Fault(mode="error", status=500, count=1),
+        Fault(mode="error", status=503, count=1),
+        Fault(mode="reset", count=1),
+        Fault(mode="malformed", count=1),
+        Fault(mode="error", status=400, count=1),
+    ]
+    async with (
+        limited_gateway(tmp_path, {"tpm": 20000}) as (gateway, upstream, key),
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
+    ):
+        for fault in faults:
+            upstream.state.set_fault(fault)
+            async with post(http, gateway.url, key, max_tokens=15000) as failed:
+                assert failed.status >= 400, fault
+            async with post(http, gateway.url, key, max_tokens=15000) as response:
+                assert response.status == 200, fault  # the failed one was refunded
+                await response.read()
