@@ -93,6 +93,10 @@ class BackendSettings(BaseModel):
             raise ValueError("must be an http:// or https:// URL with a host")
         if parsed.query_string or parsed.fragment:
             raise ValueError("must not carry a query or fragment")
+        if parsed.user is not None or parsed.password is not None:
+            raise ValueError("must not carry credentials (use api_key)")
+        if "://" in url.split("://", 1)[1] or url.split("://", 1)[1].split("/", 1)[0].endswith(":"):
+            raise ValueError("must be one URL, with a port if it has a colon")  # http://ftp://x
         return url.rstrip("/")
 
     @cached_property

@@ -13,9 +13,18 @@ import re
 import secrets
 import time
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 from actors.limits import LimitSpec
 
@@ -62,11 +71,24 @@ class KeyScopes(BaseModel):
     name: str = Field("", max_length=200, description="who or what the key is for")
     models: tuple[str, ...] = Field(("*",), description='model ids, aliases, virtual, or "*"')
     endpoints: tuple[Endpoint | Literal["*"], ...] = ("*",)
-    rpm: int | None = Field(None, ge=1, description="requests per minute")
-    tpm: int | None = Field(None, ge=1, description="tokens per minute (prompt + completion)")
-    max_concurrent: int | None = Field(None, ge=1, description="requests in flight at once")
-    expires_at: float | None = Field(None, description="unix time after which it is refused")
-    admin: bool = Field(False, description="may use /admin/*; never a substitute for scopes")
+    rpm: StrictInt | None = Field(None, ge=1, description="requests per minute")
+    tpm: StrictInt | None = Field(None, ge=1, description="tokens per minute (prompt + completion)")
+    max_concurrent: StrictInt | None = Field(None, ge=1, description="requests in flight at once")
+    expires_at: StrictFloat | None = Field(
+        None, gt=0, allow_inf_nan=False, description="unix time after which it is refused"
+    )
+    admin: StrictBool = Field(
+        False,
+        description="may use /admin/*; never a substitute for scopes: an admin key may call "
+        "no model unless its models are given",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _admin_keys_are_admin_only(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("admin") is True and "models" not in data:
+            return {**data, "models": ()}
+        return data
 
     @cached_property
     def limits(self) -> LimitSpec:

@@ -3,6 +3,7 @@ readers, and a pykka actor that owns one store on its thread."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -13,9 +14,15 @@ from actors.kernel import BridgedThreadingActor
 
 def connect(path: str | Path, *, timeout: float) -> sqlite3.Connection:
     """Autocommit (transactions are explicit), WAL (readers never block the writer), and
-    synchronous=NORMAL (a committed transaction survives a crash of the process)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
+    synchronous=NORMAL (a committed transaction survives a crash of the process).
+
+    Key hashes and usage are for the gateway's user alone: a directory it creates is 0700,
+    a file 0600 (SQLite gives its -wal and -shm files the database file's mode)."""
+    file = Path(path)
+    if not file.parent.exists():
+        file.parent.mkdir(mode=0o700, parents=True)
+    os.close(os.open(file, os.O_RDWR | os.O_CREAT, 0o600))
+    db = sqlite3.connect(str(file), timeout=timeout, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     return db

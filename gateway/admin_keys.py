@@ -61,6 +61,8 @@ async def create_key(request: web.Request) -> web.Response:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
         raise InvalidRequest(f"{where}: {first['msg']}", param=where) from None
+    if scopes.expired():
+        raise InvalidRequest("expires_at: the key would be expired already.", param="expires_at")
     record, key = await _ask(store, CreateKey(scopes))
     return web.json_response({**record.public(), "key": key}, status=201)
 

@@ -7,6 +7,7 @@ first, so the answer includes every request that has completed.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import get_args
 
@@ -34,16 +35,18 @@ def _number(request: web.Request, name: str) -> float | None:
     if value is None:
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
-        raise InvalidRequest(f"'{name}' must be a number.", param=name) from None
+        number = math.nan
+    # nan, inf and 1e400 would make the answer invalid JSON (NaN, Infinity).
+    if not math.isfinite(number) or not 0 <= number <= 1e11:
+        raise InvalidRequest(f"'{name}' must be a number from 0 to 1e11.", param=name)
+    return number
 
 
 async def usage(request: web.Request) -> web.Response:
     state = request.app[STATE]
     await authenticate_admin(state, request)
-    if state.ledger is None:
-        raise NotFound("No usage ledger is configured (usage.path).", code="ledger_not_configured")
     try:
         by = parse_groups(request.query.get("by", "key,model"))
     except ValueError as exc:
@@ -53,6 +56,8 @@ async def usage(request: web.Request) -> web.Response:
         _number(request, "until"),
         _number(request, "hours"),
     )
+    if state.ledger is None:
+        raise NotFound("No usage ledger is configured (usage.path).", code="ledger_not_configured")
     if hours is not None:
         since = time.time() - hours * 3600
     try:

@@ -21,6 +21,7 @@ from actors.kernel import ActorSystem
 from actors.ledger_store import UsageRecord
 from actors.tree import AUTH, LEDGER, LIMITER, ROUTER, LiveLayout, TreeLayout, gateway_tree
 from gateway import admin, admin_keys, admin_usage, handlers, health
+from gateway.auth import presented_secrets
 from gateway.config import GatewayConfig
 from gateway.errors import (
     GatewayError,
@@ -45,6 +46,8 @@ log = structlog.get_logger("gateway")
 access_log = structlog.get_logger("gateway.access")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+# Shaped like a key: never echoed, logged or stored (a client once sent its key as its id).
+_KEY_SHAPED = re.compile(r"(?i)^(?:sk|pk|rk)-")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METRICS_PORT = web.AppKey("citadel_metrics_port", int)  # the separate scrape port, once bound
@@ -58,7 +61,12 @@ def request_ids(request: web.Request) -> tuple[str, str]:
     # Not a secret, only unique: the PRNG is far cheaper than a getrandom() call per request.
     own = str(uuid.UUID(int=random.getrandbits(128), version=4))
     sent = request.headers.get("x-request-id")
-    if sent is not None and _REQUEST_ID.match(sent):
+    if (
+        sent is not None
+        and _REQUEST_ID.match(sent)
+        and not _KEY_SHAPED.match(sent)
+        and sent not in presented_secrets(request)
+    ):
         return sent, own
     return own, own
 

@@ -30,6 +30,17 @@ def presented_key(request: web.Request) -> str | None:
     return request.headers.get("api-key") or None
 
 
+def presented_secrets(request: web.Request) -> tuple[str, ...]:
+    """Whatever the request carries as a key, well-formed or not: values never to echo."""
+    found = []
+    header = request.headers.get("Authorization")
+    if header:
+        found.append(header.partition(" ")[2].strip() or header)
+    if api_key := request.headers.get("api-key"):
+        found.append(api_key)
+    return tuple(found)
+
+
 async def _principal(state: GatewayState, request: web.Request) -> Principal:
     message = Authenticate(presented_key(request), request.remote or "")
     try:

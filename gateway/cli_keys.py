@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from pydantic import ValidationError
 
@@ -28,12 +31,16 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     create = actions.add_parser("create", parents=[where], help="create a key; prints it once")
     create.add_argument("--name", default="", help="who or what the key is for")
-    create.add_argument("--models", default="*", help='comma-separated ids, or "*" (default)')
+    create.add_argument(
+        "--models", help='comma-separated ids, or "*" (the default, but for --admin keys: none)'
+    )
     create.add_argument("--endpoints", default="*", help='e.g. "chat.completions,models"')
-    create.add_argument("--rpm", type=int, help="requests per minute")
-    create.add_argument("--tpm", type=int, help="tokens per minute")
-    create.add_argument("--max-concurrent", type=int, help="requests in flight at once")
-    create.add_argument("--expires-in-days", type=float, help="refused after this many days")
+    create.add_argument("--rpm", type=_positive(int), help="requests per minute")
+    create.add_argument("--tpm", type=_positive(int), help="tokens per minute")
+    create.add_argument("--max-concurrent", type=_positive(int), help="requests in flight at once")
+    create.add_argument(
+        "--expires-in-days", type=_positive(float), help="refused after this many days (> 0)"
+    )
     create.add_argument("--admin", action="store_true", help="may use /admin/*")
 
     listing = actions.add_parser("list", parents=[where], help="list keys (never secrets)")
@@ -43,6 +50,25 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     for name, text in (("revoke", "revoke a key"), ("rotate", "replace a key, same scopes")):
         action = actions.add_parser(name, parents=[where], help=text)
         action.add_argument("key_id", help="the key's id (12 hex digits)")
+
+
+Number = TypeVar("Number", int, float)
+
+
+def _positive(kind: Callable[[str], Number]) -> Callable[[str], Number]:
+    """An argparse type: a finite number above zero (0 days once made a key that never
+    expired)."""
+
+    def parse(text: str) -> Number:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be above zero")
+        return value
+
+    return parse
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,17 +93,18 @@ def run(args: argparse.Namespace) -> int:
 def _act(store: KeyStore, args: argparse.Namespace) -> int:
     if args.action == "create":
         try:
+            given = {"models": tuple(_items(args.models))} if args.models is not None else {}
             scopes = KeyScopes(
                 name=args.name,
-                models=tuple(_items(args.models)),
                 endpoints=tuple(_items(args.endpoints)),
                 rpm=args.rpm,
                 tpm=args.tpm,
                 max_concurrent=args.max_concurrent,
-                expires_at=time.time() + args.expires_in_days * 86400
-                if args.expires_in_days
-                else None,
+                expires_at=None
+                if args.expires_in_days is None
+                else time.time() + args.expires_in_days * 86400,
                 admin=args.admin,
+                **given,
             )
         except ValidationError as exc:
             print(exc, file=sys.stderr)
