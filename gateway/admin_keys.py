@@ -21,6 +21,7 @@ from actors.keys import KeyRecord, KeyScopes
 from actors.keystore import CreateKey, KeyNotFound, ListKeys, RevokeKey, RotateKey
 from actors.tree import KEYSTORE
 from gateway.auth import authenticate_admin
+from gateway.body import later_continue, read_body
 from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
 from gateway.state import STATE, GatewayState
 
@@ -56,7 +57,7 @@ async def list_keys(request: web.Request) -> web.Response:
 async def create_key(request: web.Request) -> web.Response:
     _, store = await _store(request)
     try:
-        scopes = KeyScopes.model_validate_json(await request.read() or b"{}")
+        scopes = KeyScopes.model_validate_json(await read_body(request) or b"{}")
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
@@ -84,7 +85,7 @@ async def rotate_key(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/admin/keys", list_keys)
-    app.router.add_post("/admin/keys", create_key)
+    app.router.add_post("/admin/keys", create_key, expect_handler=later_continue)
     app.router.add_post("/admin/keys/{key_id}/revoke", revoke_key)
     app.router.add_delete("/admin/keys/{key_id}", revoke_key)
     app.router.add_post("/admin/keys/{key_id}/rotate", rotate_key)

@@ -121,6 +121,10 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
             )
         if not response.prepared:
             response.headers.setdefault("x-request-id", request_id)
+            if request.can_read_body:
+                # Refused before its body was read (a missing key, a declared size too
+                # large): close rather than read a stranger's body to find the next request.
+                response.force_close()
         # A stream that failed after its 200 went out is recorded as what it was.
         status = context.error_status or response.status
         return response

@@ -7,6 +7,7 @@
     ├── NotFound              404  invalid_request_error   model_not_found, unknown_url
     ├── MethodNotAllowed      405  invalid_request_error   method_not_allowed
     ├── PayloadTooLarge       413  invalid_request_error   request_too_large
+    ├── UnsupportedEncoding   415  invalid_request_error   unsupported_content_encoding
     ├── RateLimited           429  rate_limit_exceeded (Retry-After set by the raiser)
     ├── InternalError         500  server_error            a bug in the gateway, never details
     ├── UpstreamFailed        502  upstream_error          the model service failed
@@ -86,6 +87,12 @@ class PayloadTooLarge(GatewayError):
     status = 413
     error_type = "invalid_request_error"
     default_code = "request_too_large"
+
+
+class UnsupportedEncoding(GatewayError):
+    status = 415
+    error_type = "invalid_request_error"
+    default_code = "unsupported_content_encoding"
 
 
 class RateLimited(GatewayError):

@@ -20,6 +20,7 @@ from actors.routing_rules import RequestTraits, estimate_prompt_tokens, prefix_k
 from gateway import proxy, ratelimit
 from gateway.attempt import UpstreamCall
 from gateway.auth import allowed_models, authenticate, require_model
+from gateway.body import later_continue, read_body
 from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
 from gateway.ratelimit import subjects_of
 from gateway.schemas import (
@@ -160,7 +161,7 @@ async def _generate(
     # Before reading a body from a stranger.
     principal = await authenticate(state, request, endpoint)
     context.key_id = principal.key_id
-    raw = await request.read()
+    raw = await read_body(request)
     body = parse_request(schema, raw)
     context.model = body.model
     allowed = allowed_models(principal, state.canonical)
@@ -211,7 +212,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     context = request[REQUEST]
     principal = await authenticate(state, request, "embeddings")
     context.key_id = principal.key_id
-    raw = await request.read()
+    raw = await read_body(request)
     body = parse_request(EmbeddingRequest, raw)
     context.model = body.model
     allowed = allowed_models(principal, state.canonical)
@@ -259,9 +260,12 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_post("/v1/embeddings", embeddings)
+    for path, handler in (
+        ("/v1/chat/completions", chat_completions),
+        ("/v1/completions", completions),
+        ("/v1/embeddings", embeddings),
+    ):
+        app.router.add_post(path, handler, expect_handler=later_continue)
     app.router.add_get("/v1/models", list_models)
     # Model ids may contain "/" (e.g. "mistralai/Mixtral-8x7B"), as in OpenAI's API.
     app.router.add_get("/v1/models/{model:.+}", get_model)

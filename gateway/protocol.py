@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -27,9 +28,12 @@ from gateway.observability import LogBudget
 log = structlog.get_logger("gateway.http")
 
 
+_CODES = {415: "unsupported_content_encoding"}
 _MESSAGES = {
     400: "The request could not be parsed as HTTP.",
     413: "The request is too large.",
+    415: "The request body's Content-Encoding is not supported: send it as identity, gzip "
+    "or deflate.",
     431: "The request's headers are too large.",
     500: "The server had an error while processing your request.",
     504: "The server did not answer in time.",
@@ -51,6 +55,8 @@ class GatewayRequestHandler(RequestHandler):
         """The answer to a request the parser refused, or whose handler failed outside the
         app's own error handling. `message` (the parser's, which quotes the request) is
         never used."""
+        if isinstance(exc, ContentEncodingError):  # br or zstd, which aiohttp cannot decode
+            status = 415
         event = "http_request_refused" if status < 500 else "http_server_error"
         self._log(event, status, exc, request.remote)
         if request.writer.output_size > 0:  # as aiohttp: a response was already under way
@@ -61,7 +67,7 @@ class GatewayRequestHandler(RequestHandler):
                 "message": _MESSAGES.get(status, "The request could not be handled."),
                 "type": "invalid_request_error" if client_error else "server_error",
                 "param": None,
-                "code": "invalid_http_request" if client_error else None,
+                "code": _CODES.get(status, "invalid_http_request") if client_error else None,
             }
         }
         response = web.json_response(body, status=status)

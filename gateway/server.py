@@ -20,6 +20,7 @@ from gateway.state import STATE, GatewayState
 
 log = structlog.get_logger("gateway")
 
+LINGERING_TIME = 1.0
 # Seconds before the end of the shutdown grace period at which open streams are ended.
 STREAM_END_MARGIN = 1.0
 
@@ -58,7 +59,13 @@ async def start_server(
     """Serve `app` on host:port (port 0 picks a free one). Handler cancellation is on: when a
     client disconnects, its handler is cancelled, and so is the upstream request."""
     runner = GatewayRunner(
-        app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=shutdown_timeout,
+        # A request refused before its body was read closes its connection after reading
+        # what follows for this long (aiohttp's default, 10 s, is a gift to slow clients).
+        lingering_time=LINGERING_TIME,
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=4096, reuse_port=reuse_port)

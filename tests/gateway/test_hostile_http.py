@@ -86,3 +86,58 @@ async def test_what_anyone_can_make_the_gateway_log_is_bounded(
     refused = [json.loads(line) for line in out.splitlines() if "http_request_refused" in line]
     assert len(refused) <= 20 + 5 * elapsed + 1  # the budget: a burst of 20, then 5 a second
     assert len(refused) < 200
+
+
+@pytest.mark.parametrize(
+    ("encoding", "status", "code"),
+    [
+        ("gzip", 400, "invalid_content_encoding"),
+        ("deflate", 400, "invalid_content_encoding"),
+        ("br", 415, "unsupported_content_encoding"),
+        ("zstd", 415, "unsupported_content_encoding"),
+        ("x-anything", 415, "unsupported_content_encoding"),
+    ],
+)
+async def test_a_body_not_in_its_declared_encoding_is_a_client_error(
+    encoding: str, status: int, code: str
+) -> None:
+    body = b"this is not compressed"
+    async with deployment([ModelPlan("m")]) as gw:
+        answer = await exchange(
+            gw,
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Authorization: Bearer " + API_KEY.encode() + b"\r\nContent-Type: application/json"
+            b"\r\nContent-Encoding: "
+            + encoding.encode()
+            + b"\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body,
+        )
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == str(status).encode(), answer[:300]
+    assert json.loads(payload)["error"]["code"] == code
+
+
+async def test_100_continue_comes_only_after_the_key_and_the_declared_size_are_checked() -> None:
+    """A stranger declaring a 10 GB body was invited to send it."""
+    start = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    expect = b"Expect: 100-continue\r\n\r\n"
+    auth = b"Authorization: Bearer " + API_KEY.encode() + b"\r\n"
+    async with deployment([ModelPlan("m")]) as gw:
+        no_key = await exchange(gw, start + b"Content-Length: 10000000000\r\n" + expect)
+        assert no_key.startswith(b"HTTP/1.1 401"), no_key[:100]
+        too_big = await exchange(gw, start + auth + b"Content-Length: 10000000000\r\n" + expect)
+        assert too_big.startswith(b"HTTP/1.1 413"), too_big[:100]
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+        host, port = gw.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            length = b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n"
+            writer.write(start + auth + length + expect)
+            async with asyncio.timeout(10):
+                assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+                writer.write(body)
+                assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        finally:
+            writer.close()
