@@ -9,10 +9,13 @@ expect handler) defers it to `read_body`, after the key and the declared length 
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from gateway.errors import InvalidRequest, PayloadTooLarge, UnsupportedEncoding
+from gateway.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedEncoding
+from gateway.state import STATE
 
 # What aiohttp decodes without optional packages (br and zstd need Brotli and zstandard).
 ACCEPTED_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
@@ -40,7 +43,12 @@ async def read_body(request: web.Request) -> bytes:
             headers={"Accept-Encoding": "identity, gzip, deflate"},
         )
     try:
-        return await request.read()
+        async with asyncio.timeout(request.app[STATE].config.connections.body_timeout):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout(
+            "The request body did not arrive in time.", headers={"Connection": "close"}
+        ) from None
     except RequestPayloadError:
         raise InvalidRequest(
             "The request body could not be decoded as its Content-Encoding says.",

@@ -148,6 +148,31 @@ def _split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class ConnectionSettings(BaseModel):
+    """What one client connection may hold: a connection is a file descriptor, and any client
+    can open many and send nothing, or a byte a second."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    idle_timeout: float = Field(
+        15.0,
+        gt=0,
+        description="seconds a connection may stay without a complete request: silent, "
+        "trickling its headers, or idle between requests (then it is closed)",
+    )
+    body_timeout: float = Field(
+        60.0, gt=0, description="seconds a request's body may take to arrive in full (else 408)"
+    )
+    max_connections: int = Field(
+        10_000, ge=1, description="open client connections per process (more get a 503)"
+    )
+    max_connections_per_client: int = Field(
+        1_000,
+        ge=1,
+        description="open connections from one address (behind a load balancer, its address)",
+    )
+
+
 class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -158,6 +183,7 @@ class GatewayConfig(BaseModel):
     limits: LimitSettings = LimitSettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
+    connections: ConnectionSettings = ConnectionSettings()
     shutdown_grace: float = Field(30.0, ge=0, description="seconds in-flight requests may finish")
     workers: int = Field(1, ge=1, le=256, description="gateway processes sharing the port")
     usage: LedgerSettings | None = Field(None, description="the usage ledger (SQLite)")

@@ -6,6 +6,7 @@
     ├── PermissionDenied      403  invalid_request_error   model_not_allowed, ...
     ├── NotFound              404  invalid_request_error   model_not_found, unknown_url
     ├── MethodNotAllowed      405  invalid_request_error   method_not_allowed
+    ├── RequestTimeout        408  invalid_request_error   request_timeout
     ├── PayloadTooLarge       413  invalid_request_error   request_too_large
     ├── UnsupportedEncoding   415  invalid_request_error   unsupported_content_encoding
     ├── RateLimited           429  rate_limit_exceeded (Retry-After set by the raiser)
@@ -81,6 +82,12 @@ class MethodNotAllowed(GatewayError):
     status = 405
     error_type = "invalid_request_error"
     default_code = "method_not_allowed"
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    error_type = "invalid_request_error"
+    default_code = "request_timeout"
 
 
 class PayloadTooLarge(GatewayError):

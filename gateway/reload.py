@@ -46,6 +46,9 @@ RESTART_ONLY: tuple[tuple[str, ...], ...] = (
     ("usage",),
     ("logging", "level"),
     ("logging", "format"),
+    ("connections", "idle_timeout"),
+    ("connections", "max_connections"),
+    ("connections", "max_connections_per_client"),
 )
 # A retired replica's requests may still be routed to it for the time between a route and
 # its lease (microseconds); it stops no sooner than this after the router has switched.

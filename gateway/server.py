@@ -13,8 +13,8 @@ from aiohttp import web
 
 from gateway import systemd
 from gateway.app import create_app
-from gateway.config import GatewayConfig
-from gateway.protocol import GatewayRunner
+from gateway.config import ConnectionSettings, GatewayConfig
+from gateway.protocol import ConnectionCaps, GatewayRunner
 from gateway.reload import ReloadRejected, reload_from_file
 from gateway.state import STATE, GatewayState
 
@@ -55,11 +55,19 @@ async def start_server(
     *,
     shutdown_timeout: float = 30.0,
     reuse_port: bool = False,
+    connections: ConnectionSettings | None = None,
 ) -> RunningServer:
     """Serve `app` on host:port (port 0 picks a free one). Handler cancellation is on: when a
     client disconnects, its handler is cancelled, and so is the upstream request."""
+    caps = None
+    extra: dict[str, float] = {}
+    if connections is not None:
+        caps = ConnectionCaps(connections.max_connections, connections.max_connections_per_client)
+        extra["keepalive_timeout"] = connections.idle_timeout
     runner = GatewayRunner(
         app,
+        caps=caps,
+        **extra,
         handler_cancellation=True,
         access_log=None,
         shutdown_timeout=shutdown_timeout,
@@ -91,6 +99,7 @@ async def start_gateway(
         config.port if port is None else port,
         shutdown_timeout=config.shutdown_grace,
         reuse_port=reuse_port,
+        connections=config.connections,
     )
 
 

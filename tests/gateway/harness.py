@@ -18,6 +18,7 @@ from actors.router import ModelSettings, RoutingSettings
 from actors.routing_rules import VirtualModelSettings
 from gateway.config import (
     AuthSettings,
+    ConnectionSettings,
     GatewayConfig,
     LimitSettings,
     LoggingSettings,
@@ -115,6 +116,7 @@ async def deployment(
     virtual_models: tuple[VirtualModelSettings, ...] = (),
     metrics: MetricsSettings | None = None,
     logging: LoggingSettings | None = None,
+    connections: ConnectionSettings | None = None,
 ) -> AsyncIterator[Deployment]:
     started: list[RunningServer] = []
     mocks: dict[str, list[Mock]] = {}
@@ -157,6 +159,7 @@ async def deployment(
             limits=LimitSettings(max_body_bytes=max_body_bytes),
             logging=logging or LoggingSettings(access_log=False),
             metrics=metrics or MetricsSettings(),
+            connections=connections or ConnectionSettings(),
         )
         gateway = await start_gateway(config)
         try:
