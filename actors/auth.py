@@ -125,7 +125,7 @@ class _Failures:
 
     def throttled_for(self, address: str, now: float) -> float:
         start, count = self._counts.get(address, (now, 0))
-        if now - start >= self._window or count < self._limit:
+        if now - start >= self._window or count <= self._limit:
             return 0.0
         return start + self._window - now
 
@@ -203,16 +203,13 @@ class AuthActor(SyncActor):
 
     def _authenticate(self, key: str | None, address: str) -> Principal | asyncio.Future[Any]:
         now = time.monotonic()
-        wait = self._failures.throttled_for(address, now)
-        if wait > 0:
-            raise AuthRefused(Refusal.THROTTLED, retry_after=wait)
         plain = self._plain.get(_digest(key)) if key is not None else None
         if plain is not None:
             return plain
         if not self._sources.enabled:
             return ANONYMOUS  # no model keys at all: the model endpoints are open
         if key is None:
-            raise self._refuse(Refusal.MISSING, address, now)
+            raise AuthRefused(Refusal.MISSING)  # no secret guessed: not counted
         parts = split_key(key)
         if parts is None:
             secret_matches(key, None)  # the same work as a wrong secret
@@ -263,8 +260,15 @@ class AuthActor(SyncActor):
         return reply
 
     def _refuse(self, reason: Refusal, address: str, now: float) -> AuthRefused:
+        """A refused key. Past `failure_limit` refusals a minute from one address, refusals
+        from there are 429s with a wait: the throttle slows failures, never a valid key
+        (secrets are 256 random bits: it protects the process, not the keys), so an office
+        behind one address is not locked out by one misconfigured client."""
         self.refused += 1
         self._failures.add(address, now)
+        wait = self._failures.throttled_for(address, now)
+        if wait > 0:
+            return AuthRefused(Refusal.THROTTLED, retry_after=wait)
         return AuthRefused(reason)
 
     def introspect(self) -> dict[str, Any]:

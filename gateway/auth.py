@@ -13,6 +13,7 @@ from aiohttp import web
 
 from actors.auth import ANONYMOUS, Authenticate, AuthRefused, Principal, Refusal, retry_seconds
 from actors.kernel import ActorDead, AskTimeout, MailboxFull, ask_settled
+from gateway.client_address import client_address
 from gateway.errors import AuthenticationFailed, PermissionDenied, RateLimited, ServiceUnavailable
 from gateway.state import GatewayState
 
@@ -42,7 +43,8 @@ def presented_secrets(request: web.Request) -> tuple[str, ...]:
 
 
 async def _principal(state: GatewayState, request: web.Request) -> Principal:
-    message = Authenticate(presented_key(request), request.remote or "")
+    address = client_address(request, state.config.connections.proxy_networks)
+    message = Authenticate(presented_key(request), address)
     try:
         # A key store lookup is a deferred reply: answered when the store has.
         principal: Principal = await ask_settled(state.auth, message, timeout=AUTH_ASK_TIMEOUT)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -171,6 +172,25 @@ class ConnectionSettings(BaseModel):
         ge=1,
         description="open connections from one address (behind a load balancer, its address)",
     )
+    trusted_proxies: tuple[str, ...] = Field(
+        (),
+        description="networks (CIDR) of the load balancers in front: from these, the client's "
+        "address is read from X-Forwarded-For / Forwarded (for the failure throttle and logs)",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, networks: tuple[str, ...]) -> tuple[str, ...]:
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not a network (CIDR)") from None
+        return networks
+
+    @cached_property
+    def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(n, strict=False) for n in self.trusted_proxies)
 
 
 class GatewayConfig(BaseModel):

@@ -99,3 +99,69 @@ def test_the_unit_keeps_state_files_private() -> None:
     unit = (Path(__file__).parents[2] / "ops/systemd/citadel-gateway.service").read_text()
     assert "UMask=0077" in unit
     assert "StateDirectoryMode=0700" in unit
+
+
+async def test_behind_a_trusted_proxy_the_throttle_counts_each_client_not_the_proxy() -> None:
+    """21 bad requests a minute through one load balancer once locked out every client."""
+    from gateway.config import (
+        AuthSettings,
+        ConnectionSettings,
+        GatewayConfig,
+        LoggingSettings,
+    )
+    from gateway.server import start_gateway
+    from tests.gateway.harness import mock_service
+
+    def forwarded(client: str, key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}", "X-Forwarded-For": f"6.6.6.6, {client}"}
+
+    async with mock_service(model="m", ttft=0.0) as upstream:
+        config = GatewayConfig.model_validate(
+            {
+                "listen": "127.0.0.1:0",
+                "models": [{"name": "m", "backends": [{"url": upstream.url}]}],
+                "auth": AuthSettings(api_keys=(API_KEY,), failure_limit=3).model_dump(),
+                "logging": LoggingSettings(access_log=False).model_dump(),
+                "connections": ConnectionSettings(trusted_proxies=("127.0.0.1/32",)).model_dump(),
+            }
+        )
+        server = await start_gateway(config)
+        try:
+            async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
+                url = server.url + "/v1/models"
+                seen = []
+                for _ in range(5):
+                    async with http.get(
+                        url, headers=forwarded("10.0.0.1", "sk-wrong-key-000")
+                    ) as r:
+                        seen.append(r.status)
+                assert seen == [401, 401, 401, 429, 429]  # that client, slowed
+                # Another client behind the same proxy: not throttled for the first one.
+                async with http.get(url, headers=forwarded("10.0.0.2", "sk-wrong-key-000")) as r:
+                    assert r.status == 401
+                # And a valid key is never refused, even from the throttled client.
+                async with http.get(url, headers=forwarded("10.0.0.1", API_KEY)) as r:
+                    assert r.status == 200
+        finally:
+            await server.close()
+
+
+def test_forwarded_addresses_are_believed_only_from_trusted_proxies() -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    from gateway.client_address import client_address
+
+    trusted = [__import__("ipaddress").ip_network("10.0.0.0/8")]
+
+    def address(peer: str, **headers: str) -> str:
+        request = make_mocked_request("GET", "/", headers=headers)
+        request._transport_peername = (peer, 1234)
+        return client_address(request, trusted)
+
+    assert address("10.1.1.1", **{"X-Forwarded-For": "203.0.113.9"}) == "203.0.113.9"
+    # A client's own entries sit left of what the proxies appended: never reached.
+    assert address("10.1.1.1", **{"X-Forwarded-For": "1.2.3.4, 203.0.113.9"}) == "203.0.113.9"
+    assert address("10.1.1.1", **{"X-Forwarded-For": "203.0.113.9, 10.2.2.2"}) == "203.0.113.9"
+    assert address("203.0.113.7", **{"X-Forwarded-For": "1.2.3.4"}) == "203.0.113.7"  # untrusted
+    assert address("10.1.1.1", Forwarded='for="[2001:db8::1]";proto=https') == "2001:db8::1"
+    assert address("10.1.1.1", **{"X-Forwarded-For": "garbage"}) == "10.1.1.1"

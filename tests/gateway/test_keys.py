@@ -243,11 +243,12 @@ async def test_configured_hashed_keys_and_failure_throttling(tmp_path: Path) -> 
             body = await response.json()
             assert body["error"]["code"] == "too_many_auth_failures"
             assert 1 <= int(response.headers["Retry-After"]) <= 60
-        # The throttle is per address: the same good key from here waits too.
+        # The throttle slows failures, never a valid key: the good key from the same
+        # address (an office behind one NAT) is served at once.
         async with http.get(
             f"{gateway.url}/v1/models", headers={"Authorization": f"Bearer {key}"}
         ) as response:
-            assert response.status == 429
+            assert response.status == 200
         await asyncio.sleep(0)
 
 
