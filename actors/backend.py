@@ -419,7 +419,7 @@ class BackendActor(SyncActor):
             served=self._served,
             failures=self._failures,
             latency_s=self._load.latency,
-            circuit=self._breaker.state,
+            circuit=self._breaker.current(time.monotonic()),
             healthy=self._load.healthy,
             queued=self._load.queued,
         )

@@ -76,6 +76,13 @@ class CircuitBreaker:
             self._trials += 1
         return True
 
+    def current(self, now: float) -> BreakerState:
+        """The state as it stands at `now`, for gauges: an open circuit whose ejection has
+        ended is half-open (ready for a trial) even before a request comes to try it."""
+        if self.state is BreakerState.OPEN and now >= self._open_until:
+            return BreakerState.HALF_OPEN
+        return self.state
+
     def available(self, now: float) -> bool:
         """Like allow, without taking a trial slot: for ranking replicas."""
         if self.state is BreakerState.OPEN:

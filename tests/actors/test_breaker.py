@@ -86,3 +86,14 @@ def test_never_admits_while_open_and_half_open_trials_are_bounded(
         if breaker.allow(now):
             breaker.record(failed=failed, now=now)
         assert breaker.open_until() - now <= SETTINGS.max_ejection + 1e-9
+
+
+def test_an_open_circuit_whose_ejection_ended_reads_half_open_without_traffic() -> None:
+    """The gauge (and the CitadelCircuitOpen alert) read `current`: it stayed at open for
+    minutes after the ejection when no request came to try the replica."""
+    breaker = CircuitBreaker(SETTINGS)
+    for _ in range(3):
+        breaker.record(failed=True, now=0)
+    assert breaker.current(4.9) is BreakerState.OPEN
+    assert breaker.current(5.0) is BreakerState.HALF_OPEN
+    assert breaker.state is BreakerState.OPEN  # reading changes nothing

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from actors.breaker import BreakerSettings
 from actors.router import RetryBudgetSettings, RoutingSettings
 from gateway.app import METRICS_PORT
 from gateway.config import MetricsSettings
@@ -109,3 +112,16 @@ async def test_metrics_on_a_separate_port() -> None:
                 assert "citadel_backend_in_flight" in await response.text()
             async with http.get(gw.url + "/metrics") as main:
                 assert main.status == 404
+
+
+async def test_the_circuit_gauge_follows_the_ejection_without_traffic() -> None:
+    breaker = BreakerSettings(consecutive_failures=1, ejection=0.2)
+    async with deployment([ModelPlan("m", breaker=breaker)]) as gw, aiohttp.ClientSession() as http:
+        gw.mocks["m"][0].state.set_fault(Fault(mode="error", status=500, count=1))
+        chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        async with http.post(gw.url + "/v1/chat/completions", json=chat, headers=AUTH) as r:
+            assert r.status == 502
+        gauge = ("citadel_backend_circuit_state", (("backend", "m#0"),))
+        assert (await scrape(gw))[gauge] == 2.0  # open
+        await asyncio.sleep(0.25)  # the ejection's own clock, with no request to move it
+        assert (await scrape(gw))[gauge] == 1.0  # half-open: ready for a trial
