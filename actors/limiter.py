@@ -86,9 +86,12 @@ class RateLimiterActor(SyncActor):
     """Local limits are decided synchronously in the asker's task (a SyncActor); Redis
     admissions are deferred replies, so they overlap."""
 
-    def __init__(self, settings: LimiterSettings) -> None:
+    def __init__(self, settings: LimiterSettings, local: LocalLimits | None = None) -> None:
+        """`local` outlives this instance (the tree holds it, as it holds each replica's
+        load): a restart must not forget the requests in flight, or a key with
+        max_concurrent 3 runs 6 streams after it."""
         self._settings = settings
-        self._local = LocalLimits()
+        self._local = local if local is not None else LocalLimits()
         self._client: redis.Redis | None = None
         self._redis: RedisLimits | None = None
         self._down_since: float | None = None

@@ -41,6 +41,7 @@ from actors.keystore import KeyStoreActor
 from actors.ledger import LedgerSettings, UsageLedgerActor
 from actors.ledger_store import LedgerWriterActor
 from actors.limiter import LimiterSettings, RateLimiterActor
+from actors.limits import LocalLimits
 from actors.router import ModelSettings, RouterActor, RouterSettings
 
 ROOT = "root"
@@ -154,7 +155,7 @@ class LiveLayout:
     supervisor restarted after a reload rebuilds the reloaded tree, not the first one.
     `auth` is AuthActor's key sources (without the store ref, which the tree resolves)."""
 
-    __slots__ = ("auth", "current", "key_store", "ledger", "limiter")
+    __slots__ = ("auth", "current", "key_store", "ledger", "limiter", "local_limits")
 
     def __init__(
         self,
@@ -169,6 +170,7 @@ class LiveLayout:
         self.key_store = key_store
         self.limiter = limiter or LimiterSettings()
         self.ledger = ledger
+        self.local_limits = LocalLimits()  # the limiter's state, kept across its restarts
 
 
 def gateway_tree(live: LiveLayout, lookup: Callable[[str], ActorRef]) -> ChildSpec:
@@ -198,7 +200,11 @@ def gateway_tree(live: LiveLayout, lookup: Callable[[str], ActorRef]) -> ChildSp
         children.append(ChildSpec("keystore", lambda: PykkaHost(lambda: KeyStoreActor.start(path))))
     children += [
         ChildSpec("auth", auth, mailbox=HOT_MAILBOX),
-        ChildSpec("limiter", lambda: RateLimiterActor(live.limiter), mailbox=HOT_MAILBOX),
+        ChildSpec(
+            "limiter",
+            lambda: RateLimiterActor(live.limiter, live.local_limits),
+            mailbox=HOT_MAILBOX,
+        ),
     ]
     ledger = live.ledger
     if ledger is not None:  # the writer first: it stops after the ledger has flushed to it

@@ -247,3 +247,27 @@ async def test_a_request_that_produced_no_completion_is_charged_nothing(tmp_path
             async with post(http, gateway.url, key, max_tokens=15000) as response:
                 assert response.status == 200, fault  # the failed one was refunded
                 await response.read()
+
+
+async def test_a_limiter_restart_keeps_the_requests_in_flight(tmp_path: Path) -> None:
+    """After a restart of RateLimiterActor, a key with max_concurrent 3 ran 6 streams."""
+    async with (
+        limited_gateway(tmp_path, {"max_concurrent": 1}) as (gateway, upstream, key),
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
+    ):
+        state = gateway.runner.app[STATE]
+        upstream.state.token_gate = asyncio.Semaphore(0)
+        async with post(http, gateway.url, key, stream=True) as held:
+            await held.content.readany()  # under way: the slot is taken
+            admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+            async with http.post(
+                f"{gateway.url}/admin/actors/root/limiter/restart", headers=admin
+            ) as restarted:
+                assert restarted.status == 200
+            async with post(http, gateway.url, key) as refused:
+                assert refused.status == 429  # the restarted limiter still counts it
+            assert slots(state) == {"key:00000000000a": 1}
+        await until(lambda: slots(state) == {}, passes=1_000_000)  # and frees it after
+        upstream.state.token_gate = None
+        async with post(http, gateway.url, key) as response:
+            assert response.status == 200
