@@ -55,11 +55,17 @@ class KeyStore:
         return record, key
 
     def get(self, key_id: str) -> KeyRecord | None:
+        """The key's record, or None. A miss parses a stand-in record all the same: an
+        unknown id must cost what a known one does (it took 5 µs against 21 µs here, which
+        told a prober which ids exist)."""
         row = self._db.execute(
             "SELECT id, secret_sha256, scopes, created_at, revoked_at FROM api_keys WHERE id = ?",
             (key_id,),
         ).fetchone()
-        return None if row is None else _record(row)
+        if row is None:
+            _record(_STAND_IN)
+            return None
+        return _record(row)
 
     def list(self, *, include_revoked: bool = True) -> list[KeyRecord]:
         query = "SELECT id, secret_sha256, scopes, created_at, revoked_at FROM api_keys"
@@ -93,6 +99,16 @@ class KeyStore:
             raise
         self._db.execute("COMMIT")
         return record, key
+
+
+# A row like a real one (scopes with a name, models and a limit), parsed on a miss.
+_STAND_IN = (
+    "000000000000",
+    "0" * 64,
+    KeyScopes(name="stand-in", models=("model",), rpm=60).model_dump_json(),
+    0.0,
+    None,
+)
 
 
 def _record(row: tuple[Any, ...]) -> KeyRecord:
