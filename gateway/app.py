@@ -20,7 +20,7 @@ from aiohttp import web
 from actors.kernel import ActorSystem
 from actors.ledger_store import UsageRecord
 from actors.tree import AUTH, LEDGER, LIMITER, ROUTER, LiveLayout, TreeLayout, gateway_tree
-from gateway import admin, admin_keys, admin_usage, handlers, health
+from gateway import admin, admin_keys, admin_usage, handlers, health, openapi
 from gateway.auth import presented_secrets
 from gateway.config import GatewayConfig
 from gateway.errors import (
@@ -317,6 +317,7 @@ def create_app(config: GatewayConfig, *, config_path: str | None = None) -> web.
     admin.add_routes(app)
     admin_keys.add_routes(app)
     admin_usage.add_routes(app)
+    openapi.add_routes(app)
     if config.metrics.on_main_port:
         app.router.add_get("/metrics", metrics_endpoint)
     return app
