@@ -9,7 +9,7 @@ from functools import cached_property
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from actors.backend import BackendSettings
+from actors.backend_settings import BackendSettings
 from actors.balancer import BalancerSettings
 from actors.breaker import BreakerSettings
 from actors.limits import LimitSpec

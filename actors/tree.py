@@ -25,7 +25,8 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from actors.auth import AuthActor, AuthSources
-from actors.backend import BackendActor, BackendSettings
+from actors.backend import BackendActor
+from actors.backend_settings import BackendSettings
 from actors.balancer import ReplicaLoad
 from actors.breaker import BreakerSettings
 from actors.kernel import (

@@ -127,12 +127,7 @@ class MetricsSettings(BaseModel):
     @field_validator("allow")
     @classmethod
     def _networks(cls, allow: tuple[str, ...]) -> tuple[str, ...]:
-        for network in allow:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                raise ValueError(f"{network!r} is not a network (CIDR)") from None
-        return allow
+        return _cidrs(allow)
 
     @field_validator("listen")
     @classmethod
@@ -140,6 +135,15 @@ class MetricsSettings(BaseModel):
         if listen is not None:
             _split_listen(listen)
         return listen
+
+
+def _cidrs(networks: tuple[str, ...]) -> tuple[str, ...]:
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(f"{network!r} is not a network (CIDR)") from None
+    return networks
 
 
 def _split_listen(listen: str) -> tuple[str, int]:
@@ -181,12 +185,7 @@ class ConnectionSettings(BaseModel):
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, networks: tuple[str, ...]) -> tuple[str, ...]:
-        for network in networks:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                raise ValueError(f"{network!r} is not a network (CIDR)") from None
-        return networks
+        return _cidrs(networks)
 
     @cached_property
     def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

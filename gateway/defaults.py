@@ -6,7 +6,7 @@ deployment as a production configuration file.
 
 from __future__ import annotations
 
-from actors.backend import BackendSettings
+from actors.backend_settings import BackendSettings
 from actors.router import ModelSettings
 from actors.routing_rules import RoutingRule, RuleCondition, VirtualModelSettings
 

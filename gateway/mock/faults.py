@@ -20,6 +20,14 @@ FaultMode = Literal[
 ]
 
 
+# What a failing vLLM puts in its error messages: the gateway must never relay it.
+TRACEBACK = (
+    "Traceback (most recent call last):\n"
+    '  File "/usr/lib/python3/site-packages/vllm/engine/async_llm_engine.py", line 512, in step\n'
+    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+)
+
+
 class Fault(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

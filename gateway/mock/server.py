@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.mock.faults import NO_FAULT, Fault
+from gateway.mock.faults import NO_FAULT, TRACEBACK, Fault
 from gateway.mock.quirks import (
     Flavor,
     internal_error,
@@ -21,13 +21,8 @@ from gateway.mock.quirks import (
     refuses_request_id,
     wrong_type,
 )
+from gateway.mock.streams import stream
 from gateway.mock.text import count_tokens, embedding, pack_float32, tokens
-
-_TRACEBACK = (
-    "Traceback (most recent call last):\n"
-    '  File "/usr/lib/python3/site-packages/vllm/engine/async_llm_engine.py", line 512, in step\n'
-    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
-)
 
 
 class MockSettings(BaseModel):
@@ -123,7 +118,7 @@ def _error(status: int, message: str, error_type: str) -> web.Response:
 
 async def _apply_fault(request: web.Request, fault: Fault) -> web.StreamResponse | None:
     if fault.mode == "error":
-        return _error(fault.status, _TRACEBACK, "InternalServerError")
+        return _error(fault.status, TRACEBACK, "InternalServerError")
     if fault.mode == "hang":
         await asyncio.Event().wait()
     if fault.mode == "reset":
@@ -212,7 +207,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if body.get("stream") is True:
         asked = bool((body.get("stream_options") or {}).get("include_usage"))
         include_usage = asked and settings.reports_usage and flavor != "llama-cpp-python"
-        return await _stream(
+        return await stream(
             request, state, fault, chat, ident, created, words, finish, usage, include_usage, slow
         )
     await asyncio.sleep(settings.ttft * slow + length / settings.tokens_per_s * slow)
@@ -236,92 +231,6 @@ async def generate(request: web.Request) -> web.StreamResponse:
             "usage": usage,
         }
     )
-
-
-async def _stream(
-    request: web.Request,
-    state: MockState,
-    fault: Fault,
-    chat: bool,
-    ident: str,
-    created: int,
-    words: list[str],
-    finish: str,
-    usage: dict[str, int],
-    include_usage: bool,
-    slow: float,
-) -> web.StreamResponse:
-    settings = state.settings
-    kind = "chat.completion.chunk" if chat else "text_completion"
-
-    def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        chunk = {"id": ident, "object": kind, "created": created, "model": settings.model}
-        chunk["choices"] = choices
-        chunk.update(extra)
-        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
-
-    def piece(text: str | None, finish_reason: str | None) -> dict[str, Any]:
-        if chat:
-            delta: dict[str, Any] = {} if text is None else {"content": text}
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
-
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await response.prepare(request)
-    state.stats.streams_started += 1
-    state.stats.running += 1
-    interval = slow / settings.tokens_per_s
-    arrivals = state.arrivals
-    try:
-        await asyncio.sleep(settings.ttft * slow)
-        if chat:
-            await response.write(
-                event(
-                    [
-                        {
-                            "index": 0,
-                            "delta": {"role": "assistant", "content": ""},
-                            "logprobs": None,
-                            "finish_reason": None,
-                        }
-                    ]
-                )
-            )
-        for index, word in enumerate(words):
-            if fault.mode in ("cut", "stream_error") and index == fault.after_chunks:
-                if fault.mode == "cut":
-                    if request.transport is not None:
-                        request.transport.abort()
-                    return response
-                error = {
-                    "error": {"message": _TRACEBACK, "type": "InternalServerError", "code": 500}
-                }
-                await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
-                await response.write_eof()
-                return response
-            if state.token_gate is not None:
-                await state.token_gate.acquire()
-            if settings.interrupt_requests and state.arrivals != arrivals:
-                await response.write(b"data: [DONE]\n\n")  # no finish reason: interrupted
-                await response.write_eof()
-                return response
-            await response.write(event([piece(word, None)]))
-            await asyncio.sleep(interval)
-        await response.write(event([piece(None, finish)]))
-        if include_usage:
-            await response.write(event([], usage=usage))
-        await response.write(b"data: [DONE]\n\n")
-        if settings.linger:
-            await asyncio.sleep(settings.linger)
-        await response.write_eof()
-        state.stats.streams_completed += 1
-    except (asyncio.CancelledError, ConnectionResetError):
-        state.stats.streams_cancelled += 1
-        state.cancelled.set()
-        raise
-    finally:
-        state.stats.running -= 1
-    return response
 
 
 async def embeddings(request: web.Request) -> web.Response:

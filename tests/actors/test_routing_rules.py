@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from actors.backend import BackendSettings
+from actors.backend_settings import BackendSettings
 from actors.balancer import ReplicaLoad
 from actors.kernel import ActorRef, ActorSystem, ChildSpec, SyncActor
 from actors.router import (

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actors.backend import BackendSettings, BackendTimeouts
+from actors.backend_settings import BackendSettings, BackendTimeouts
 from actors.breaker import BreakerSettings
 from actors.probe import HealthSettings
 from actors.router import ModelSettings, RoutingSettings

@@ -10,7 +10,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from actors.backend import BackendStats, BackendTimeouts, GetStats
+from actors.backend import BackendStats, GetStats
+from actors.backend_settings import BackendTimeouts
 from actors.balancer import Policy
 from actors.breaker import BreakerSettings, BreakerState
 from actors.router import RetryBudgetSettings, RoutingSettings
