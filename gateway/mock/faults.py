@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 FaultMode = Literal[
     "none",
-    "error",  # answer with `status` and a vLLM-style error body (with a traceback in it)
+    "error",  # answer with `status` and a vLLM-style error body (`message`, or a traceback)
     "hang",  # accept the request and never answer
     "reset",  # drop the connection without answering
     "cut",  # stream `after_chunks` chunks, then drop the connection (no [DONE])
@@ -17,6 +17,7 @@ FaultMode = Literal[
     "slow",  # everything `slow_factor` times slower
     "malformed",  # a 200 whose body is not JSON
     "unhealthy",  # /health answers 503; everything else works
+    "no_done",  # stream the whole answer and end the body cleanly, without [DONE]
 ]
 
 
@@ -34,6 +35,7 @@ class Fault(BaseModel):
     mode: FaultMode = "none"
     status: int = Field(500, ge=400, le=599)
     after_chunks: int = Field(2, ge=0)
+    message: str | None = Field(None, description="the error's message, for mode error")
     slow_factor: float = Field(10.0, ge=1)
     count: int | None = Field(
         None, ge=1, description="apply to the next N requests only, then back to none"

@@ -118,7 +118,7 @@ def _error(status: int, message: str, error_type: str) -> web.Response:
 
 async def _apply_fault(request: web.Request, fault: Fault) -> web.StreamResponse | None:
     if fault.mode == "error":
-        return _error(fault.status, TRACEBACK, "InternalServerError")
+        return _error(fault.status, fault.message or TRACEBACK, "InternalServerError")
     if fault.mode == "hang":
         await asyncio.Event().wait()
     if fault.mode == "reset":

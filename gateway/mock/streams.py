@@ -92,6 +92,9 @@ async def stream(
         await response.write(event([piece(None, finish)]))
         if include_usage:
             await response.write(event([], usage=usage))
+        if fault.mode == "no_done":
+            await response.write_eof()  # a clean end of the body, but no [DONE]
+            return response
         await response.write(b"data: [DONE]\n\n")
         if settings.linger:
             await asyncio.sleep(settings.linger)
