@@ -147,6 +147,8 @@ async def test_concurrency_slots_are_freed_on_every_exit_path(tmp_path: Path) ->
             async with post(http, gateway.url, key) as refused:
                 assert refused.status == 429
                 assert (await refused.json())["error"]["message"].endswith("in 1s.")
+                assert refused.headers["Retry-After"] == "1"
+                assert refused.headers["retry-after-ms"] == "1000"
             assert slots(state) == {"key:00000000000a": 1}
         # The client went away mid-stream: its handler is cancelled.
         await until(lambda: slots(state) == {}, passes=1_000_000)
@@ -174,6 +176,7 @@ async def test_the_sdk_retry_honours_retry_after(tmp_path: Path) -> None:
             openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=2) as sdk,
         ):
             await held.content.readany()
+            started = time.monotonic()
             retried = asyncio.ensure_future(sdk.chat.completions.create(model="m", messages=CHAT))
             refused = state.metrics.rate_limited.labels("concurrency")
             await until(lambda: refused._value.get() == 1, passes=1_000_000)
@@ -181,7 +184,10 @@ async def test_the_sdk_retry_honours_retry_after(tmp_path: Path) -> None:
             gate.release()
             await held.read()  # the held stream ends, freeing the slot
             answer = await retried  # the SDK waited Retry-After (1 s) and tried again
+            waited = time.monotonic() - started
         assert answer.choices[0].message.content
+        # Its own backoff would have retried after at most 0.5 s: the wait was Retry-After's.
+        assert waited >= 0.95
         assert refused._value.get() == 1
 
 
