@@ -18,6 +18,13 @@ from actors.routing_rules import VirtualModelSettings
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
 
 
+def replica_name(model: str, index: int) -> str:
+    """A replica's name, also its actor's: "<model>#<index>", with a "/" of the model id
+    (allowed: "org/model-7b") as "%2F", since actor paths are "/"-separated ("%" is never in
+    a model id, so no two names meet)."""
+    return f"{model.replace('/', '%2F')}#{index}"
+
+
 class RetryBudgetSettings(BaseModel):
     """Retries in flight for a model may be at most `ratio` of its requests in flight, and
     `min_retries` are always allowed (Envoy's budget_percent and min_retry_concurrency). A
@@ -97,7 +104,7 @@ class ModelSettings(BaseModel):
         return all(backend.profile.supports_n for backend in self.backends)
 
     def backend_names(self) -> list[str]:
-        return [f"{self.name}#{index}" for index in range(len(self.backends))]
+        return [replica_name(self.name, index) for index in range(len(self.backends))]
 
 
 class RouterSettings(BaseModel):

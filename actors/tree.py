@@ -44,6 +44,7 @@ from actors.ledger_store import LedgerWriterActor
 from actors.limiter import LimiterSettings, RateLimiterActor
 from actors.limits import LocalLimits
 from actors.router import ModelSettings, RouterActor, RouterSettings
+from actors.router_settings import replica_name
 
 ROOT = "root"
 BACKENDS = f"{ROOT}/backends"
@@ -111,7 +112,7 @@ class TreeLayout:
                     name = same.pop(0)
                     loads[name] = old_loads[name]
                 else:
-                    while (name := f"{model.name}#{counter}") in used or name in replicas:
+                    while (name := replica_name(model.name, counter)) in used or name in replicas:
                         counter += 1
                     loads[name] = ReplicaLoad(
                         name,
