@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -210,12 +211,15 @@ async def test_waiting_for_room_times_out_with_a_503(http: aiohttp.ClientSession
             await http.post(gw.url + "/v1/chat/completions", json=stream, headers=AUTH)
             for _ in range(2)
         ]
+        started = time.monotonic()
         async with http.post(
             gw.url + "/v1/chat/completions", json={"model": "m", "messages": HELLO}, headers=AUTH
         ) as refused:
             assert refused.status == 503
             assert refused.headers["Retry-After"] == "1"
             assert (await refused.json())["error"]["code"] == "service_unavailable"
+            assert "No replica had room in time" in (await refused.json())["error"]["message"]
+        assert time.monotonic() - started >= 0.1  # it waited out the queue, not refused at once
         for response in held:
             response.close()
 
