@@ -292,3 +292,61 @@ async def test_a_limiter_restart_keeps_the_requests_in_flight(tmp_path: Path) ->
         upstream.state.token_gate = None
         async with post(http, gateway.url, key) as response:
             assert response.status == 200
+
+
+async def test_token_limits_refuse_with_their_headers_and_all_limits_admit_together(
+    tmp_path: Path,
+) -> None:
+    """tpm refusals, the x-ratelimit-*-tokens headers, and a refusal by one limit (the
+    model's) charging none of the others (the key's)."""
+    async with (
+        limited_gateway(tmp_path, {"tpm": 3000, "rpm": 2}, model_limits={"tpm": 100_000, "rpm": 1})
+        as (gateway, _, key),
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
+    ):  # fmt: skip
+        async with post(http, gateway.url, key, max_tokens=2000) as response:
+            assert response.status == 200
+            assert response.headers["x-ratelimit-limit-tokens"] == "3000"
+            assert int(response.headers["x-ratelimit-remaining-tokens"]) <= 1000
+            assert response.headers["x-ratelimit-reset-tokens"].endswith("s")
+        # The model's rpm (1) refuses the next one: the key's rpm (2) must not be charged.
+        async with post(http, gateway.url, key, max_tokens=10) as refused:
+            assert refused.status == 429
+            assert "this model" in (await refused.json())["error"]["message"]
+            assert refused.headers["x-ratelimit-remaining-requests"] == "1"  # key uncharged
+        assert await refusals(gateway, "requests") == 1
+
+    async with (
+        limited_gateway(tmp_path, {"tpm": 3000}) as (gateway, upstream, key),
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
+    ):
+        # More tokens than are left while the first charge is still held: a tpm refusal,
+        # with the tokens' headers.
+        upstream.state.token_gate = asyncio.Semaphore(0)
+        async with post(http, gateway.url, key, max_tokens=2900, stream=True) as held:
+            await held.content.readany()
+            async with post(http, gateway.url, key, max_tokens=2900) as refused:
+                assert refused.status == 429
+                body = await refused.json()
+                assert "tokens per minute" in body["error"]["message"]
+                assert refused.headers["x-ratelimit-limit-tokens"] == "3000"
+                assert int(refused.headers["x-ratelimit-remaining-tokens"]) < 2900
+        upstream.state.token_gate = None
+        assert await refusals(gateway, "tokens") == 1
+
+
+async def test_a_models_own_concurrency_limit_holds_over_every_key(tmp_path: Path) -> None:
+    limits = {"max_concurrent": 1}
+    async with (
+        limited_gateway(tmp_path, {}, model_limits=limits) as (gateway, upstream, key),
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
+    ):
+        upstream.state.token_gate = asyncio.Semaphore(0)
+        async with post(http, gateway.url, key, stream=True) as held:
+            await held.content.readany()
+            async with post(http, gateway.url, key) as refused:
+                assert refused.status == 429
+                assert (
+                    "this model: concurrent requests" in (await refused.json())["error"]["message"]
+                )
+        upstream.state.token_gate = None
