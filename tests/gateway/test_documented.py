@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -156,3 +157,34 @@ async def test_metadata_and_prompt_size_route_a_virtual_model(http: aiohttp.Clie
             async with http.post(gw.url + "/v1/chat/completions", json=body, headers=AUTH) as r:
                 assert r.status == 200
                 assert r.headers["x-citadel-model"] == expected, extra
+
+
+async def test_a_departed_client_gives_back_the_half_open_trial(
+    http: aiohttp.ClientSession,
+) -> None:
+    """The one trial a half-open circuit allows must come back when its client leaves, or
+    the replica stays refused though nothing was learnt about it."""
+    from actors.breaker import BreakerSettings
+
+    breaker = BreakerSettings(consecutive_failures=1, ejection=0.2, half_open_trials=1)
+    async with deployment([ModelPlan("m", breaker=breaker)]) as gw:
+        upstream = gw.mocks["m"][0].state
+        upstream.set_fault(Fault(mode="error", status=500, count=1))
+        body = {"model": "m", "messages": HELLO}
+        async with http.post(gw.url + "/v1/chat/completions", json=body, headers=AUTH) as r:
+            assert r.status == 502  # the circuit opens
+        load = gw.state.layout.current.loads["m#0"]
+        # The ejection's own clock is the subject here.
+        await asyncio.sleep(max(0.0, load.blocked_until - time.monotonic()) + 0.02)
+        upstream.token_gate = asyncio.Semaphore(0)
+        trial = await http.post(
+            gw.url + "/v1/chat/completions", json={**body, "stream": True}, headers=AUTH
+        )
+        assert trial.status == 200  # the trial, under way
+        await trial.content.readany()
+        trial.close()  # its client leaves: no verdict on the replica
+        async with asyncio.timeout(10):
+            await upstream.cancelled.wait()
+        upstream.token_gate = None
+        async with http.post(gw.url + "/v1/chat/completions", json=body, headers=AUTH) as r:
+            assert r.status == 200  # the trial came back, and this one closes the circuit

@@ -37,29 +37,49 @@ def free_port() -> int:
 
 
 class PrivateRedis:
-    """A redis-server of this test's own, that the test may stop and start again."""
+    """A redis-server of this test's own, that the test may stop and start again.
+
+    A port found free may be taken before redis-server binds it: then our server exits, and
+    the first start moves to another port (a restart must keep its port, and retries it)."""
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
         self.process: asyncio.subprocess.Process | None = None
+        self._started = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
 
     async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
+        for _ in range(5):
+            self.process = await asyncio.create_subprocess_exec(
+                "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no",
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            if await self._ours_answers():
+                self._started = True
+                return
+            await self.stop()
+            if not self._started:
+                self.port = free_port()
+        raise RuntimeError("no private redis-server could be started")
+
+    async def _ours_answers(self) -> bool:
+        """Whether this process (not another on the port) answers a ping."""
+        assert self.process is not None
         client = redis.Redis.from_url(self.url)
         try:
             async with asyncio.timeout(10):
-                while True:
+                while self.process.returncode is None:
                     with suppress(redis.ConnectionError):
-                        if await client.ping():
-                            return
+                        server = await client.info("server")
+                        return bool(server["process_id"] == self.process.pid)
                     await asyncio.sleep(0.01)  # redis-server starting: nothing to wait on
         finally:
             await client.aclose()
+        return False
 
     async def stop(self) -> None:
         if self.process is not None and self.process.returncode is None:
@@ -255,3 +275,24 @@ async def test_tokens_are_reconciled_in_redis_streams_included(
             # Charged ~1000 each up front; 16 completion tokens each really used.
             assert response.status == 200
             assert int(response.headers["x-ratelimit-remaining-tokens"]) > 900 - 2 * 40
+
+
+async def test_a_private_redis_moves_off_a_port_taken_before_it_bound() -> None:
+    """The port race: a free port handed to redis-server after someone else took it."""
+    squatter = PrivateRedis(free_port())
+    await squatter.start()
+    try:
+        late = PrivateRedis(squatter.port)
+        await late.start()
+        try:
+            assert late.port != squatter.port
+            assert late.process is not None
+            client = redis.Redis.from_url(late.url)
+            try:
+                assert (await client.info("server"))["process_id"] == late.process.pid
+            finally:
+                await client.aclose()
+        finally:
+            await late.stop()
+    finally:
+        await squatter.stop()
