@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import structlog
 import uvloop
@@ -90,6 +92,10 @@ def _serve(config: GatewayConfig, path: str, *, as_worker: bool) -> int:
         return uvloop.run(run_gateway(config, config_path=path, reuse_port=True))
     for warning in warnings_of(config):
         structlog.get_logger("gateway").warning("config_warning", warning=warning)
+    if (problem := _unusable_store(config)) is not None:
+        structlog.get_logger("gateway").error("store_unusable", problem=problem)
+        print(problem, file=sys.stderr)
+        return 1
     if config.workers > 1:
         from gateway.workers import run_workers
 
@@ -97,6 +103,25 @@ def _serve(config: GatewayConfig, path: str, *, as_worker: bool) -> int:
     from gateway.server import run_gateway
 
     return uvloop.run(run_gateway(config, config_path=path))
+
+
+def _unusable_store(config: GatewayConfig) -> str | None:
+    """Why the key store or the ledger cannot be opened, if one cannot: better to refuse to
+    start than to serve every store key a 503 (its actor would die at its first breath)."""
+    from actors.keystore import KeyStore
+    from actors.ledger_store import LedgerStore
+
+    stores: list[tuple[str, str, Callable[[str], Any]]] = []
+    if config.auth.key_store is not None:
+        stores.append(("key store", config.auth.key_store, KeyStore))
+    if config.usage is not None:
+        stores.append(("usage ledger", config.usage.path, LedgerStore))
+    for what, path, opener in stores:
+        try:
+            opener(path).close()
+        except (OSError, sqlite3.Error) as exc:
+            return f"{path}: cannot open the {what}: {exc}"
+    return None
 
 
 async def _run_mock(args: argparse.Namespace) -> int:

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.gateway.harness import API_KEY, mock_service, serving_process, until
 
@@ -186,3 +189,26 @@ async def test_sighup_under_load_adds_and_removes_a_replica_and_a_key(tmp_path: 
         process.send_signal(signal.SIGTERM)
         assert await process.wait() == 0
         await drainer
+
+
+@pytest.mark.parametrize("setting", ["auth: {key_store: %s}", "usage: {path: %s}"])
+def test_a_store_that_cannot_be_opened_stops_the_start_with_its_path(
+    tmp_path: Path, setting: str
+) -> None:
+    """A key store the gateway could not open once let it start and answer every store key
+    with a 503 (its actor died at its first breath)."""
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where a directory should be")
+    store = blocked / "state.db"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "listen: 127.0.0.1:0\n" + setting % store + "\n"
+        "models: [{name: m, backends: [{url: 'http://127.0.0.1:9'}]}]\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert f"{store}: cannot open the" in done.stderr
+    assert "gateway_listening" not in done.stdout
