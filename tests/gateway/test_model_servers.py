@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -30,12 +29,6 @@ TIMEOUT = aiohttp.ClientTimeout(total=30)
 # replica shows at once.
 TOUCHY = BreakerSettings(consecutive_failures=2, ejection=60.0)
 PY = {"flavor": "llama-cpp-python", "ttft": 0.0}
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
-        yield session
 
 
 async def stats(gw: Deployment, index: int, model: str = "m") -> BackendStats:

@@ -4,11 +4,9 @@ here names the mutation it catches."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import pytest
 
 from actors.router import RetryBudgetSettings, RoutingSettings
 from actors.routing_rules import RoutingRule, RuleCondition, VirtualModelSettings
@@ -18,12 +16,6 @@ from tests.gateway.harness import API_KEY, ModelPlan, deployment
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 HELLO = [{"role": "user", "content": "hello"}]
 TIMEOUT = aiohttp.ClientTimeout(total=30)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
-        yield session
 
 
 async def chat(
