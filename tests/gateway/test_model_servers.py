@@ -15,8 +15,10 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from actors.backend import BackendStats, GetStats
+from actors.balancer import Policy
 from actors.breaker import BreakerSettings
 from actors.probe import HealthSettings
+from actors.router import RoutingSettings
 from gateway.mock.faults import Fault
 from gateway.observability import BufferedLineLogger
 from tests.gateway.harness import API_KEY, Deployment, ModelPlan, deployment, until
@@ -165,7 +167,10 @@ async def test_a_storm_of_requests_that_make_servers_fail_ejects_no_replica(
 async def test_a_replica_that_fails_what_another_serves_is_blamed(
     http: aiohttp.ClientSession,
 ) -> None:
-    plan = ModelPlan("m", replicas=2, breaker=TOUCHY)
+    # Round robin: the broken replica keeps being tried first every other request (p2c would
+    # soon avoid it, and leave its failures to chance).
+    routing = RoutingSettings(policy=Policy.WEIGHTED_ROUND_ROBIN)
+    plan = ModelPlan("m", replicas=2, breaker=TOUCHY, routing=routing)
     async with deployment([plan]) as gw:
         gw.mocks["m"][0].state.set_fault(Fault(mode="error", status=500))
         for _ in range(8):

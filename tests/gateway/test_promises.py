@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 
+from actors.balancer import Policy
 from actors.router import RetryBudgetSettings, RoutingSettings
 from actors.routing_rules import RoutingRule, RuleCondition, VirtualModelSettings
 from gateway.mock.faults import Fault
@@ -29,14 +30,16 @@ async def chat(
 async def test_streams_fail_over_before_their_first_byte(http: aiohttp.ClientSession) -> None:
     """Catches: failover skipped for `stream: true` (1 of 8 streams got a 502 with a
     healthy second replica)."""
-    async with deployment([ModelPlan("m", replicas=2)]) as gw:
+    # Round robin sends every other stream to the broken replica first.
+    routing = RoutingSettings(policy=Policy.WEIGHTED_ROUND_ROBIN)
+    async with deployment([ModelPlan("m", replicas=2, routing=routing)]) as gw:
         gw.mocks["m"][0].state.set_fault(Fault(mode="reset"))
         results = await asyncio.gather(*(chat(http, gw.url, stream=True) for _ in range(8)))
         for status, headers, body in results:
             assert status == 200
             assert headers["x-citadel-backend"] == "m#1"  # type: ignore[index]
             assert body.rstrip().endswith(b"data: [DONE]")
-        assert gw.mocks["m"][0].state.stats.requests > 0  # some did try the broken one first
+        assert gw.mocks["m"][0].state.stats.requests >= 4  # half tried the broken one first
 
 
 async def test_a_stream_that_ends_without_done_gets_an_error_event(
