@@ -36,14 +36,16 @@ class BackendProfile:
     """A replica's behaviour as the gateway must treat it (kind defaults, then overrides)."""
 
     kind: BackendKind
-    health_path: str
-    metrics_path: str | None  # Prometheus text with the queue gauges, if the server has one
-    waiting_metric: str | None  # the gauge of requests queued inside the server
-    running_metric: str | None  # the gauge of requests being generated
-    stream_usage: bool  # reports usage in a stream when asked (stream_options.include_usage)
-    supports_n: bool  # honours n > 1 (some servers silently return one choice)
-    max_in_flight: int
-    request_id: RequestIdMode
+    health_path: str = "/health"
+    metrics_path: str | None = None  # Prometheus text with the queue gauges, if any
+    # The queue gauges; vLLM's names unless the kind has its own (read only with a
+    # metrics_path, which a replica may set for any kind).
+    waiting_metric: str | None = "vllm:num_requests_waiting"  # requests queued in the server
+    running_metric: str | None = "vllm:num_requests_running"  # requests being generated
+    stream_usage: bool = True  # reports usage in a stream when asked (include_usage)
+    supports_n: bool = True  # honours n > 1 (some servers silently return one choice)
+    max_in_flight: int = 512
+    request_id: RequestIdMode = "uuid"
 
     def queue_pattern(self) -> re.Pattern[bytes] | None:
         """Matches `<gauge>{labels} value` lines of the two queue gauges."""
@@ -57,55 +59,37 @@ class BackendProfile:
 
 
 PROFILES: dict[str, BackendProfile] = {
-    # Queue gauges named as vLLM names them, read only if a metrics_path is configured.
-    "openai-compatible": BackendProfile(
-        "openai-compatible",
-        "/health",
-        None,
-        "vllm:num_requests_waiting",
-        "vllm:num_requests_running",
-        True,
-        True,
-        512,
-        "uuid",
-    ),
-    "vllm": BackendProfile(
-        "vllm",
-        "/health",
-        "/metrics",
-        "vllm:num_requests_waiting",
-        "vllm:num_requests_running",
-        True,
-        True,
-        512,
-        "uuid",
-    ),
+    "openai-compatible": BackendProfile("openai-compatible"),
+    "vllm": BackendProfile("vllm", metrics_path="/metrics"),
     "llama-cpp": BackendProfile(
         "llama-cpp",
-        "/health",
-        "/metrics",
-        "llamacpp:requests_deferred",
-        "llamacpp:requests_processing",
-        True,
-        False,
-        64,
-        "uuid",
+        metrics_path="/metrics",
+        waiting_metric="llamacpp:requests_deferred",
+        running_metric="llamacpp:requests_processing",
+        supports_n=False,
+        max_in_flight=64,
     ),
     "llama-cpp-python": BackendProfile(
-        "llama-cpp-python", "/openapi.json", None, None, None, False, False, 1, "uuid"
+        "llama-cpp-python",
+        health_path="/openapi.json",
+        waiting_metric=None,
+        running_metric=None,
+        stream_usage=False,
+        supports_n=False,
+        max_in_flight=1,
     ),
     "tgi": BackendProfile(
-        "tgi", "/health", "/metrics", "tgi_queue_size", None, True, False, 128, "uuid"
+        "tgi",
+        metrics_path="/metrics",
+        waiting_metric="tgi_queue_size",
+        running_metric=None,
+        supports_n=False,
+        max_in_flight=128,
     ),
     "sglang": BackendProfile(
         "sglang",
-        "/health",
-        "/metrics",
-        "sglang:num_queue_reqs",
-        "sglang:num_running_reqs",
-        True,
-        True,
-        512,
-        "uuid",
+        metrics_path="/metrics",
+        waiting_metric="sglang:num_queue_reqs",
+        running_metric="sglang:num_running_reqs",
     ),
 }

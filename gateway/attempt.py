@@ -43,6 +43,11 @@ class UpstreamCall:
     prompt_estimate: int = 0  # the prompt's tokens as the gateway estimates them
     n: int = 1  # choices asked for
 
+    @property
+    def prompt_param(self) -> str:
+        """The field that holds the prompt, for errors about it."""
+        return "messages" if self.path.endswith("/chat/completions") else "prompt"
+
     def request_id_header(self, mode: RequestIdMode) -> dict[str, str]:
         """The X-Request-ID to send a backend with this request-id mode."""
         if mode == "uuid":

@@ -133,8 +133,7 @@ def refuse_unservable(decision: RouteDecision, call: UpstreamCall) -> None:
     prompt over its context window (llama-cpp-python answers one with an empty stream), or
     several choices from servers that silently return one."""
     if call.prompt_estimate > decision.context_window:
-        chat = call.path.endswith("/chat/completions")
-        part = "messages" if chat else "prompt"
+        part = call.prompt_param
         raise InvalidRequest(
             f"This model's maximum context length is {decision.context_window} tokens. "
             f"However, your {part} resulted in about {call.prompt_estimate} tokens. Please "

@@ -196,7 +196,7 @@ def _empty_stream(attempt: Attempt, call: UpstreamCall, decision: RouteDecision)
             f"The model service returned nothing for a prompt of about {call.prompt_estimate} "
             f"tokens: it likely exceeds the model's maximum context length of {window} tokens. "
             "Please reduce the length of the prompt.",
-            param="messages" if call.path.endswith("/chat/completions") else "prompt",
+            param=call.prompt_param,
             code=upstream_errors.CONTEXT_LENGTH_EXCEEDED,
         )
     attempt.outcome = Outcome.SUSPECT
