@@ -64,6 +64,7 @@ class UsageLedgerActor(SyncActor):
         self._stopping = False  # on_stop takes over the batch in flight
         self.written = 0
         self.dropped = 0
+        self.write_failures = 0  # batches the writer could not write (each tried again)
 
     async def on_start(self) -> None:
         self.context.spawn_task(self._ticker(), name="ledger-flush")
@@ -103,6 +104,7 @@ class UsageLedgerActor(SyncActor):
                 if ok:
                     self.written += len(batch)
                 else:
+                    self.write_failures += 1
                     self._keep(batch)
                 # Go on while a Summarize waits for everything, or a full batch is waiting;
                 # after a failure, the ticker tries again and a waiting Summarize gets what
@@ -182,4 +184,5 @@ class UsageLedgerActor(SyncActor):
             "writing": self._writing is not None,
             "written": self.written,
             "dropped": self.dropped,
+            "write_failures": self.write_failures,
         }

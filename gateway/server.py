@@ -126,6 +126,12 @@ async def run_gateway(
     """Run until SIGTERM/SIGINT (exit 0) or until the actor tree gives up (exit 1); SIGHUP
     reloads `config_path`."""
     server = await start_gateway(config, config_path=config_path, reuse_port=reuse_port)
+    return await serve_until_stopped(server, config)
+
+
+async def serve_until_stopped(server: RunningServer, config: GatewayConfig) -> int:
+    """Serve on a started gateway until a signal or the actor tree's end, then close it:
+    the exit code is 0 after SIGTERM/SIGINT, 1 when the root supervisor gave up."""
     state = server.runner.app[STATE]
     log.info("gateway_listening", url=server.url)
     # MAINPID: the parent of `workers: N` tells its workers apart by it.

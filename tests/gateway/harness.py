@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from actors.backend_settings import BackendSettings, BackendTimeouts
 from actors.breaker import BreakerSettings
 from actors.probe import HealthSettings
@@ -30,6 +32,15 @@ from gateway.state import STATE, GatewayState
 
 API_KEY = "sk-test-0123456789abcdef"
 ADMIN_KEY = "sk-admin-0123456789abcdef"
+
+# Every read a test makes is bounded: a hang fails the test in seconds, not at pytest-timeout.
+READ_TIMEOUT_S = 30.0
+CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=READ_TIMEOUT_S)
+
+
+def bounded_client(**options: Any) -> aiohttp.ClientSession:
+    """An aiohttp client whose every request is bounded (CLIENT_TIMEOUT)."""
+    return aiohttp.ClientSession(timeout=CLIENT_TIMEOUT, **options)
 
 
 async def until(predicate: Callable[[], bool], passes: int = 100_000) -> None:

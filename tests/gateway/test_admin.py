@@ -5,11 +5,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 
 from actors.backend import GetStats
-from tests.gateway.harness import ADMIN_KEY, API_KEY, Deployment, ModelPlan, deployment
+from tests.gateway.harness import (
+    ADMIN_KEY,
+    API_KEY,
+    Deployment,
+    ModelPlan,
+    bounded_client,
+    deployment,
+)
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
@@ -42,7 +48,7 @@ def find(tree: list[dict[str, Any]], path: str) -> dict[str, Any]:
 async def test_admin_needs_an_admin_key(
     gw: Deployment, headers: dict[str, str], status: int
 ) -> None:
-    async with aiohttp.ClientSession() as http:
+    async with bounded_client() as http:
         for method, path in [("GET", "/admin/actors"), ("GET", "/admin/backends"),
                              ("POST", "/admin/actors/root/router/restart")]:  # fmt: skip
             async with http.request(method, gw.url + path, headers=headers) as response:
@@ -53,7 +59,7 @@ async def test_admin_needs_an_admin_key(
 async def test_admin_key_is_no_model_key(gw: Deployment) -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     async with (
-        aiohttp.ClientSession() as http,
+        bounded_client() as http,
         http.post(gw.url + "/v1/chat/completions", json=body, headers=ADMIN) as response,
     ):
         assert response.status == 401
@@ -63,7 +69,7 @@ async def test_actor_tree_reflects_a_crash_and_an_operator_restart(gw: Deploymen
     backend = gw.state.system.lookup("root/backends/m#0")
     await backend.tell(object())  # an unhandled tell: the actor crashes and is restarted
     await backend.ask(GetStats())  # served by the restarted instance
-    async with aiohttp.ClientSession() as http:
+    async with bounded_client() as http:
         async with http.get(gw.url + "/admin/actors", headers=ADMIN) as response:
             tree = (await response.json())["actors"]
         node = find(tree, "root/backends/m#0")
@@ -87,7 +93,7 @@ async def test_actor_tree_reflects_a_crash_and_an_operator_restart(gw: Deploymen
 async def test_actor_tree_as_html_for_a_browser(gw: Deployment) -> None:
     headers = {**ADMIN, "Accept": "text/html,application/xhtml+xml"}
     async with (
-        aiohttp.ClientSession() as http,
+        bounded_client() as http,
         http.get(gw.url + "/admin/actors", headers=headers) as response,
     ):
         assert response.content_type == "text/html"
@@ -99,7 +105,7 @@ async def test_actor_tree_as_html_for_a_browser(gw: Deployment) -> None:
 
 async def test_backends_lists_every_replica(gw: Deployment) -> None:
     async with (
-        aiohttp.ClientSession() as http,
+        bounded_client() as http,
         http.get(gw.url + "/admin/backends", headers=ADMIN) as response,
     ):
         replicas = (await response.json())["backends"]

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from actors.router import RoutingSettings
-from tests.gateway.harness import API_KEY, Deployment, ModelPlan, deployment
+from tests.gateway.harness import API_KEY, Deployment, ModelPlan, bounded_client, deployment
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 SYSTEM = {"role": "system", "content": "You are a careful assistant for the billing team."}
@@ -41,7 +41,7 @@ async def served_by(http: aiohttp.ClientSession, gw: Deployment, messages: objec
 
 
 async def test_a_conversation_stays_on_one_replica(gw: Deployment) -> None:
-    async with aiohttp.ClientSession() as http:
+    async with bounded_client() as http:
         backends = {
             await served_by(http, gw, conversation("Why is my invoice late?", turns))
             for turns in range(12)
@@ -55,7 +55,7 @@ async def test_a_conversation_stays_on_one_replica(gw: Deployment) -> None:
 
 async def test_affinity_gives_way_under_overload(gw: Deployment) -> None:
     messages = conversation("Why is my invoice late?", 0)
-    async with aiohttp.ClientSession() as http:
+    async with bounded_client() as http:
         sticky = await served_by(http, gw, messages)
         index = int(sticky.rsplit("#", 1)[1])
         gw.mocks["m"][index].state.token_gate = asyncio.Semaphore(0)
@@ -74,7 +74,7 @@ async def test_affinity_gives_way_under_overload(gw: Deployment) -> None:
 
 async def test_affinity_gives_way_when_the_replica_is_unusable(gw: Deployment) -> None:
     messages = conversation("Why is my invoice late?", 0)
-    async with aiohttp.ClientSession() as http:
+    async with bounded_client() as http:
         sticky = await served_by(http, gw, messages)
         load = gw.state.system.lookup(f"root/backends/{sticky}")
         assert load is not None

@@ -15,7 +15,14 @@ from openai.types.chat import ChatCompletionMessageParam
 from actors.backend import GetStats
 from actors.backend_settings import BackendTimeouts
 from gateway.mock.faults import Fault
-from tests.gateway.harness import API_KEY, Deployment, ModelPlan, deployment
+from tests.gateway.harness import (
+    API_KEY,
+    READ_TIMEOUT_S,
+    Deployment,
+    ModelPlan,
+    bounded_client,
+    deployment,
+)
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello"}]
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -31,13 +38,15 @@ async def gw() -> AsyncIterator[Deployment]:
 
 @pytest.fixture
 async def client(gw: Deployment) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key=API_KEY, max_retries=0) as sdk:
+    async with openai.AsyncOpenAI(
+        base_url=f"{gw.url}/v1", api_key=API_KEY, max_retries=0, timeout=READ_TIMEOUT_S
+    ) as sdk:
         yield sdk
 
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
+    async with bounded_client() as session:
         yield session
 
 

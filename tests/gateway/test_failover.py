@@ -17,7 +17,15 @@ from actors.balancer import Policy
 from actors.breaker import BreakerSettings, BreakerState
 from actors.router import RetryBudgetSettings, RoutingSettings
 from gateway.mock.faults import Fault
-from tests.gateway.harness import API_KEY, Deployment, ModelPlan, deployment, until
+from tests.gateway.harness import (
+    API_KEY,
+    READ_TIMEOUT_S,
+    Deployment,
+    ModelPlan,
+    bounded_client,
+    deployment,
+    until,
+)
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello"}]
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -41,7 +49,7 @@ async def assert_no_leases(gw: Deployment) -> None:
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
+    async with bounded_client() as session:
         yield session
 
 
@@ -88,7 +96,7 @@ async def test_a_stream_past_its_first_byte_ends_with_an_error_event_when_its_re
 async def test_a_hanging_replica_times_out_and_the_request_is_served_elsewhere(
     http: aiohttp.ClientSession,
 ) -> None:
-    timeouts = BackendTimeouts(connect=1.0, first_byte=0.2, idle=1.0, total=10.0)
+    timeouts = BackendTimeouts(connect=1.0, first_byte=1.0, idle=1.0, total=10.0)
     # Ten requests at once, about half of them on the hanging replica: a budget that lets
     # every one of them retry (the default allows 3, or 20% of those in flight).
     routing = RoutingSettings(retry_budget=RetryBudgetSettings(min_retries=10))
@@ -105,7 +113,7 @@ async def test_a_hanging_replica_times_out_and_the_request_is_served_elsewhere(
 async def test_failing_replica_opens_its_circuit_then_recovers_through_a_trial(
     http: aiohttp.ClientSession,
 ) -> None:
-    breaker = BreakerSettings(consecutive_failures=2, ejection=0.5, max_ejection=0.5)
+    breaker = BreakerSettings(consecutive_failures=2, ejection=2.0, max_ejection=2.0)
     routing = RoutingSettings(policy=Policy.WEIGHTED_ROUND_ROBIN)
     plan = ModelPlan("m", replicas=2, breaker=breaker, routing=routing)
     async with deployment([plan]) as gw:
@@ -116,7 +124,7 @@ async def test_failing_replica_opens_its_circuit_then_recovers_through_a_trial(
             if (await stats(gw, "m", 0)).circuit is BreakerState.OPEN:
                 break
         assert sick.stats.requests == 2  # two failures in a row opened the circuit
-        for _ in range(6):  # well within the half-second ejection
+        for _ in range(6):  # well within the two-second ejection, even on a loaded machine
             assert await chat(http, gw) == 200
         assert sick.stats.requests == 2  # no traffic while open
         sick.set_fault(Fault())  # the replica heals
@@ -137,7 +145,8 @@ async def test_failing_replica_opens_its_circuit_then_recovers_through_a_trial(
 async def test_slow_replica_gets_less_traffic_under_p2c(http: aiohttp.ClientSession) -> None:
     plan = ModelPlan("m", replicas=2, mock={"ttft": 0.0, "tokens_per_s": 1000})
     async with deployment([plan]) as gw:
-        gw.mocks["m"][0].state.settings.ttft = 0.05  # replica 0 answers 50 ms later
+        # Replica 0 answers 200 ms later: far above what a loaded machine adds to either.
+        gw.mocks["m"][0].state.settings.ttft = 0.2
         for _ in range(5):
             await asyncio.gather(*(chat(http, gw) for _ in range(8)))
         slow, fast = await stats(gw, "m", 0), await stats(gw, "m", 1)
@@ -160,13 +169,18 @@ async def test_upstream_4xx_is_never_retried(http: aiohttp.ClientSession) -> Non
 
 
 async def test_retry_budget_caps_retries_during_an_outage(http: aiohttp.ClientSession) -> None:
-    timeouts = BackendTimeouts(connect=1.0, first_byte=0.2, idle=1.0, total=10.0)
+    timeouts = BackendTimeouts(connect=1.0, first_byte=1.0, idle=1.0, total=10.0)
     routing = RoutingSettings(max_attempts=2)  # default budget: 20% of in flight, at least 3
     plan = ModelPlan("m", replicas=2, routing=routing, timeouts=timeouts, breaker=NEVER_OPEN)
     async with deployment([plan]) as gw:
         for mock in gw.mocks["m"]:
             mock.state.set_fault(Fault(mode="hang"))
-        statuses = await asyncio.gather(*(chat(http, gw) for _ in range(30)))
+        sent = asyncio.gather(*(chat(http, gw) for _ in range(30)))
+        # All thirty are upstream before the first times out (a second later): the count
+        # below assumes thirty in flight when the retries are asked for.
+        await until(lambda: sum(mock.state.stats.requests for mock in gw.mocks["m"]) >= 30)
+        assert not sent.done()
+        statuses = await sent
         assert statuses == [504] * 30
         upstream_calls = sum(mock.state.stats.requests for mock in gw.mocks["m"])
         # Thirty first tries timed out together, with thirty requests in flight: the budget
@@ -229,7 +243,7 @@ async def test_sdk_sees_no_error_when_one_replica_fails() -> None:
     async with deployment([plan]) as gw:
         gw.mocks["m"][0].state.set_fault(Fault(mode="reset"))
         async with openai.AsyncOpenAI(
-            base_url=f"{gw.url}/v1", api_key=API_KEY, max_retries=0
+            base_url=f"{gw.url}/v1", api_key=API_KEY, max_retries=0, timeout=READ_TIMEOUT_S
         ) as client:
             for _ in range(6):
                 reply = await client.chat.completions.create(model="m", messages=HELLO)

@@ -7,11 +7,10 @@ import asyncio
 import json
 from typing import Any
 
-import aiohttp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.gateway.harness import API_KEY, ModelPlan, deployment
+from tests.gateway.harness import API_KEY, ModelPlan, bounded_client, deployment
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=20),
@@ -62,7 +61,7 @@ def test_random_requests_never_crash_anything(cases: list[tuple[str, Any, bool]]
 async def run_cases(cases: list[tuple[str, Any, bool]]) -> None:
     async with (
         deployment([ModelPlan("m", aliases=("alias",))]) as gw,
-        aiohttp.ClientSession() as http,
+        bounded_client() as http,
     ):
         for path, body, raw in cases:
             data = encode(body)

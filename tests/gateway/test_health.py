@@ -15,7 +15,7 @@ from actors.balancer import Policy
 from actors.probe import HealthSettings, parse_queue
 from actors.router import RoutingSettings
 from gateway.mock.faults import Fault
-from tests.gateway.harness import API_KEY, Deployment, ModelPlan, deployment
+from tests.gateway.harness import API_KEY, Deployment, ModelPlan, bounded_client, deployment
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 FAST_PROBES = HealthSettings(
@@ -37,7 +37,7 @@ async def probed(gw: Deployment, index: int, times: int) -> None:
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
+    async with bounded_client() as session:
         yield session
 
 

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
-
 from actors.probe import HealthSettings
 from gateway.mock.faults import Fault
-from tests.gateway.harness import ModelPlan, deployment
+from tests.gateway.harness import ModelPlan, bounded_client, deployment
 
 PROBES = HealthSettings(interval=0.02, jitter=0.1, healthy_threshold=1, unhealthy_threshold=1)
 
 
 async def test_live_and_ready_answer_without_a_key() -> None:
     plans = [ModelPlan("a"), ModelPlan("b", replicas=2)]
-    async with deployment(plans) as gw, aiohttp.ClientSession() as http:
+    async with deployment(plans) as gw, bounded_client() as http:
         async with http.get(gw.url + "/health/live") as live:
             assert live.status == 200
             assert await live.json() == {"status": "live"}
@@ -35,7 +33,7 @@ async def test_ready_flips_when_every_replica_of_a_model_is_down_and_back() -> N
         mock = gw.mocks["a"][0].state
         mock.set_fault(Fault(mode="unhealthy"))
         await asyncio.wait_for(mock.wait_health_checks(mock.health_checks + 2), timeout=5)
-        async with aiohttp.ClientSession() as http:
+        async with bounded_client() as http:
             async with http.get(gw.url + "/health/ready") as ready:
                 assert ready.status == 503
                 body = await ready.json()

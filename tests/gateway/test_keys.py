@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import openai
 import pytest
 import yaml
@@ -21,7 +20,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from actors.keys import hash_secret, split_key
 from gateway.config import load_config
 from gateway.server import RunningServer, start_gateway
-from tests.gateway.harness import ADMIN_KEY, mock_service
+from tests.gateway.harness import ADMIN_KEY, READ_TIMEOUT_S, bounded_client, mock_service
 
 CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -58,7 +57,9 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def sdk(url: str, key: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+    return openai.AsyncOpenAI(
+        base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=READ_TIMEOUT_S
+    )
 
 
 async def chat_once(url: str, key: str, model: str = "m") -> None:
@@ -85,7 +86,8 @@ async def assert_refused_within(url: str, key: str, seconds: float) -> None:
                 return
             finally:
                 slowest = max(slowest, time.monotonic() - sent)
-            assert time.monotonic() - started <= seconds + 2 * slowest, "still accepted"
+            # A second's margin besides the slowest request: a loaded machine stalls.
+            assert time.monotonic() - started <= seconds + 1.0 + 2 * slowest, "still accepted"
 
 
 async def test_cli_key_lifecycle_against_a_running_gateway(tmp_path: Path) -> None:
@@ -125,7 +127,7 @@ async def test_cli_key_lifecycle_against_a_running_gateway(tmp_path: Path) -> No
 
 
 async def test_admin_api_key_lifecycle_takes_effect_at_once(tmp_path: Path) -> None:
-    async with keyed_gateway(tmp_path) as (gateway, _), aiohttp.ClientSession() as http:
+    async with keyed_gateway(tmp_path) as (gateway, _), bounded_client() as http:
         async with http.post(
             f"{gateway.url}/admin/keys", json={"name": "svc", "models": ["m"]}, headers=ADMIN
         ) as response:
@@ -168,7 +170,7 @@ async def test_admin_api_key_lifecycle_takes_effect_at_once(tmp_path: Path) -> N
 
 
 async def test_every_refusal_is_a_401_with_one_message(tmp_path: Path) -> None:
-    async with keyed_gateway(tmp_path) as (gateway, store), aiohttp.ClientSession() as http:
+    async with keyed_gateway(tmp_path) as (gateway, store), bounded_client() as http:
         good = cli("create", "--db", str(store)).stdout.strip()
         expired = cli("create", "--db", str(store), "--expires-in-days", "0.000001").stdout.strip()
         revoked = cli("create", "--db", str(store)).stdout.strip()
@@ -198,7 +200,7 @@ async def test_every_refusal_is_a_401_with_one_message(tmp_path: Path) -> None:
 
 
 async def test_scopes_models_endpoints_and_admin(tmp_path: Path) -> None:
-    async with keyed_gateway(tmp_path) as (gateway, store), aiohttp.ClientSession() as http:
+    async with keyed_gateway(tmp_path) as (gateway, store), bounded_client() as http:
         only_m = cli("create", "--db", str(store), "--models", "m").stdout.strip()
         chat_only = cli("create", "--db", str(store), "--endpoints", "chat.completions").stdout
         admin = cli("create", "--db", str(store), "--admin", "--models", "other").stdout.strip()
@@ -230,7 +232,7 @@ async def test_configured_hashed_keys_and_failure_throttling(tmp_path: Path) -> 
     configured = {"id": "00000000beef", "secret_sha256": hash_secret("s" * 43)}
     async with (
         keyed_gateway(tmp_path, keys=[configured], failure_limit=3) as (gateway, _),
-        aiohttp.ClientSession() as http,
+        bounded_client() as http,
     ):
         async with sdk(gateway.url, key) as client:
             await client.chat.completions.create(model="m", messages=CHAT)
@@ -253,7 +255,7 @@ async def test_configured_hashed_keys_and_failure_throttling(tmp_path: Path) -> 
 
 
 async def test_a_failing_key_store_gives_503_and_crashes_nothing(tmp_path: Path) -> None:
-    async with keyed_gateway(tmp_path) as (gateway, store), aiohttp.ClientSession() as http:
+    async with keyed_gateway(tmp_path) as (gateway, store), bounded_client() as http:
         key = cli("create", "--db", str(store)).stdout.strip()
         for suffix in ("", "-wal", "-shm"):  # the disk goes bad under the running gateway
             path = store.with_name(store.name + suffix)

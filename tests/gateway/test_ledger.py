@@ -14,9 +14,18 @@ from typing import Any
 import aiohttp
 import yaml
 
+from actors.tree import LEDGER
 from gateway.config import load_config
 from gateway.server import start_gateway
-from tests.gateway.harness import ADMIN_KEY, API_KEY, mock_service, serving_process, until
+from gateway.state import STATE
+from tests.gateway.harness import (
+    ADMIN_KEY,
+    API_KEY,
+    bounded_client,
+    mock_service,
+    serving_process,
+    until,
+)
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -58,7 +67,7 @@ async def test_a_burst_is_recorded_exactly_streams_included(tmp_path: Path) -> N
         write_config(tmp_path / "gateway.yaml", upstream.url, ledger)
         server = await start_gateway(load_config(tmp_path / "gateway.yaml"))
         try:
-            async with aiohttp.ClientSession() as http:
+            async with bounded_client() as http:
                 sent = await asyncio.gather(
                     *(send(http, server.url, stream=i % 2 == 1) for i in range(50))
                 )
@@ -111,7 +120,7 @@ async def test_sigterm_under_load_loses_no_record(tmp_path: Path) -> None:
     async with mock_service(model="m", ttft=0.0, tokens_per_s=100.0) as upstream:
         config = tmp_path / "gateway.yaml"
         write_config(config, upstream.url, ledger, shutdown_grace=20)
-        async with serving_process(config) as (process, url), aiohttp.ClientSession() as http:
+        async with serving_process(config) as (process, url), bounded_client() as http:
             load = [asyncio.ensure_future(send(http, url, stream=i % 2 == 0)) for i in range(40)]
             await until(lambda: upstream.state.stats.requests == 40, passes=10_000_000)
             process.send_signal(signal.SIGTERM)  # all 40 accepted, none finished yet
@@ -120,3 +129,35 @@ async def test_sigterm_under_load_loses_no_record(tmp_path: Path) -> None:
     records = rows(ledger)
     assert sorted(r["request_id"] for r in records) == sorted(rid for rid, _ in sent)
     assert all(r["completion_tokens"] == 16 for r in records)
+
+
+async def test_records_a_write_failed_on_are_written_when_the_database_takes_them_again(
+    tmp_path: Path,
+) -> None:
+    """A batch the database refuses goes back in the buffer and is written by a later tick."""
+    ledger = tmp_path / "usage.db"
+    async with mock_service(model="m", ttft=0.0) as upstream:
+        write_config(tmp_path / "gateway.yaml", upstream.url, ledger)
+        server = await start_gateway(load_config(tmp_path / "gateway.yaml"))
+        details = server.runner.app[STATE].system.lookup(LEDGER).snapshot
+        db = sqlite3.connect(ledger, isolation_level=None)
+        try:  # the database refuses every insert, at once (no lock, no busy wait)
+            db.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON usage "
+                "BEGIN SELECT RAISE(ABORT, 'the disk is full'); END"
+            )
+            async with bounded_client() as http:
+                sent = [await send(http, server.url, stream=i % 2 == 1) for i in range(5)]
+            async with asyncio.timeout(10):
+                while not details().details["write_failures"]:
+                    await asyncio.sleep(0.05)  # noqa: ASYNC110 - the ledger's ticker, 0.2 s
+            assert details().details["written"] == 0
+            assert rows(ledger) == []
+            db.execute("DROP TRIGGER refuse")
+            async with asyncio.timeout(10):
+                while details().details["backlog"]:
+                    await asyncio.sleep(0.05)  # noqa: ASYNC110 - the next tick writes them
+        finally:
+            db.close()
+            await server.close()
+    assert sorted(r["request_id"] for r in rows(ledger)) == sorted(rid for rid, _ in sent)

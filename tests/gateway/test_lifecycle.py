@@ -5,6 +5,7 @@ load, without a failed request."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -15,7 +16,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.gateway.harness import API_KEY, mock_service, serving_process, until
+from actors.kernel.errors import ActorDead
+from actors.tree import ROUTER
+from gateway.config import load_config
+from gateway.server import serve_until_stopped, start_gateway
+from gateway.state import STATE
+from tests.gateway.harness import API_KEY, bounded_client, mock_service, serving_process, until
 
 STREAM = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
@@ -50,7 +56,7 @@ async def test_sigterm_lets_an_accepted_stream_finish_and_exits_zero(tmp_path: P
         mock.state.token_gate = gate
         async with (
             gateway_process(tmp_path, mock.url, grace=20) as (process, url),
-            aiohttp.ClientSession() as http,
+            bounded_client() as http,
             http.post(url + "/v1/chat/completions", json=STREAM, headers=HEADERS) as response,
         ):
             await response.content.readany()  # the stream is under way
@@ -74,7 +80,7 @@ async def test_streams_still_open_when_the_grace_period_ends_get_a_clean_error(
         mock.state.token_gate = asyncio.Semaphore(0)  # the upstream never finishes
         async with (
             gateway_process(tmp_path, mock.url, grace=1.5) as (process, url),
-            aiohttp.ClientSession() as http,
+            bounded_client() as http,
             http.post(url + "/v1/chat/completions", json=STREAM, headers=HEADERS) as response,
         ):
             await response.content.readany()
@@ -89,7 +95,7 @@ async def test_sighup_reloads_the_file_and_a_bad_file_changes_nothing(tmp_path: 
     async with (
         mock_service(model="m", ttft=0.0) as mock,
         gateway_process(tmp_path, mock.url, grace=5) as (process, url),
-        aiohttp.ClientSession() as http,
+        bounded_client() as http,
     ):
         config = tmp_path / "gateway.yaml"
         assert process.stdout is not None
@@ -124,7 +130,7 @@ async def test_sighup_under_load_adds_and_removes_a_replica_and_a_key(tmp_path: 
         mock_service(model="m", ttft=0.0) as first,
         mock_service(model="m", ttft=0.0) as second,
         gateway_process(tmp_path, first.url, grace=5) as (process, url),
-        aiohttp.ClientSession() as http,
+        bounded_client() as http,
     ):
         config = tmp_path / "gateway.yaml"
         original = config.read_text()
@@ -212,3 +218,30 @@ def test_a_store_that_cannot_be_opened_stops_the_start_with_its_path(
     assert done.returncode == 1
     assert f"{store}: cannot open the" in done.stderr
     assert "gateway_listening" not in done.stdout
+
+
+async def test_the_process_exits_1_when_the_root_supervisor_gives_up(tmp_path: Path) -> None:
+    """The router crashing more often than the root allows (3 in 10 s) ends the tree: the
+    gateway stops listening and `serve` returns 1 (systemd's Restart=on-failure then
+    starts a fresh process), instead of serving on with a dead router."""
+
+    class Poison:
+        """A message no actor has a case for: handling it raises."""
+
+    async with mock_service(model="m") as mock:
+        config = tmp_path / "gateway.yaml"
+        config.write_text(CONFIG.format(key=API_KEY, upstream=mock.url, grace=1))
+        server = await start_gateway(load_config(config))
+        serving = asyncio.ensure_future(serve_until_stopped(server, load_config(config)))
+        state = server.runner.app[STATE]
+        async with bounded_client() as http:
+            async with http.get(f"{server.url}/health/live") as response:
+                assert response.status == 200
+            async with asyncio.timeout(10):
+                while not serving.done():
+                    with contextlib.suppress(ActorDead):
+                        await state.system.lookup(ROUTER).tell(Poison())
+                    await asyncio.sleep(0.01)  # the restarted router's backoff: nothing to wait on
+            assert serving.result() == 1
+            with pytest.raises(aiohttp.ClientConnectionError):
+                await http.get(f"{server.url}/health/live")

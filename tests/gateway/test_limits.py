@@ -23,7 +23,14 @@ from gateway.config import load_config
 from gateway.mock.faults import Fault
 from gateway.server import RunningServer, start_gateway
 from gateway.state import STATE, GatewayState
-from tests.gateway.harness import ADMIN_KEY, Mock, mock_service, until
+from tests.gateway.harness import (
+    ADMIN_KEY,
+    READ_TIMEOUT_S,
+    Mock,
+    bounded_client,
+    mock_service,
+    until,
+)
 
 CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 SECRET = "s" * 43
@@ -88,7 +95,7 @@ def slots(state: GatewayState) -> dict[str, int]:
 async def test_requests_per_minute_headers_and_an_exact_429(tmp_path: Path) -> None:
     async with (
         limited_gateway(tmp_path, {"rpm": 3}) as (gateway, _, key),
-        aiohttp.ClientSession() as http,
+        bounded_client() as http,
     ):
         remaining = []
         first_sent = time.monotonic()
@@ -121,7 +128,7 @@ async def test_tokens_are_reconciled_from_real_usage_for_answers_and_streams(
 ) -> None:
     async with (
         limited_gateway(tmp_path, {"tpm": 2000}) as (gateway, upstream, key),
-        aiohttp.ClientSession() as http,
+        bounded_client() as http,
     ):
         # Charged ~1000 up front each (max_tokens), the mock uses 16 completion tokens.
         async with post(http, gateway.url, key, max_tokens=1000) as response:
@@ -136,7 +143,7 @@ async def test_tokens_are_reconciled_from_real_usage_for_answers_and_streams(
             assert response.status == 200
             assert int(response.headers["x-ratelimit-remaining-tokens"]) > 900 - 2 * 40
         async with openai.AsyncOpenAI(
-            base_url=f"{gateway.url}/v1", api_key=key, max_retries=0
+            base_url=f"{gateway.url}/v1", api_key=key, max_retries=0, timeout=READ_TIMEOUT_S
         ) as sdk:
             stream = await sdk.chat.completions.create(
                 model="m", messages=CHAT, stream=True, stream_options={"include_usage": True}
@@ -149,7 +156,7 @@ async def test_tokens_are_reconciled_from_real_usage_for_answers_and_streams(
 async def test_concurrency_slots_are_freed_on_every_exit_path(tmp_path: Path) -> None:
     async with (
         limited_gateway(tmp_path, {"max_concurrent": 1}) as (gateway, upstream, key),
-        aiohttp.ClientSession() as http,
+        bounded_client() as http,
     ):
         state = gateway.runner.app[STATE]
         async with post(http, gateway.url, key) as response:  # success
@@ -184,9 +191,11 @@ async def test_the_sdk_retry_honours_retry_after(tmp_path: Path) -> None:
         gate = asyncio.Semaphore(0)
         upstream.state.token_gate = gate
         async with (
-            aiohttp.ClientSession() as http,
+            bounded_client() as http,
             post(http, gateway.url, key, stream=True) as held,
-            openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=2) as sdk,
+            openai.AsyncOpenAI(
+                base_url=f"{gateway.url}/v1", api_key=key, max_retries=2, timeout=READ_TIMEOUT_S
+            ) as sdk,
         ):
             await held.content.readany()
             started = time.monotonic()
@@ -209,7 +218,7 @@ async def test_the_sdk_retry_honours_retry_after(tmp_path: Path) -> None:
 async def test_model_limits_protect_a_model_across_keys(tmp_path: Path) -> None:
     async with (
         limited_gateway(tmp_path, {}, model_limits={"rpm": 2}) as (gateway, _, key),
-        aiohttp.ClientSession() as http,
+        bounded_client() as http,
     ):
         for expected in (200, 200, 429):
             async with post(http, gateway.url, key) as response:
@@ -235,7 +244,7 @@ async def test_a_stream_without_a_usage_report_is_charged_what_was_relayed(
         path.write_text(yaml.safe_dump(config))
         server = await start_gateway(load_config(path))
         try:
-            async with aiohttp.ClientSession() as http:
+            async with bounded_client() as http:
                 async with post(http, server.url, key, max_tokens=1000, stream=True) as response:
                     assert b"data: [DONE]" in await response.read()
                 async with post(http, server.url, key, max_tokens=1) as response:

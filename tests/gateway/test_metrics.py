@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.breaker import BreakerSettings
@@ -12,7 +11,7 @@ from actors.router import RetryBudgetSettings, RoutingSettings
 from gateway.app import METRICS_PORT
 from gateway.config import MetricsSettings
 from gateway.mock.faults import Fault
-from tests.gateway.harness import API_KEY, Deployment, ModelPlan, deployment
+from tests.gateway.harness import API_KEY, Deployment, ModelPlan, bounded_client, deployment
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -26,7 +25,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 async def scrape(gw: Deployment) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    async with aiohttp.ClientSession() as http, http.get(gw.url + "/metrics") as response:
+    async with bounded_client() as http, http.get(gw.url + "/metrics") as response:
         assert response.status == 200
         assert response.content_type == "text/plain"
         return samples(await response.text())
@@ -35,7 +34,7 @@ async def scrape(gw: Deployment) -> dict[tuple[str, tuple[tuple[str, str], ...]]
 async def test_metrics_count_requests_streams_retries_and_backends() -> None:
     routing = RoutingSettings(retry_budget=RetryBudgetSettings(min_retries=5))
     plans = [ModelPlan("m", replicas=2, routing=routing, aliases=("alias",))]
-    async with deployment(plans) as gw, aiohttp.ClientSession() as http:
+    async with deployment(plans) as gw, bounded_client() as http:
         chat = {"model": "alias", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
         for _ in range(3):
             async with http.post(gw.url + "/v1/chat/completions", json=chat, headers=AUTH) as r:
@@ -95,7 +94,7 @@ async def test_metrics_on_the_api_port_only_for_allowed_networks() -> None:
     settings = MetricsSettings(allow=("10.0.0.0/8",))
     async with (
         deployment([ModelPlan("m")], metrics=settings) as gw,
-        aiohttp.ClientSession() as http,
+        bounded_client() as http,
         http.get(gw.url + "/metrics") as response,
     ):
         assert response.status == 404
@@ -106,7 +105,7 @@ async def test_metrics_on_a_separate_port() -> None:
     settings = MetricsSettings(on_main_port=False, listen="127.0.0.1:0")
     async with deployment([ModelPlan("m")], metrics=settings) as gw:
         port = gw.gateway.runner.app[METRICS_PORT]
-        async with aiohttp.ClientSession() as http:
+        async with bounded_client() as http:
             async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
                 assert response.status == 200
                 assert "citadel_backend_in_flight" in await response.text()
@@ -116,7 +115,7 @@ async def test_metrics_on_a_separate_port() -> None:
 
 async def test_the_circuit_gauge_follows_the_ejection_without_traffic() -> None:
     breaker = BreakerSettings(consecutive_failures=1, ejection=0.2)
-    async with deployment([ModelPlan("m", breaker=breaker)]) as gw, aiohttp.ClientSession() as http:
+    async with deployment([ModelPlan("m", breaker=breaker)]) as gw, bounded_client() as http:
         gw.mocks["m"][0].state.set_fault(Fault(mode="error", status=500, count=1))
         chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
         async with http.post(gw.url + "/v1/chat/completions", json=chat, headers=AUTH) as r:

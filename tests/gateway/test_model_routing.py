@@ -12,7 +12,7 @@ import pytest
 from actors.probe import HealthSettings
 from actors.routing_rules import RoutingRule, RuleCondition, VirtualModelSettings
 from gateway.mock.faults import Fault
-from tests.gateway.harness import API_KEY, Deployment, ModelPlan, deployment
+from tests.gateway.harness import API_KEY, Deployment, ModelPlan, bounded_client, deployment
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 PROBES = HealthSettings(interval=0.02, jitter=0.1, healthy_threshold=1, unhealthy_threshold=1)
@@ -36,7 +36,7 @@ async def gw() -> AsyncIterator[Deployment]:
 
 async def ask(gw: Deployment, model: str, content: str, **extra: object) -> aiohttp.ClientResponse:
     body = {"model": model, "messages": [{"role": "user", "content": content}], **extra}
-    async with aiohttp.ClientSession() as http:
+    async with bounded_client() as http:
         response = await http.post(gw.url + "/v1/chat/completions", json=body, headers=AUTH)
         await response.read()
         return response
@@ -78,7 +78,7 @@ async def test_fallback_chain_when_the_model_is_down_unless_the_client_opts_out(
     assert response.headers["x-citadel-route"] == "fallback: no usable replica of small"
     body = {"model": "small", "messages": [{"role": "user", "content": "hi"}]}
     async with (
-        aiohttp.ClientSession() as http,
+        bounded_client() as http,
         http.post(
             gw.url + "/v1/chat/completions",
             json=body,
@@ -91,7 +91,7 @@ async def test_fallback_chain_when_the_model_is_down_unless_the_client_opts_out(
 
 async def test_virtual_model_is_listed(gw: Deployment) -> None:
     async with (
-        aiohttp.ClientSession() as http,
+        bounded_client() as http,
         http.get(gw.url + "/v1/models", headers=AUTH) as response,
     ):
         ids = [m["id"] for m in (await response.json())["data"]]

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 
-import aiohttp
 import pytest
 import structlog
 
 from gateway.config import LoggingSettings
 from gateway.observability import REDACTED, BufferedLineLogger, redact_secrets
-from tests.gateway.harness import API_KEY, ModelPlan, deployment
+from tests.gateway.harness import API_KEY, ModelPlan, bounded_client, deployment
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -44,12 +44,21 @@ def test_a_key_logged_through_the_real_pipeline_never_reaches_the_output() -> No
 
 def test_buffered_lines_come_out_in_order_and_errors_flush_at_once() -> None:
     stream = io.StringIO()
-    output = BufferedLineLogger(stream)
+    output = BufferedLineLogger(stream, flush_interval=3600)
     output.info("one")  # no event loop here: written at once
     assert stream.getvalue() == "one\n"
-    output._lines.append("two")  # as if buffered inside a loop
-    output.error("three")  # an error takes what was waiting along, in order
-    assert stream.getvalue() == "one\ntwo\nthree\n"
+
+    async def in_a_loop() -> None:
+        output.info("two")  # buffered: the loop's timer would write it in an hour
+        assert stream.getvalue() == "one\n"
+        output.error("three")  # an error takes what was waiting along, in order
+        assert stream.getvalue() == "one\ntwo\nthree\n"
+        output.info("four")
+        assert stream.getvalue().count("\n") == 3
+        output.flush()  # as atexit does
+
+    asyncio.run(in_a_loop())
+    assert stream.getvalue() == "one\ntwo\nthree\nfour\n"
 
 
 async def test_prompts_and_completions_are_logged_only_when_asked_truncated(
@@ -57,7 +66,7 @@ async def test_prompts_and_completions_are_logged_only_when_asked_truncated(
 ) -> None:
     chat = {"model": "m", "messages": [{"role": "user", "content": "tell me " + "x" * 100}]}
     settings = LoggingSettings(access_log=False, log_prompts=True, prompt_log_chars=20)
-    async with deployment([ModelPlan("m")], logging=settings) as gw, aiohttp.ClientSession() as s:
+    async with deployment([ModelPlan("m")], logging=settings) as gw, bounded_client() as s:
         for body in (chat, {**chat, "stream": True}):
             async with s.post(gw.url + "/v1/chat/completions", json=body, headers=AUTH) as r:
                 await r.read()
@@ -73,7 +82,7 @@ async def test_prompts_and_completions_are_logged_only_when_asked_truncated(
 
     async with (
         deployment([ModelPlan("m")]) as gw,
-        aiohttp.ClientSession() as s,
+        bounded_client() as s,
         s.post(gw.url + "/v1/chat/completions", json=chat, headers=AUTH) as r,
     ):
         await r.read()

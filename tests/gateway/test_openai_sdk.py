@@ -13,7 +13,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from actors.backend import GetStats
-from tests.gateway.harness import API_KEY, Deployment, ModelPlan, deployment
+from tests.gateway.harness import API_KEY, READ_TIMEOUT_S, Deployment, ModelPlan, deployment
 
 PLANS = (
     ModelPlan(
@@ -32,7 +32,9 @@ async def gw() -> AsyncIterator[Deployment]:
 
 @pytest.fixture
 async def client(gw: Deployment) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key=API_KEY, max_retries=0) as sdk:
+    async with openai.AsyncOpenAI(
+        base_url=f"{gw.url}/v1", api_key=API_KEY, max_retries=0, timeout=READ_TIMEOUT_S
+    ) as sdk:
         yield sdk
 
 
@@ -58,7 +60,9 @@ async def test_chat_completion(gw: Deployment, client: openai.AsyncOpenAI) -> No
 
 async def test_chat_completion_with_the_sync_client(gw: Deployment) -> None:
     def call() -> str:
-        with openai.OpenAI(base_url=f"{gw.url}/v1", api_key=API_KEY, max_retries=0) as sdk:
+        with openai.OpenAI(
+            base_url=f"{gw.url}/v1", api_key=API_KEY, max_retries=0, timeout=READ_TIMEOUT_S
+        ) as sdk:
             reply = sdk.chat.completions.create(model="phi-3-mini", messages=HELLO)
             return reply.choices[0].message.content or ""
 
@@ -148,7 +152,7 @@ async def test_invalid_parameter_is_a_bad_request_naming_it(client: openai.Async
 
 async def test_wrong_key_is_an_authentication_error(gw: Deployment) -> None:
     async with openai.AsyncOpenAI(
-        base_url=f"{gw.url}/v1", api_key="sk-not-a-real-key", max_retries=0
+        base_url=f"{gw.url}/v1", api_key="sk-not-a-real-key", max_retries=0, timeout=READ_TIMEOUT_S
     ) as sdk:
         with pytest.raises(openai.AuthenticationError) as caught:
             await sdk.chat.completions.create(model="phi", messages=HELLO)

@@ -17,7 +17,15 @@ from openai.types.chat import ChatCompletionMessageParam
 from gateway.config import load_config
 from gateway.server import RunningServer, start_gateway
 from gateway.state import STATE, GatewayState
-from tests.gateway.harness import ADMIN_KEY, API_KEY, Mock, mock_service, until
+from tests.gateway.harness import (
+    ADMIN_KEY,
+    API_KEY,
+    READ_TIMEOUT_S,
+    Mock,
+    bounded_client,
+    mock_service,
+    until,
+)
 
 EXTRA_KEY = "sk-test-extra-0123456789"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -111,10 +119,15 @@ async def test_reload_adds_and_removes_a_replica_and_a_key_under_load(tmp_path: 
         write_config(path, [first.url], [API_KEY])
         async with (
             gateway_from(path) as gateway,
-            aiohttp.ClientSession() as http,
-            openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=API_KEY, max_retries=0) as sdk,
+            bounded_client() as http,
             openai.AsyncOpenAI(
-                base_url=f"{gateway.url}/v1", api_key=EXTRA_KEY, max_retries=0
+                base_url=f"{gateway.url}/v1", api_key=API_KEY, max_retries=0, timeout=READ_TIMEOUT_S
+            ) as sdk,
+            openai.AsyncOpenAI(
+                base_url=f"{gateway.url}/v1",
+                api_key=EXTRA_KEY,
+                max_retries=0,
+                timeout=READ_TIMEOUT_S,
             ) as extra,
         ):
             state = gateway.runner.app[STATE]
@@ -154,8 +167,10 @@ async def test_a_removed_replica_finishes_its_streams_before_it_stops(tmp_path: 
         write_config(path, [first.url, second.url], [API_KEY])
         async with (
             gateway_from(path) as gateway,
-            aiohttp.ClientSession() as http,
-            openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=API_KEY, max_retries=0) as sdk,
+            bounded_client() as http,
+            openai.AsyncOpenAI(
+                base_url=f"{gateway.url}/v1", api_key=API_KEY, max_retries=0, timeout=READ_TIMEOUT_S
+            ) as sdk,
         ):
             state = gateway.runner.app[STATE]
             gates = {mock.url: asyncio.Semaphore(0) for mock in (first, second)}
@@ -194,7 +209,7 @@ async def test_an_invalid_config_is_rejected_and_the_running_one_stays(tmp_path:
     path = tmp_path / "gateway.yaml"
     async with mock_service(model="m", ttft=0.0) as upstream:
         write_config(path, [upstream.url], [API_KEY])
-        async with gateway_from(path) as gateway, aiohttp.ClientSession() as http:
+        async with gateway_from(path) as gateway, bounded_client() as http:
             path.write_text(path.read_text().replace("name: m", "name: 'bad name'"))
             async with http.post(f"{gateway.url}/admin/reload", headers=ADMIN) as response:
                 body = await response.json()
@@ -202,7 +217,7 @@ async def test_an_invalid_config_is_rejected_and_the_running_one_stays(tmp_path:
             assert body["error"]["code"] == "invalid_config"
             assert "models[0].name" in body["error"]["message"]
             async with openai.AsyncOpenAI(
-                base_url=f"{gateway.url}/v1", api_key=API_KEY, max_retries=0
+                base_url=f"{gateway.url}/v1", api_key=API_KEY, max_retries=0, timeout=READ_TIMEOUT_S
             ) as sdk:
                 answer = await sdk.chat.completions.create(model="m", messages=CHAT)
                 assert answer.choices[0].message.content
@@ -212,7 +227,7 @@ async def test_restart_only_settings_are_reported_and_kept(tmp_path: Path) -> No
     path = tmp_path / "gateway.yaml"
     async with mock_service(model="m", ttft=0.0) as upstream:
         write_config(path, [upstream.url], [API_KEY])
-        async with gateway_from(path) as gateway, aiohttp.ClientSession() as http:
+        async with gateway_from(path) as gateway, bounded_client() as http:
             write_config(path, [upstream.url], [API_KEY], listen="127.0.0.1:1", workers=2)
             report = await reload(http, gateway.url)
             assert report["needs_restart"] == ["listen", "workers"]
@@ -225,7 +240,7 @@ async def test_reload_needs_an_admin_key(tmp_path: Path) -> None:
     path = tmp_path / "gateway.yaml"
     async with mock_service(model="m", ttft=0.0) as upstream:
         write_config(path, [upstream.url], [API_KEY])
-        async with gateway_from(path) as gateway, aiohttp.ClientSession() as http:
+        async with gateway_from(path) as gateway, bounded_client() as http:
             headers = {"Authorization": f"Bearer {API_KEY}"}
             async with http.post(f"{gateway.url}/admin/reload", headers=headers) as response:
                 assert response.status == 403

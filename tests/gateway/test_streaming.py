@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from actors.backend import GetStats
-from tests.gateway.harness import API_KEY, Deployment, ModelPlan, deployment
+from tests.gateway.harness import API_KEY, Deployment, ModelPlan, bounded_client, deployment
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 STREAM_BODY = {
@@ -38,7 +38,7 @@ async def test_each_event_is_relayed_as_it_arrives(gw: Deployment) -> None:
     gate = asyncio.Semaphore(0)
     mock.token_gate = gate
     async with (
-        aiohttp.ClientSession() as http,
+        bounded_client() as http,
         http.post(gw.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH) as response,
     ):
         assert response.headers["Content-Type"].startswith("text/event-stream")
@@ -61,7 +61,7 @@ async def test_each_event_is_relayed_as_it_arrives(gw: Deployment) -> None:
 async def test_client_disconnect_cancels_the_upstream_request(gw: Deployment) -> None:
     mock = gw.mocks["mixtral-8x7b"][0].state
     mock.token_gate = asyncio.Semaphore(0)  # the upstream would wait forever for the gate
-    async with aiohttp.ClientSession() as http:
+    async with bounded_client() as http:
         response = await http.post(gw.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH)
         await read_event(response.content)
         response.close()  # the client goes away mid-stream
@@ -76,7 +76,7 @@ async def test_client_disconnect_cancels_the_upstream_request(gw: Deployment) ->
 
 async def test_a_crashed_backend_actor_restarts_without_disturbing_others() -> None:
     plans = [ModelPlan("a-model"), ModelPlan("b-model")]
-    async with deployment(plans) as gw, aiohttp.ClientSession() as http:
+    async with deployment(plans) as gw, bounded_client() as http:
         a_ref = gw.state.system.lookup("root/backends/a-model#0")
         b_ref = gw.state.system.lookup("root/backends/b-model#0")
         body = {"model": "b-model", "messages": [{"role": "user", "content": "hi"}], "stream": True}

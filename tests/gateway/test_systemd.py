@@ -20,6 +20,7 @@ def test_notify_sends_a_datagram_to_the_socket(tmp_path: Path) -> None:
     path = str(tmp_path / "notify.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
         server.bind(path)
+        server.settimeout(5)
         assert systemd.notify("READY=1", {"NOTIFY_SOCKET": path})
         assert server.recv(1024) == b"READY=1"
 
@@ -28,6 +29,7 @@ def test_notify_supports_abstract_sockets() -> None:
     name = f"citadel-test-{os.getpid()}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
         server.bind("\0" + name)
+        server.settimeout(5)
         assert systemd.notify("STOPPING=1", {"NOTIFY_SOCKET": "@" + name})
         assert server.recv(1024) == b"STOPPING=1"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import openai
 
-from tests.gateway.harness import API_KEY, mock_service
+from tests.gateway.harness import API_KEY, READ_TIMEOUT_S, bounded_client, mock_service
 
 CONFIG = """
 listen: "127.0.0.1:0"
@@ -25,7 +25,6 @@ auth:
   api_keys: ["{key}"]
 logging:
   format: json
-  access_log: false
 shutdown_grace: 5
 models:
   - name: m
@@ -50,6 +49,10 @@ class Parent:
                     record: dict[str, object] = json.loads(line)
                     if record.get("event") == name:
                         return record
+
+    async def events(self, name: str, count: int) -> list[dict[str, object]]:
+        """The next `count` log events called `name`, from whichever process logged them."""
+        return [await self.event(name) for _ in range(count)]
 
     def workers(self) -> list[int]:
         pid = self.process.pid
@@ -103,8 +106,10 @@ async def test_workers_share_the_port_sum_their_metrics_and_a_killed_one_is_repl
     async with (
         mock_service(model="m", ttft=0.0) as mock,
         parent_process(tmp_path, mock.url, str(tmp_path / "notify")) as parent,
-        aiohttp.ClientSession() as http,
-        openai.AsyncOpenAI(base_url=f"{parent.url}/v1", api_key=API_KEY, max_retries=0) as sdk,
+        bounded_client() as http,
+        openai.AsyncOpenAI(
+            base_url=f"{parent.url}/v1", api_key=API_KEY, max_retries=0, timeout=READ_TIMEOUT_S
+        ) as sdk,
     ):
         workers = parent.workers()
         assert len(workers) == 2
@@ -114,7 +119,7 @@ async def test_workers_share_the_port_sum_their_metrics_and_a_killed_one_is_repl
         async def burst(count: int) -> None:
             for _ in range(count):  # new connections, spread over the workers by the kernel
                 async with (
-                    aiohttp.ClientSession() as fresh,
+                    bounded_client() as fresh,
                     fresh.post(
                         f"{parent.url}/v1/chat/completions",
                         json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
@@ -124,8 +129,11 @@ async def test_workers_share_the_port_sum_their_metrics_and_a_killed_one_is_repl
                     assert response.status == 200
 
         await burst(40)
+        served = await parent.events("request", 40)  # the access log: one line per request
+        # 40 new connections all hashed to one worker: 2**-39. Both counts are in the sum.
+        assert {record["worker"] for record in served} == {0, 1}
         exposition = await scrape(http, parent.url)
-        assert requests_total(exposition) == 40  # both workers' counts, whichever answered
+        assert requests_total(exposition) == 40
         assert 'citadel_backend_healthy{backend="m#0"} 1.0' in exposition
 
         os.kill(workers[0], signal.SIGKILL)
@@ -135,6 +143,12 @@ async def test_workers_share_the_port_sum_their_metrics_and_a_killed_one_is_repl
         assert replaced["worker"] == died["worker"]
         assert sorted(parent.workers()) != workers
         assert len(parent.workers()) == 2
+        assert died["restart_in_s"] == 0.5
+
+        os.kill(int(replaced["pid"]), signal.SIGKILL)  # dies again within a minute: backs off
+        again = await parent.event("worker_died")
+        assert (again["worker"], again["restart_in_s"]) == (died["worker"], 1.0)
+        await parent.event("worker_ready")
 
         assert requests_total(await scrape(http, parent.url)) == 40  # not backwards
         await burst(10)
@@ -143,6 +157,10 @@ async def test_workers_share_the_port_sum_their_metrics_and_a_killed_one_is_repl
         )
         assert answer.choices[0].message.content
         assert requests_total(await scrape(http, parent.url)) == 51
+
+        parent.process.send_signal(signal.SIGHUP)  # passed on: every worker reloads the file
+        reloaded = await parent.events("config_reloaded", 2)
+        assert {record["worker"] for record in reloaded} == {0, 1}
 
         parent.process.send_signal(signal.SIGTERM)
         await parent.event("workers_stopped")

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from tests.gateway.harness import Mock, mock_service
+from tests.gateway.harness import Mock, bounded_client, mock_service
 
 CHAT = {"model": "org/served", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 
@@ -20,7 +20,7 @@ async def mock() -> AsyncIterator[Mock]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
+    async with bounded_client() as session:
         yield session
 
 

@@ -1,0 +1,157 @@
+"""Rate limits when Redis fails: down (fail open on local limits, or closed with a 503),
+silent (a Redis that accepts and never answers is given up on after `redis_timeout`), and a
+gateway dying with slots held (they expire after `lease_ttl`, not never). Outages use a
+private redis-server or a silent listener, never the machine's Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import redis.asyncio as redis
+
+from gateway.state import STATE
+from tests.gateway.harness import bounded_client, mock_service, serving_process
+from tests.gateway.redis_harness import (
+    CHAT,
+    SECRET,
+    chat,
+    config_text,
+    gateway_on,
+    limiter_details,
+    private_redis,
+)
+
+
+@asynccontextmanager
+async def silent_redis() -> AsyncIterator[str]:
+    """A listener that accepts connections and never answers: a hung Redis."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # kept open, never written to
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_redis_down_fails_open_on_local_limits_and_recovers(tmp_path: Path) -> None:
+    key_id = secrets.token_hex(6)
+    key = f"sk-citadel-{key_id}-{SECRET}"
+    async with (
+        private_redis() as store,
+        gateway_on(tmp_path, store.url, key_id, {"rpm": 1000}) as server,
+        bounded_client() as http,
+    ):
+        state = server.runner.app[STATE]
+        assert await chat(http, server.url, key) == 200
+        await store.stop()
+        assert await chat(http, server.url, key) == 200  # served on local limits
+        details = limiter_details(state)
+        assert details["redis_down"] is True
+        assert details["redis_failures"] == 1
+        await store.start()
+        async with asyncio.timeout(10):
+            while limiter_details(state)["redis_down"]:
+                assert await chat(http, server.url, key) == 200
+                await asyncio.sleep(0.05)  # the limiter tries Redis again after a second
+        client = redis.Redis.from_url(store.url)
+        try:  # the limit state is in Redis again
+            assert await client.exists(f"citadel:rl:key:{key_id}:tat") == 1
+        finally:
+            await client.aclose()
+
+
+async def test_redis_down_fails_closed_when_configured(tmp_path: Path) -> None:
+    key_id = secrets.token_hex(6)
+    key = f"sk-citadel-{key_id}-{SECRET}"
+    async with (
+        private_redis() as store,
+        gateway_on(tmp_path, store.url, key_id, {"rpm": 1000}, redis_failure="closed") as server,
+        bounded_client() as http,
+    ):
+        assert await chat(http, server.url, key) == 200
+        await store.stop()
+        async with http.post(
+            f"{server.url}/v1/chat/completions",
+            json={"model": "m", "messages": CHAT},
+            headers={"Authorization": f"Bearer {key}"},
+        ) as response:
+            assert response.status == 503
+            assert response.headers["Retry-After"] == "1"
+            assert "unreachable" in (await response.json())["error"]["message"]
+
+
+async def test_a_redis_that_never_answers_is_given_up_on_after_redis_timeout(
+    tmp_path: Path,
+) -> None:
+    """Without the timeout every admission would wait on the hung connection for ever (the
+    client's own 30 s bound would end this test instead)."""
+    key_id = secrets.token_hex(6)
+    key = f"sk-citadel-{key_id}-{SECRET}"
+    async with (
+        silent_redis() as url,
+        gateway_on(
+            tmp_path, url, key_id, {"rpm": 1000}, redis_failure="closed", redis_timeout=0.2
+        ) as server,
+        bounded_client() as http,
+    ):
+        async with http.post(
+            f"{server.url}/v1/chat/completions",
+            json={"model": "m", "messages": CHAT},
+            headers={"Authorization": f"Bearer {key}"},
+        ) as response:
+            assert response.status == 503
+            assert response.headers["Retry-After"] == "1"
+        assert limiter_details(server.runner.app[STATE])["redis_down"] is True
+
+
+async def test_slots_of_a_gateway_that_died_expire_after_lease_ttl(
+    tmp_path: Path, shared_redis: str
+) -> None:
+    key_id = secrets.token_hex(6)
+    key = f"sk-citadel-{key_id}-{SECRET}"
+    scopes = {"max_concurrent": 1}
+    async with mock_service(model="m") as upstream:
+        upstream.state.token_gate = asyncio.Semaphore(0)  # the stream stays open
+        config = tmp_path / "holder.yaml"
+        config.write_text(config_text(upstream.url, shared_redis, key_id, scopes, lease_ttl=1))
+        async with (
+            serving_process(config) as (holder, url),
+            bounded_client() as http,
+            http.post(
+                f"{url}/v1/chat/completions",
+                json={"model": "m", "messages": CHAT, "stream": True},
+                headers={"Authorization": f"Bearer {key}"},
+            ) as held,
+        ):
+            await held.content.readany()  # admitted: the slot is in Redis
+            holder.send_signal(signal.SIGKILL)  # dies holding it: nobody settles it
+            await holder.wait()
+    died = time.monotonic()
+    async with (
+        gateway_on(tmp_path, shared_redis, key_id, scopes, lease_ttl=1) as server,
+        bounded_client() as http,
+    ):
+        assert await chat(http, server.url, key) == 429  # the dead gateway's slot
+        async with asyncio.timeout(10):
+            while await chat(http, server.url, key) == 429:  # noqa: ASYNC110 - Redis's clock
+                await asyncio.sleep(0.05)  # the slot expires in another process: poll it
+        assert time.monotonic() - died > 0.5  # freed by expiry, not by a settlement
+        client = redis.Redis.from_url(shared_redis)
+        try:
+            assert await client.zcard(f"citadel:rl:key:{key_id}:flight") == 0
+        finally:
+            await client.aclose()
