@@ -149,14 +149,14 @@ async def test_records_a_write_failed_on_are_written_when_the_database_takes_the
             async with bounded_client() as http:
                 sent = [await send(http, server.url, stream=i % 2 == 1) for i in range(5)]
             async with asyncio.timeout(10):
-                while not details().details["write_failures"]:
-                    await asyncio.sleep(0.05)  # noqa: ASYNC110 - the ledger's ticker, 0.2 s
+                while not details().details["write_failures"]:  # noqa: ASYNC110 - a thread's
+                    await asyncio.sleep(0.05)  # the ledger's ticker (0.2 s), then the writer
             assert details().details["written"] == 0
             assert rows(ledger) == []
             db.execute("DROP TRIGGER refuse")
             async with asyncio.timeout(10):
-                while details().details["backlog"]:
-                    await asyncio.sleep(0.05)  # noqa: ASYNC110 - the next tick writes them
+                while details().details["backlog"]:  # noqa: ASYNC110 - the writer's thread
+                    await asyncio.sleep(0.05)  # the next tick writes them
         finally:
             db.close()
             await server.close()

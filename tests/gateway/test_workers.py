@@ -145,7 +145,7 @@ async def test_workers_share_the_port_sum_their_metrics_and_a_killed_one_is_repl
         assert len(parent.workers()) == 2
         assert died["restart_in_s"] == 0.5
 
-        os.kill(int(replaced["pid"]), signal.SIGKILL)  # dies again within a minute: backs off
+        os.kill(int(str(replaced["pid"])), signal.SIGKILL)  # dies again within a minute: backs off
         again = await parent.event("worker_died")
         assert (again["worker"], again["restart_in_s"]) == (died["worker"], 1.0)
         await parent.event("worker_ready")
