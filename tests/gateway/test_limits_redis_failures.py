@@ -15,6 +15,8 @@ from pathlib import Path
 
 import redis.asyncio as redis
 
+from gateway.config import load_config
+from gateway.server import start_gateway
 from gateway.state import STATE
 from tests.gateway.harness import bounded_client, mock_service, serving_process
 from tests.gateway.redis_harness import (
@@ -121,37 +123,47 @@ async def test_a_redis_that_never_answers_is_given_up_on_after_redis_timeout(
 async def test_slots_of_a_gateway_that_died_expire_after_lease_ttl(
     tmp_path: Path, shared_redis: str
 ) -> None:
+    """Each slot carries its own expiry: a busy key, whose set of slots never expires as a
+    whole (every admission renews it), still loses the dead gateway's slot after lease_ttl."""
     key_id = secrets.token_hex(6)
     key = f"sk-citadel-{key_id}-{SECRET}"
-    scopes = {"max_concurrent": 1}
-    async with mock_service(model="m") as upstream:
-        upstream.state.token_gate = asyncio.Semaphore(0)  # the stream stays open
-        config = tmp_path / "holder.yaml"
-        config.write_text(config_text(upstream.url, shared_redis, key_id, scopes, lease_ttl=1))
+    stream = {"model": "m", "messages": CHAT, "stream": True}
+    auth = {"Authorization": f"Bearer {key}"}
+    config = tmp_path / "gateway.yaml"
+    client = redis.Redis.from_url(shared_redis)
+    flight = f"citadel:rl:key:{key_id}:flight"
+    async with mock_service(model="m") as upstream, bounded_client() as http:
+        upstream.state.token_gate = asyncio.Semaphore(0)  # streams stay open
+        text = config_text(upstream.url, shared_redis, key_id, {"max_concurrent": 2}, lease_ttl=1)
+        config.write_text(text)
         async with (
             serving_process(config) as (holder, url),
-            bounded_client() as http,
-            http.post(
-                f"{url}/v1/chat/completions",
-                json={"model": "m", "messages": CHAT, "stream": True},
-                headers={"Authorization": f"Bearer {key}"},
-            ) as held,
+            http.post(f"{url}/v1/chat/completions", json=stream, headers=auth) as held,
         ):
             await held.content.readany()  # admitted: the slot is in Redis
             holder.send_signal(signal.SIGKILL)  # dies holding it: nobody settles it
             await holder.wait()
-    died = time.monotonic()
-    async with (
-        gateway_on(tmp_path, shared_redis, key_id, scopes, lease_ttl=1) as server,
-        bounded_client() as http,
-    ):
-        assert await chat(http, server.url, key) == 429  # the dead gateway's slot
-        async with asyncio.timeout(10):
-            while await chat(http, server.url, key) == 429:  # noqa: ASYNC110 - Redis's clock
-                await asyncio.sleep(0.05)  # the slot expires in another process: poll it
-        assert time.monotonic() - died > 0.5  # freed by expiry, not by a settlement
-        client = redis.Redis.from_url(shared_redis)
+        died = time.monotonic()
+        server = await start_gateway(load_config(config))
         try:
-            assert await client.zcard(f"citadel:rl:key:{key_id}:flight") == 0
+            async with http.post(
+                f"{server.url}/v1/chat/completions", json=stream, headers=auth
+            ) as live:
+                await live.content.readany()  # the second slot, held
+                assert await chat(http, server.url, key) == 429  # the dead one still counts
+            upstream.state.token_gate = None
+            async with asyncio.timeout(10):
+                while await client.zcard(flight) > 1:  # noqa: ASYNC110 - another process
+                    await asyncio.sleep(0.01)  # the live stream's settlement, on its way
+            # The key stays busy (each admission renews its set of slots); only the dead
+            # slot's own expiry can free it.
+            async with asyncio.timeout(10):
+                while True:
+                    assert await chat(http, server.url, key) == 200
+                    if await client.zcard(flight) == 0:
+                        break
+                    await asyncio.sleep(0.05)
+            assert time.monotonic() - died > 0.5  # freed by expiry, not by a settlement
         finally:
             await client.aclose()
+            await server.close()

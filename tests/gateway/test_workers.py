@@ -71,6 +71,7 @@ async def parent_process(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "NOTIFY_SOCKET": notify_socket},
+        start_new_session=True,  # its own process group: a failed test kills the workers too
     )  # fmt: skip
     parent = Parent(process)
     try:
@@ -79,7 +80,9 @@ async def parent_process(
         yield parent
     finally:
         if process.returncode is None:
-            process.kill()
+            # As systemd's KillMode=control-group would: workers left behind would hold the
+            # pipe open, and wait() waits for it to close.
+            os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
 
 
