@@ -29,9 +29,10 @@ from pydantic import (
 from actors.limits import LimitSpec
 
 PREFIX = "sk-citadel-"
-_KEY = re.compile(r"^sk-citadel-([0-9a-f]{12})-([A-Za-z0-9_-]{20,128})$")
-_ID = re.compile(r"^[0-9a-f]{12}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# Matched whole (fullmatch): `^...$` would let a trailing newline through.
+_KEY = re.compile(r"sk-citadel-([0-9a-f]{12})-([A-Za-z0-9_-]{20,128})")
+_ID = re.compile(r"[0-9a-f]{12}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 Endpoint = Literal["chat.completions", "completions", "embeddings", "models"]
 ENDPOINTS: tuple[Endpoint, ...] = ("chat.completions", "completions", "embeddings", "models")
@@ -52,7 +53,7 @@ def hash_secret(secret: str) -> str:
 
 def split_key(key: str) -> tuple[str, str] | None:
     """(key_id, secret) of a well-formed key, else None."""
-    match = _KEY.match(key)
+    match = _KEY.fullmatch(key)
     return (match.group(1), match.group(2)) if match else None
 
 
@@ -122,14 +123,14 @@ class KeyRecord(BaseModel):
     @field_validator("id")
     @classmethod
     def _valid_id(cls, key_id: str) -> str:
-        if not _ID.match(key_id):
+        if not _ID.fullmatch(key_id):
             raise ValueError("a key id is 12 lowercase hex digits")
         return key_id
 
     @field_validator("secret_sha256")
     @classmethod
     def _valid_hash(cls, value: str) -> str:
-        if not _HEX64.match(value):
+        if not _HEX64.fullmatch(value):
             raise ValueError("the SHA-256 of the secret, as 64 lowercase hex digits")
         return value
 

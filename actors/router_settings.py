@@ -15,7 +15,7 @@ from actors.breaker import BreakerSettings
 from actors.limits import LimitSpec
 from actors.routing_rules import VirtualModelSettings
 
-_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
 
 
 def replica_name(model: str, index: int) -> str:
@@ -86,7 +86,7 @@ class ModelSettings(BaseModel):
     @field_validator("name")
     @classmethod
     def _valid_id(cls, name: str) -> str:
-        if not _MODEL_ID.match(name):
+        if not _MODEL_ID.fullmatch(name):
             raise ValueError("must be 1-128 of letters, digits and ._:/@+- (no spaces)")
         return name
 
@@ -94,7 +94,7 @@ class ModelSettings(BaseModel):
     @classmethod
     def _valid_aliases(cls, aliases: tuple[str, ...]) -> tuple[str, ...]:
         for alias in aliases:
-            if not _MODEL_ID.match(alias):
+            if not _MODEL_ID.fullmatch(alias):
                 raise ValueError(f"alias {alias!r}: 1-128 of letters, digits and ._:/@+-")
         return aliases
 

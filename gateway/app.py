@@ -45,7 +45,7 @@ from gateway.state import (
 log = structlog.get_logger("gateway")
 access_log = structlog.get_logger("gateway.access")
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 # Shaped like a key: never echoed, logged or stored (a client once sent its key as its id).
 _KEY_SHAPED = re.compile(r"(?i)^(?:sk|pk|rk)-")
 
@@ -63,7 +63,7 @@ def request_ids(request: web.Request) -> tuple[str, str]:
     sent = request.headers.get("x-request-id")
     if (
         sent is not None
-        and _REQUEST_ID.match(sent)
+        and _REQUEST_ID.fullmatch(sent)
         and not _KEY_SHAPED.match(sent)
         and sent not in presented_secrets(request)
     ):

@@ -61,6 +61,10 @@ def test_minimal_config_gets_defaults() -> None:
             MINIMAL + "  - name: tiny\n    backends:\n      - url: http://h:1\n",
             "model id or alias 'tiny' is used twice",
         ),
+        (
+            MINIMAL.replace("  - name: tiny", '  - name: "tiny\\n"'),  # a trailing newline
+            "<config>:3: models[0].name: must be 1-128 of letters",
+        ),
         ("- a list\n", "<config>: the configuration must be a mapping"),
         ("models: [\n", "<config>: not valid YAML"),
     ],
