@@ -133,7 +133,7 @@ def test_a_record_checks_its_id_and_hash_and_never_shows_the_hash() -> None:
     assert stored not in repr(shown)
     for bad in ({"id": "0123456789AB"}, {"id": "0123456789a"}, {"id": KEY_ID + "\n"}):
         with pytest.raises(ValidationError, match="12 lowercase hex digits"):
-            KeyRecord(**{"secret_sha256": stored, **bad})  # type: ignore[arg-type]
+            KeyRecord(**{"secret_sha256": stored, **bad})
     for bad_hash in (stored.upper(), stored[:63], stored + "0"):
         with pytest.raises(ValidationError, match="64 lowercase hex digits"):
             KeyRecord(id=KEY_ID, secret_sha256=bad_hash)
