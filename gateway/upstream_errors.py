@@ -62,8 +62,9 @@ def error_object(payload: bytes) -> dict[str, Any] | None:
     return None
 
 
-_SAFE_CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_SAFE_PARAM = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\[\]]{0,63}$")
+# Matched whole (fullmatch): `^...$` would let a trailing newline through.
+_SAFE_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_SAFE_PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_.\[\]]{0,63}")
 # How servers say a prompt does not fit: vLLM ("maximum context length"), llama-server
 # (type exceed_context_size_error, "exceeds the available context size"), TGI ("must have
 # less than N tokens"), llama-cpp-python ("Requested tokens (N) exceed context window").
@@ -89,13 +90,14 @@ def _rejection(error: dict[str, Any] | None, message: str | None) -> InvalidRequ
     ):
         return InvalidRequest(
             message or "The prompt does not fit the model's context window.",
-            param=param if isinstance(param, str) and _SAFE_PARAM.match(param) else "messages",
+            param=param if isinstance(param, str) and _SAFE_PARAM.fullmatch(param) else "messages",
             code=CONTEXT_LENGTH_EXCEEDED,
         )
+    safe_code = isinstance(code, str) and _SAFE_CODE.fullmatch(code)
     return InvalidRequest(
         message or "The model service rejected the request.",
-        param=param if isinstance(param, str) and _SAFE_PARAM.match(param) else None,
-        code=code if isinstance(code, str) and _SAFE_CODE.match(code) else "upstream_rejected",
+        param=param if isinstance(param, str) and _SAFE_PARAM.fullmatch(param) else None,
+        code=code if safe_code else "upstream_rejected",
     )
 
 

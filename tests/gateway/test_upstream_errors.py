@@ -1,0 +1,199 @@
+"""What an upstream's failure becomes for the client and for the replica's record, and the
+stream framing decisions around it: exact, without servers (the same cases over sockets are
+in test_errors.py, test_model_servers.py and test_promises.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from actors.backend import Outcome
+from gateway import sse
+from gateway.errors import InvalidRequest, ServiceUnavailable, UpstreamFailed, UpstreamTimeout
+from gateway.rewrite import with_stream_usage
+from gateway.upstream_errors import (
+    CONTEXT_LENGTH_EXCEEDED,
+    blame_of,
+    error_object,
+    from_error_event,
+    from_status,
+    signature,
+)
+
+RENAME = ("/models/phi-3.gguf", "phi-3-mini")
+
+
+def body(**error: object) -> bytes:
+    return json.dumps({"error": error}).encode()
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b'{"error": {"message": "m"}}', {"message": "m"}),
+        (b'{"error": "plain"}', {"message": "plain"}),
+        (b'{"object": "error", "message": "m"}', {"object": "error", "message": "m"}),
+        (b'{"detail": "d"}', {"detail": "d"}),
+        (b'{"error": 5}', None),
+        (b'{"choices": []}', None),
+        (b"[1]", None),
+        (b"<html>", None),
+    ],
+)
+def test_error_object_knows_the_shapes_servers_use(
+    payload: bytes, expected: dict[str, object] | None
+) -> None:
+    assert error_object(payload) == expected
+
+
+@pytest.mark.parametrize("status", [400, 422])
+def test_a_400_or_422_is_the_requests_fault_with_the_public_name(status: int) -> None:
+    error, outcome = from_status(
+        status, body(message="bad value for /models/phi-3.gguf", code="bad_x", param="x"), RENAME
+    )
+    assert outcome is Outcome.REJECTED
+    assert isinstance(error, InvalidRequest)
+    assert (error.message, error.code, error.param) == ("bad value for phi-3-mini", "bad_x", "x")
+
+
+def test_unsafe_codes_and_params_are_not_relayed() -> None:
+    error, _ = from_status(400, body(message="no", code="Bad Code\n", param="x; rm"), RENAME)
+    assert (error.code, error.param) == ("upstream_rejected", None)
+    error, _ = from_status(400, body(code="ok_code\n", param="p\n"), RENAME)
+    assert (error.code, error.param) == ("upstream_rejected", None)
+    error, _ = from_status(400, b"", RENAME)
+    assert (error.message, error.code) == (
+        "The model service rejected the request.",
+        "upstream_rejected",
+    )
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        {"type": "exceed_context_size_error", "message": "too long"},
+        {"code": "context_length_exceeded"},
+        {"message": "This model's maximum context length is 2048 tokens"},
+        {"message": "Requested tokens (3000) exceed context window of 2048"},
+        {"message": "Input validation error: `inputs` must have less than 2048 tokens"},
+    ],
+)
+def test_a_context_overflow_is_named_as_openai_names_it(error: dict[str, object]) -> None:
+    rejected, outcome = from_status(400, body(**error), RENAME)
+    assert outcome is Outcome.REJECTED
+    assert (rejected.code, rejected.param) == (CONTEXT_LENGTH_EXCEEDED, "messages")
+    assert rejected.message == error.get(
+        "message", "The prompt does not fit the model's context window."
+    )
+
+
+def test_a_context_overflow_keeps_a_safe_param() -> None:
+    error, _ = from_status(400, body(code=CONTEXT_LENGTH_EXCEEDED, param="prompt"), RENAME)
+    assert error.param == "prompt"
+
+
+def test_413_and_501_are_the_requests_fault() -> None:
+    error, outcome = from_status(413, b"", RENAME)
+    assert (type(error), outcome) == (InvalidRequest, Outcome.REJECTED)
+    assert error.message == "The request is too large for the model service."
+    error, outcome = from_status(501, b"", RENAME)
+    assert (type(error), outcome, error.code) == (
+        InvalidRequest,
+        Outcome.REJECTED,
+        "unsupported_endpoint",
+    )
+
+
+def test_a_429_is_the_replicas_and_says_when_to_retry() -> None:
+    error, outcome = from_status(429, b"", RENAME)
+    assert isinstance(error, ServiceUnavailable)
+    assert outcome is Outcome.UPSTREAM_ERROR
+    assert (error.code, error.headers) == ("upstream_overloaded", {"Retry-After": "1"})
+
+
+@pytest.mark.parametrize("status", [408, 504])
+def test_upstream_timeouts_are_timeouts(status: int) -> None:
+    error, outcome = from_status(status, b"", RENAME)
+    assert (type(error), outcome) == (UpstreamTimeout, Outcome.TIMEOUT)
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (500, Outcome.SUSPECT),
+        (401, Outcome.SUSPECT),
+        (404, Outcome.SUSPECT),
+        (499, Outcome.SUSPECT),
+        (502, Outcome.UPSTREAM_ERROR),
+        (503, Outcome.UPSTREAM_ERROR),
+        (507, Outcome.UPSTREAM_ERROR),
+    ],
+)
+def test_other_failures_are_suspect_or_the_replicas(status: int, outcome: Outcome) -> None:
+    error, judged = from_status(status, body(message="secret internals"), RENAME)
+    assert judged is outcome
+    assert isinstance(error, UpstreamFailed)
+    assert error.message == (
+        f"The model service failed (HTTP {status}) while processing the request."
+    )
+
+
+def test_what_identifies_a_failure_is_its_status_and_first_512_bytes() -> None:
+    assert signature(500, b"x" * 600) == (500, b"x" * 512)
+    assert blame_of(InvalidRequest("no"), b"y" * 600) == (Outcome.REJECTED, (200, b"y" * 512))
+    assert blame_of(UpstreamFailed("no"), b"z") == (Outcome.SUSPECT, (200, b"z"))
+
+
+def test_an_error_inside_a_stream() -> None:
+    rejected = from_error_event({"code": 400, "message": "bad /models/phi-3.gguf"}, RENAME)
+    assert isinstance(rejected, InvalidRequest)
+    assert rejected.message == "bad phi-3-mini"
+    for error in ({"code": "422"}, {"type": "BadRequestError"}):
+        assert isinstance(from_error_event(error, RENAME), InvalidRequest)
+    failed = from_error_event({"code": 500, "message": "oom"}, RENAME)
+    assert (type(failed), failed.message) == (UpstreamFailed, "oom")
+    silent = from_error_event({"code": 500}, RENAME)
+    assert silent.message == "The model service reported an error during generation."
+
+
+def test_done_is_found_at_the_end_only_and_removed_once() -> None:
+    chunk = b'data: {"choices":[{"delta":{"content":"data: [DONE]\\n\\n"}}]}\n\n'
+    assert not sse.is_done(chunk)
+    assert sse.is_done(chunk + b"data: [DONE]\n\n")
+    assert sse.is_done(chunk + b"data:[DONE]\n\n")
+    assert sse.without_done(chunk + b"data: [DONE]\n\n") == chunk
+    assert sse.without_done(chunk + b"data:[DONE]\n\n") == chunk
+    assert sse.without_done(chunk) == chunk
+
+
+def test_an_error_event_is_one_compact_data_line() -> None:
+    assert sse.error_event({"error": {"message": "x y"}}) == (
+        b'data: {"error":{"message":"x y"}}\n\n'
+    )
+
+
+def test_the_usage_report_is_dropped_and_nothing_else() -> None:
+    text = b'data: {"choices":[{"delta":{"content":"\\"usage\\""}}]}'
+    usage = b'data: {"choices": [ ],"usage":{"prompt_tokens":3,"completion_tokens":1}}'
+    assert sse.drop_usage_events(text + b"\n\n" + usage + b"\n\n") == text + b"\n\n"
+    assert sse.drop_usage_events(usage + b"\n\n" + text + b"\n\n") == text + b"\n\n"
+    assert sse.drop_usage_events(text + b"\n\n") == text + b"\n\n"
+    no_usage = b'data: {"choices":[],"usage":null}\n\n'
+    assert sse.drop_usage_events(no_usage) == no_usage  # no token counts: kept
+
+
+def test_a_stream_asks_for_its_usage_whatever_the_client_said() -> None:
+    def options(raw: bytes) -> object:
+        return json.loads(with_stream_usage(raw))["stream_options"]
+
+    assert options(b'{"model":"m"}') == {"include_usage": True}
+    assert json.loads(with_stream_usage(b' {"model":"m"}'))["model"] == "m"
+    assert options(b'{"stream_options":{"include_usage":false,"x":1}}') == {
+        "include_usage": True,
+        "x": 1,
+    }
+    assert options(b'{"stream_options":null}') == {"include_usage": True}
+    raw = with_stream_usage('{"stream_options":{},"content":"é"}'.encode())
+    assert "é".encode() in raw  # not escaped: the body keeps its size and bytes
+    assert b" " not in raw
