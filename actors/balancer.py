@@ -165,7 +165,7 @@ class Balancer:
 _MASK = (1 << 64) - 1
 
 
-def _mix(value: int) -> int:
+def splitmix64(value: int) -> int:
     """splitmix64's finaliser: a fast, well-spread 64-bit hash of an integer."""
     value = (value ^ (value >> 30)) * 0xBF58476D1CE4E5B9 & _MASK
     value = (value ^ (value >> 27)) * 0x94D049BB133111EB & _MASK
@@ -196,7 +196,7 @@ def affinity_pick(
     """
     total = sum(r.in_flight for r in replicas) + 1
     bound = max(float(min_in_flight), load_factor * total / len(replicas))
-    ranked = sorted(range(len(replicas)), key=lambda i: _mix(key ^ names[i]), reverse=True)
+    ranked = sorted(range(len(replicas)), key=lambda i: splitmix64(key ^ names[i]), reverse=True)
     for index in ranked:
         replica = replicas[index]
         if replica.has_room(now) and replica.in_flight + 1 <= bound:

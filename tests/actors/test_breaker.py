@@ -97,3 +97,32 @@ def test_an_open_circuit_whose_ejection_ended_reads_half_open_without_traffic() 
     assert breaker.current(4.9) is BreakerState.OPEN
     assert breaker.current(5.0) is BreakerState.HALF_OPEN
     assert breaker.state is BreakerState.OPEN  # reading changes nothing
+
+
+def test_available_ranks_without_taking_the_trial_and_abandon_gives_it_back() -> None:
+    breaker = CircuitBreaker(SETTINGS)
+    assert breaker.available(0)
+    for _ in range(3):
+        breaker.record(failed=True, now=0)
+    assert not breaker.available(4.9)
+    assert breaker.available(5.0)  # the trial is due; asking does not take it
+    assert breaker.available(5.0)
+    assert breaker.allow(5.0)  # taken
+    assert not breaker.available(5.0)
+    breaker.abandon()  # its client left without a verdict
+    breaker.abandon()  # once too often: never more trials than configured
+    assert breaker.available(5.0)
+    assert breaker.allow(5.0)
+    assert not breaker.allow(5.0)
+
+
+def test_abandon_outside_a_trial_changes_nothing() -> None:
+    breaker = CircuitBreaker(SETTINGS)
+    breaker.abandon()
+    assert breaker.state is BreakerState.CLOSED
+    for _ in range(3):
+        breaker.record(failed=True, now=0)
+    breaker.abandon()
+    assert not breaker.available(4.9)  # still open, with no trial to give back
+    assert breaker.allow(5.0)
+    assert not breaker.allow(5.0)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -24,6 +26,7 @@ from actors.routing_rules import (
     RuleCondition,
     VirtualModelSettings,
     estimate_prompt_tokens,
+    prefix_key,
 )
 
 
@@ -176,3 +179,28 @@ def test_prompt_tokens_are_estimated_from_messages_and_prompts() -> None:
     assert tokens == 4 + 100
     assert text == "x" * 400
     assert estimate_prompt_tokens(None, [1, 2, 3])[0] == 3
+
+
+@dataclass
+class Message:
+    role: str
+    content: object
+
+
+def test_the_affinity_key_is_the_conversations_first_two_messages_on_every_machine() -> None:
+    system, first = Message("system", "be brief"), Message("user", "hi")
+    key = prefix_key([system, first])
+    assert key == prefix_key([system, first, Message("assistant", "hello")])  # later turns
+    assert key != prefix_key([system, Message("user", "hi!")])
+    assert key != prefix_key([Message("user", "be brief"), first])  # the role counts
+    # Role and content are delimited: moving a character across the boundary changes it.
+    assert prefix_key([Message("ab", "c")]) != prefix_key([Message("a", "bc")])
+    assert prefix_key([Message("u", "a"), Message("u", "b")]) != prefix_key([Message("u", "ab")])
+    # Fixed by its construction (BLAKE2b, 8 bytes, big-endian), never Python's hash().
+    digest = hashlib.blake2b(b"system\x00be brief\x01user\x00hi\x01", digest_size=8)
+    assert key == int.from_bytes(digest.digest(), "big")
+    parts = [{"type": "text", "text": "hi"}]
+    assert prefix_key([Message("user", parts)]) != prefix_key([Message("user", None)])
+    assert prefix_key([Message("user", None)]) == int.from_bytes(
+        hashlib.blake2b(b"user\x00\x01", digest_size=8).digest(), "big"
+    )
