@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: test test-deps test-real real-servers lint demo bench bench-workers bench-actors \
-	bench-real bench-deps clean
+	bench-real bench-deps mutation clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,13 @@ test-real: $(STAMP) real-servers
 # The Redis tests start private redis-servers (outages are never staged on the shared one).
 test-deps:
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+
+# Mutation testing of the decision-making modules against the fast tests that cover them
+# (pyproject.toml [tool.mutmut]); the score per module, failing below 85% killed.
+mutation: $(STAMP)
+	rm -rf mutants
+	$(BIN)/mutmut run > /dev/null
+	$(BIN)/python -m ops.mutation_score --mutmut $(BIN)/mutmut
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
