@@ -11,7 +11,7 @@ import pytest
 from actors.backend import Outcome
 from gateway import sse
 from gateway.errors import InvalidRequest, ServiceUnavailable, UpstreamFailed, UpstreamTimeout
-from gateway.rewrite import with_stream_usage
+from gateway.rewrite import request_body, with_stream_usage
 from gateway.upstream_errors import (
     CONTEXT_LENGTH_EXCEEDED,
     blame_of,
@@ -197,3 +197,95 @@ def test_a_stream_asks_for_its_usage_whatever_the_client_said() -> None:
     raw = with_stream_usage('{"stream_options":{},"content":"é"}'.encode())
     assert "é".encode() in raw  # not escaped: the body keeps its size and bytes
     assert b" " not in raw
+
+
+def test_fixed_messages_for_what_the_upstream_cannot_say() -> None:
+    assert from_status(501, b"", RENAME)[0].message == "The model does not support this endpoint."
+    overloaded = from_status(429, body(message="queue full"), RENAME)[0]
+    assert overloaded.message == "The model service is overloaded. Retry shortly."
+    assert from_status(504, b"", RENAME)[0].message == "The model service timed out."
+
+
+def test_a_relayed_message_is_short_and_at_most_two_lines() -> None:
+    def relayed(message: str) -> str | None:
+        return from_status(400, body(message=message), RENAME)[0].message
+
+    fallback = "The model service rejected the request."
+    assert relayed("x" * 400) == "x" * 400
+    assert relayed("x" * 401) == fallback
+    assert relayed("one\ntwo") == "one\ntwo"
+    assert relayed("one\ntwo\nthree") == fallback
+
+
+def test_an_error_event_keeps_its_code_and_param_when_it_is_the_requests() -> None:
+    rejected = from_error_event({"code": "400", "param": "top_k", "message": "bad"}, RENAME)
+    assert (type(rejected), rejected.param) == (InvalidRequest, "top_k")
+    assert isinstance(from_error_event({"code": 422}, RENAME), InvalidRequest)
+    assert isinstance(from_error_event({"code": 423}, RENAME), UpstreamFailed)
+
+
+def test_the_framer_passes_whole_events_and_holds_partial_ones() -> None:
+    framer = sse.EventFramer()
+    assert framer.feed(b"data: 1\n\n") == b"data: 1\n\n"
+    assert framer.feed(b"data: 2\n") == b""  # unfinished: held
+    assert framer.pending == b"data: 2\n"
+    assert framer.feed(b"\ndata: 3") == b"data: 2\n\n"
+    assert framer.feed(b"\n\n") == b"data: 3\n\n"
+    assert framer.pending == b""
+    assert framer.feed(b"\n\ndata: 4\n\n") == b"\n\ndata: 4\n\n"  # a blank line at the start
+    crlf = sse.EventFramer()
+    assert crlf.feed(b"data: 5\r\n\r\n") == b"data: 5\n\n"  # CRLF servers, normalised
+    assert crlf.feed(b"data: 6\r\n") == b""
+    assert crlf.feed(b"\r\n") == b"data: 6\n\n"
+
+
+def test_find_error_reads_every_data_line() -> None:
+    assert sse.find_error(b'data: {"choices":[]}\n\n') is None
+    events = (
+        b': a comment with error"\n'
+        b'event: x\ndata: [1, "error"]\ndata: {"error" nope}\n'
+        b'data: {"choices": [], "note": "error\\""}\n'
+        b'data:{"error": "plain words"}\n\n'
+    )
+    assert sse.find_error(events) == {"message": "plain words"}
+    assert sse.find_error(b'data: {"object": "error", "message": "m"}\n\n') == {
+        "object": "error",
+        "message": "m",
+    }
+    assert sse.find_error(b'data: {"error": {"code": 500}}\n\n') == {"code": 500}
+    assert sse.find_error(b'data: {"error": 5, "object": "chunk"}\n\n') is None
+
+
+def test_the_usage_report_needs_both_usage_and_no_choices_to_be_dropped() -> None:
+    chunk = b'data: {"choices":[{"delta":{}}],"usage":{"prompt_tokens":1}}\n\n'
+    assert sse.drop_usage_events(chunk) == chunk
+    empty = b'data: {"choices":[]}\n\n'
+    assert sse.drop_usage_events(empty) == empty
+
+
+def test_a_rewritten_body_is_compact_utf8_json() -> None:
+    escaped = b'{"m\\u006fdel": "phi", "text": "caf\xc3\xa9", "a": [1, 2]}'
+    assert request_body(escaped, "phi", "org/é") == (
+        '{"model":"org/é","text":"café","a":[1,2]}'.encode()
+    )
+    spliced = request_body(b'{"model": "phi", "n": 1}', "phi", "org/é")
+    assert spliced == '{"model":"org/é", "n": 1}'.encode()
+
+
+def test_the_model_key_is_found_at_the_top_level_only() -> None:
+    nested = b'{"a": [{"model": "phi"}], "b": {"c": ["]"]}, "model": "phi"}'
+    assert request_body(nested, "phi", "X") == (
+        b'{"a": [{"model": "phi"}], "b": {"c": ["]"]}, "model":"X"}'
+    )
+    closed = b'{"a": {}, "b": [], "model": "phi"}'
+    assert request_body(closed, "phi", "X") == b'{"a": {}, "b": [], "model":"X"}'
+    listed = b'{"a": [[1], {"x": "{"}], "model": "phi"}'
+    assert request_body(listed, "phi", "X") == b'{"a": [[1], {"x": "{"}], "model":"X"}'
+
+
+def test_stream_usage_goes_into_the_outer_object() -> None:
+    raw = b'{"model":"m","messages":[{"role":"user","content":"{"}]}'
+    assert json.loads(with_stream_usage(raw)) == {
+        "stream_options": {"include_usage": True},
+        **json.loads(raw),
+    }
