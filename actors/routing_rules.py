@@ -87,7 +87,8 @@ class RuleCondition(BaseModel):
                     return False
         if self.metadata is not None:
             for key, value in self.metadata.items():
-                if str(traits.metadata.get(key)) != value:
+                # A missing key never matches (str(None) would equal a condition of "None").
+                if key not in traits.metadata or str(traits.metadata[key]) != value:
                     return False
         return True
 

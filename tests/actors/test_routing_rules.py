@@ -204,3 +204,56 @@ def test_the_affinity_key_is_the_conversations_first_two_messages_on_every_machi
     assert prefix_key([Message("user", None)]) == int.from_bytes(
         hashlib.blake2b(b"user\x00\x01", digest_size=8).digest(), "big"
     )
+
+
+def test_estimates_count_every_message_part_and_prompt_form() -> None:
+    from gateway.schemas import ChatCompletionRequest
+
+    body = ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "a" * 8},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "b" * 8},
+                        {"type": "image_url", "image_url": {"url": "data:..."}},
+                    ],
+                },
+            ],
+        }
+    )
+    tokens, text = estimate_prompt_tokens(body.messages)
+    assert text == "a" * 8 + "\n" + "b" * 8
+    assert tokens == 2 * 4 + (17 + 3) // 4
+    assert estimate_prompt_tokens(None, "c" * 8) == (2, "c" * 8)
+    assert estimate_prompt_tokens(None, ["ab", "cd", 7, [1, 2, 3]]) == (1 + 3 + 2, "ab\ncd")
+    assert estimate_prompt_tokens(None, None) == (0, "")
+
+
+def test_conditions_hold_at_their_bounds_and_all_must_hold() -> None:
+    traits = RequestTraits(
+        prompt_tokens=100,
+        headers={"x-tier": "gold"},
+        metadata={"team": "search", "n": 3},
+    )
+    assert RuleCondition(min_prompt_tokens=100, max_prompt_tokens=100).matches(traits)
+    assert not RuleCondition(max_prompt_tokens=99).matches(traits)
+    assert not RuleCondition(min_prompt_tokens=101).matches(traits)
+    assert RuleCondition(header={"X-Tier": "gold"}).matches(traits)
+    assert not RuleCondition(header={"x-tier": "gold", "x-other": "1"}).matches(traits)
+    assert RuleCondition(metadata={"team": "search", "n": "3"}).matches(traits)
+    assert not RuleCondition(metadata={"team": "ads"}).matches(traits)
+    assert not RuleCondition(metadata={"team": "search", "missing": "None"}).matches(traits)
+    assert not RuleCondition(metadata={"team": "search", "n": "4"}).matches(traits)
+    assert RuleCondition().matches(traits)
+
+
+def test_traits_permit_only_the_keys_models() -> None:
+    assert RequestTraits().permits("anything")
+    scoped = RequestTraits(allowed=frozenset({"phi"}))
+    assert scoped.permits("phi")
+    assert not scoped.permits("mixtral")
+    assert RequestTraits(prompt_tokens=10, max_tokens=5).needed_tokens == 15
+    assert RequestTraits(prompt_tokens=10).needed_tokens == 10
