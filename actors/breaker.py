@@ -99,8 +99,7 @@ class CircuitBreaker:
 
     def record(self, *, failed: bool, now: float) -> BreakerState | None:
         """Learn one outcome. Returns the new state if this outcome changed it."""
-        if self.state is BreakerState.HALF_OPEN:
-            self._trials = max(0, self._trials - 1)
+        if self.state is BreakerState.HALF_OPEN:  # a trial's verdict decides, either way
             if failed:
                 return self._open(now)
             self.state = BreakerState.CLOSED
@@ -130,7 +129,6 @@ class CircuitBreaker:
         self._ejections += 1
         self._open_until = now + ejection
         self.state = BreakerState.OPEN
-        self._consecutive = 0
-        self._outcomes.clear()
-        self._trials = 0
+        # The counts start afresh where they are next used: trials on entering half-open
+        # (allow), outcomes on closing (record).
         return BreakerState.OPEN

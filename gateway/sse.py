@@ -74,10 +74,8 @@ def find_error(events: bytes) -> dict[str, Any] | None:
         if not payload.startswith(b"{"):
             continue
         try:
-            data = json.loads(payload)
+            data: dict[str, Any] = json.loads(payload)  # it starts with "{": an object
         except ValueError:
-            continue
-        if not isinstance(data, dict):
             continue
         error = data.get("error")
         if isinstance(error, dict):

@@ -177,6 +177,8 @@ def test_p2c_with_one_usable_replica_and_without_a_seed() -> None:
     loads[0].healthy = False
     assert Balancer(Policy.P2C_PEAK_EWMA).order(loads, now=0, panic=False) == [1, 0]
     assert Balancer(Policy.P2C_PEAK_EWMA).order(loads[:1], now=0, panic=False) == [0]
+    loads[0].healthy = True
+    assert sorted(Balancer(Policy.P2C_PEAK_EWMA).order(loads, now=0, panic=False)) == [0, 1]
 
 
 def test_weighted_round_robin_takes_equal_turns_in_order_and_keeps_proportions() -> None:

@@ -126,3 +126,59 @@ def test_abandon_outside_a_trial_changes_nothing() -> None:
     assert not breaker.available(4.9)  # still open, with no trial to give back
     assert breaker.allow(5.0)
     assert not breaker.allow(5.0)
+
+
+RATE_ONLY = BreakerSettings(
+    consecutive_failures=100,
+    failure_rate=0.5,
+    window=10,
+    minimum_requests=6,
+    ejection=5,
+    max_ejection=20,
+    half_open_trials=2,
+)
+
+
+def record(breaker: CircuitBreaker, outcomes: str, now: float) -> BreakerState | None:
+    """`outcomes` as F (failed) and S (succeeded); the last change of state."""
+    changed = None
+    for outcome in outcomes:
+        changed = breaker.record(failed=outcome == "F", now=now) or changed
+    return changed
+
+
+def test_the_failure_rate_opens_at_exactly_its_threshold() -> None:
+    assert record(CircuitBreaker(RATE_ONLY), "SSSSFF", now=0) is None  # 2 of 6
+    assert record(CircuitBreaker(RATE_ONLY), "SSSFFF", now=0) is BreakerState.OPEN  # 3 of 6
+    assert record(CircuitBreaker(RATE_ONLY), "FFFSS", now=0) is None  # too few to judge
+
+
+def test_the_window_keeps_outcomes_exactly_window_seconds_old() -> None:
+    breaker = CircuitBreaker(RATE_ONLY)
+    record(breaker, "FFF", now=0)
+    assert record(breaker, "SSF", now=10) is BreakerState.OPEN  # t=0 is still inside
+    breaker = CircuitBreaker(RATE_ONLY)
+    record(breaker, "FFF", now=0)
+    assert record(breaker, "SSF", now=10.001) is None  # t=0 has left: 3 outcomes
+
+
+def test_several_trials_are_counted_given_back_and_decide_once() -> None:
+    breaker = CircuitBreaker(RATE_ONLY)
+    record(breaker, "SSSFFF", now=0)
+    assert breaker.allow(5)
+    assert breaker.allow(5)
+    assert not breaker.allow(5)  # two trials at most
+    breaker.abandon()
+    assert breaker.allow(5)  # one came back
+    assert not breaker.allow(5)
+    assert breaker.record(failed=False, now=5) is BreakerState.CLOSED
+    assert breaker.record(failed=True, now=5) is None  # a late trial: counted when closed
+
+
+def test_a_recovered_replica_starts_counting_failures_from_zero() -> None:
+    breaker = CircuitBreaker(SETTINGS)
+    record(breaker, "FFF", now=0)
+    assert breaker.allow(5)
+    assert breaker.record(failed=False, now=5) is BreakerState.CLOSED
+    assert record(breaker, "FF", now=6) is None  # not three yet
+    assert record(breaker, "F", now=6) is BreakerState.OPEN

@@ -168,8 +168,8 @@ def test_done_is_found_at_the_end_only_and_removed_once() -> None:
 
 
 def test_an_error_event_is_one_compact_data_line() -> None:
-    assert sse.error_event({"error": {"message": "x y"}}) == (
-        b'data: {"error":{"message":"x y"}}\n\n'
+    assert sse.error_event({"error": {"message": "x y", "code": None}}) == (
+        b'data: {"error":{"message":"x y","code":null}}\n\n'
     )
 
 
@@ -233,6 +233,10 @@ def test_the_framer_passes_whole_events_and_holds_partial_ones() -> None:
     assert framer.feed(b"\n\n") == b"data: 3\n\n"
     assert framer.pending == b""
     assert framer.feed(b"\n\ndata: 4\n\n") == b"\n\ndata: 4\n\n"  # a blank line at the start
+    assert framer.feed(b"\n\ndata: 7") == b"\n\n"  # the only blank line, at the start
+    assert framer.pending == b"data: 7"
+    mixed = sse.EventFramer()
+    assert mixed.feed(b"a: 1\r\n\r\nb: 2\n\n") == b"a: 1\n\nb: 2\n\n"
     crlf = sse.EventFramer()
     assert crlf.feed(b"data: 5\r\n\r\n") == b"data: 5\n\n"  # CRLF servers, normalised
     assert crlf.feed(b"data: 6\r\n") == b""
