@@ -172,6 +172,7 @@ def test_several_trials_are_counted_given_back_and_decide_once() -> None:
     assert breaker.allow(5)  # one came back
     assert not breaker.allow(5)
     assert breaker.record(failed=False, now=5) is BreakerState.CLOSED
+    assert breaker.state is BreakerState.CLOSED
     assert breaker.record(failed=True, now=5) is None  # a late trial: counted when closed
 
 

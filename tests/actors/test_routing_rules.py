@@ -201,6 +201,8 @@ def test_the_affinity_key_is_the_conversations_first_two_messages_on_every_machi
     assert key == int.from_bytes(digest.digest(), "big")
     parts = [{"type": "text", "text": "hi"}]
     assert prefix_key([Message("user", parts)]) != prefix_key([Message("user", None)])
+    other = [{"type": "text", "text": "bye"}]
+    assert prefix_key([Message("user", parts)]) != prefix_key([Message("user", other)])
     assert prefix_key([Message("user", None)]) == int.from_bytes(
         hashlib.blake2b(b"user\x00\x01", digest_size=8).digest(), "big"
     )
@@ -248,6 +250,12 @@ def test_conditions_hold_at_their_bounds_and_all_must_hold() -> None:
     assert not RuleCondition(metadata={"team": "search", "missing": "None"}).matches(traits)
     assert not RuleCondition(metadata={"team": "search", "n": "4"}).matches(traits)
     assert RuleCondition().matches(traits)
+    tools = RequestTraits(has_tools=True, json_mode=False, text="Please Translate this")
+    assert RuleCondition(has_tools=True, json_mode=False).matches(tools)
+    assert not RuleCondition(has_tools=False).matches(tools)
+    assert not RuleCondition(json_mode=True).matches(tools)
+    assert RuleCondition(content_matches="translate").matches(tools)  # any case
+    assert not RuleCondition(content_matches="summar").matches(tools)
 
 
 def test_traits_permit_only_the_keys_models() -> None:
