@@ -5,6 +5,7 @@ limits live in it."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -26,6 +27,12 @@ from tests.gateway.harness import mock_service
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 SECRET = "r" * 43
+
+
+def fresh_key() -> tuple[str, str]:
+    """(key id, full key) of a key no other test has used: fresh limit state in Redis."""
+    key_id = secrets.token_hex(6)
+    return key_id, f"sk-citadel-{key_id}-{SECRET}"
 
 
 def free_port() -> int:

@@ -6,7 +6,6 @@ there. Outages: test_limits_redis_failures.py."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 from pathlib import Path
 
 import redis.asyncio as redis
@@ -16,11 +15,11 @@ from gateway.server import start_gateway
 from tests.gateway.harness import bounded_client, mock_service, serving_process
 from tests.gateway.redis_harness import (
     CHAT,
-    SECRET,
     PrivateRedis,
     chat,
     config_text,
     free_port,
+    fresh_key,
     gateway_on,
 )
 
@@ -28,8 +27,7 @@ from tests.gateway.redis_harness import (
 async def test_two_gateway_processes_admit_exactly_the_limit(
     tmp_path: Path, shared_redis: str
 ) -> None:
-    key_id = secrets.token_hex(6)  # fresh limit state in the shared Redis
-    key = f"sk-citadel-{key_id}-{SECRET}"
+    key_id, key = fresh_key()
     async with mock_service(model="m", ttft=0.0) as upstream:
         config = tmp_path / "gateway.yaml"
         config.write_text(config_text(upstream.url, shared_redis, key_id, {"rpm": 10}))
@@ -46,8 +44,7 @@ async def test_two_gateway_processes_admit_exactly_the_limit(
 
 
 async def test_concurrency_slots_in_redis_are_freed(tmp_path: Path, shared_redis: str) -> None:
-    key_id = secrets.token_hex(6)
-    key = f"sk-citadel-{key_id}-{SECRET}"
+    key_id, key = fresh_key()
     async with mock_service(model="m", ttft=0.0) as upstream:
         config = tmp_path / "gateway.yaml"
         config.write_text(config_text(upstream.url, shared_redis, key_id, {"max_concurrent": 1}))
@@ -81,8 +78,7 @@ async def test_concurrency_slots_in_redis_are_freed(tmp_path: Path, shared_redis
 async def test_tokens_are_reconciled_in_redis_streams_included(
     tmp_path: Path, shared_redis: str
 ) -> None:
-    key_id = secrets.token_hex(6)
-    key = f"sk-citadel-{key_id}-{SECRET}"
+    key_id, key = fresh_key()
     async with (
         gateway_on(tmp_path, shared_redis, key_id, {"tpm": 2000}) as server,
         bounded_client() as http,

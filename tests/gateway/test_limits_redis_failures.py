@@ -6,7 +6,6 @@ private redis-server or a silent listener, never the machine's Redis."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -21,9 +20,9 @@ from gateway.state import STATE
 from tests.gateway.harness import bounded_client, mock_service, serving_process
 from tests.gateway.redis_harness import (
     CHAT,
-    SECRET,
     chat,
     config_text,
+    fresh_key,
     gateway_on,
     limiter_details,
     private_redis,
@@ -50,8 +49,7 @@ async def silent_redis() -> AsyncIterator[str]:
 
 
 async def test_redis_down_fails_open_on_local_limits_and_recovers(tmp_path: Path) -> None:
-    key_id = secrets.token_hex(6)
-    key = f"sk-citadel-{key_id}-{SECRET}"
+    key_id, key = fresh_key()
     async with (
         private_redis() as store,
         gateway_on(tmp_path, store.url, key_id, {"rpm": 1000}) as server,
@@ -77,8 +75,7 @@ async def test_redis_down_fails_open_on_local_limits_and_recovers(tmp_path: Path
 
 
 async def test_redis_down_fails_closed_when_configured(tmp_path: Path) -> None:
-    key_id = secrets.token_hex(6)
-    key = f"sk-citadel-{key_id}-{SECRET}"
+    key_id, key = fresh_key()
     async with (
         private_redis() as store,
         gateway_on(tmp_path, store.url, key_id, {"rpm": 1000}, redis_failure="closed") as server,
@@ -101,8 +98,7 @@ async def test_a_redis_that_never_answers_is_given_up_on_after_redis_timeout(
 ) -> None:
     """Without the timeout every admission would wait on the hung connection for ever (the
     client's own 30 s bound would end this test instead)."""
-    key_id = secrets.token_hex(6)
-    key = f"sk-citadel-{key_id}-{SECRET}"
+    key_id, key = fresh_key()
     async with (
         silent_redis() as url,
         gateway_on(
@@ -125,8 +121,7 @@ async def test_slots_of_a_gateway_that_died_expire_after_lease_ttl(
 ) -> None:
     """Each slot carries its own expiry: a busy key, whose set of slots never expires as a
     whole (every admission renews it), still loses the dead gateway's slot after lease_ttl."""
-    key_id = secrets.token_hex(6)
-    key = f"sk-citadel-{key_id}-{SECRET}"
+    key_id, key = fresh_key()
     stream = {"model": "m", "messages": CHAT, "stream": True}
     auth = {"Authorization": f"Bearer {key}"}
     config = tmp_path / "gateway.yaml"
