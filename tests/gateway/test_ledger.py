@@ -141,18 +141,23 @@ async def test_records_a_write_failed_on_are_written_when_the_database_takes_the
         server = await start_gateway(load_config(tmp_path / "gateway.yaml"))
         details = server.runner.app[STATE].system.lookup(LEDGER).snapshot
         db = sqlite3.connect(ledger, isolation_level=None)
-        try:  # the database refuses every insert, at once (no lock, no busy wait)
-            db.execute(
-                "CREATE TRIGGER refuse BEFORE INSERT ON usage "
-                "BEGIN SELECT RAISE(ABORT, 'the disk is full'); END"
-            )
+        try:
             async with bounded_client() as http:
-                sent = [await send(http, server.url, stream=i % 2 == 1) for i in range(5)]
+                sent = [await send(http, server.url, stream=False)]
+                async with asyncio.timeout(10):  # one written: the writer's thread is up
+                    while not details().details["written"]:  # noqa: ASYNC110 - a thread's
+                        await asyncio.sleep(0.05)  # the ledger's ticker (0.2 s), then the writer
+                # The database refuses every insert, at once (no lock, no busy wait).
+                db.execute(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON usage "
+                    "BEGIN SELECT RAISE(ABORT, 'the disk is full'); END"
+                )
+                sent += [await send(http, server.url, stream=i % 2 == 1) for i in range(5)]
             async with asyncio.timeout(10):
                 while not details().details["write_failures"]:  # noqa: ASYNC110 - a thread's
-                    await asyncio.sleep(0.05)  # the ledger's ticker (0.2 s), then the writer
-            assert details().details["written"] == 0
-            assert rows(ledger) == []
+                    await asyncio.sleep(0.05)
+            assert details().details["written"] == 1
+            assert len(rows(ledger)) == 1
             db.execute("DROP TRIGGER refuse")
             async with asyncio.timeout(10):
                 while details().details["backlog"]:  # noqa: ASYNC110 - the writer's thread
