@@ -1,0 +1,1 @@
+"""The AuthActor, the key format and scopes, and the key store."""

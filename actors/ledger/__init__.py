@@ -1,0 +1,1 @@
+"""The UsageLedgerActor and the SQLite store it writes through."""

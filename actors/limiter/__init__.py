@@ -1,0 +1,1 @@
+"""The RateLimiterActor and its arithmetic, kept in this process or in Redis."""

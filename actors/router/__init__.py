@@ -1,0 +1,1 @@
+"""The RouterActor and what it decides with: model groups, routing rules, balancing."""
