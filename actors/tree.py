@@ -24,11 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 
-from actors.auth import AuthActor, AuthSources
-from actors.backend import BackendActor
-from actors.backend_settings import BackendSettings
-from actors.balancer import ReplicaLoad
-from actors.breaker import BreakerSettings
+from actors.auth.actor import AuthActor, AuthSources
+from actors.auth.store import KeyStoreActor
+from actors.backend.actor import BackendActor
+from actors.backend.breaker import BreakerSettings
+from actors.backend.settings import BackendSettings
 from actors.kernel import (
     ActorRef,
     Backoff,
@@ -38,13 +38,13 @@ from actors.kernel import (
     Strategy,
     Supervisor,
 )
-from actors.keystore import KeyStoreActor
-from actors.ledger import LedgerSettings, UsageLedgerActor
-from actors.ledger_store import LedgerWriterActor
-from actors.limiter import LimiterSettings, RateLimiterActor
-from actors.limits import LocalLimits
-from actors.router import ModelSettings, RouterActor, RouterSettings
-from actors.router_settings import replica_name
+from actors.ledger.actor import LedgerSettings, UsageLedgerActor
+from actors.ledger.store import LedgerWriterActor
+from actors.limiter.actor import LimiterSettings, RateLimiterActor
+from actors.limiter.local import LocalLimits
+from actors.router.actor import ModelSettings, RouterActor, RouterSettings
+from actors.router.balancer import ReplicaLoad
+from actors.router.settings import replica_name
 
 ROOT = "root"
 BACKENDS = f"{ROOT}/backends"

@@ -28,7 +28,7 @@ def statuses(mutmut: str) -> dict[str, str]:
 
 
 def module_of(mutant: str) -> str:
-    """`actors.balancer.xǁBalancerǁorder__mutmut_4` -> `actors.balancer`."""
+    """`actors.router.balancer.xǁBalancerǁorder__mutmut_4` -> `actors.router.balancer`."""
     parts = mutant.split(".")
     return ".".join(parts[:-1])
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.defaults import DEMO_ADMIN_KEY, DEMO_API_KEY
-from gateway.observability import BufferedLineLogger, configure_logging
+from gateway.process.defaults import DEMO_ADMIN_KEY, DEMO_API_KEY
+from gateway.process.observability import BufferedLineLogger, configure_logging
 from tests.gateway.harness import ADMIN_KEY, API_KEY
 
 # A whole sk-citadel key (its id alone is fine to show).

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from actors.kernel import ActorRef, ActorSystem, ChildSpec, Supervisor
-from gateway.metrics import GatewayMetrics
+from gateway.http.metrics import GatewayMetrics
 
 OPS = Path(__file__).resolve().parents[1] / "ops"
 METRIC_NAME = re.compile(r"\b(citadel_[a-z_]+)")

@@ -30,11 +30,11 @@ from typing import Any
 
 import structlog
 
+from actors.auth.keys import KeyRecord, KeyScopes, secret_matches, split_key
+from actors.auth.store import LookupKey
 from actors.kernel import ActorDead, ActorRef, AskTimeout, MailboxFull, SyncActor, settle_reply
-from actors.keys import KeyRecord, KeyScopes, secret_matches, split_key
-from actors.keystore import LookupKey
 
-log = structlog.get_logger("actors.auth")
+log = structlog.get_logger("actors.auth.actor")
 
 STORE_ASK_TIMEOUT = 2.0
 

@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from actors.limits import LimitSpec
+from actors.limiter.local import LimitSpec
 
 PREFIX = "sk-citadel-"
 # Matched whole (fullmatch): `^...$` would let a trailing newline through.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actors.keys import KeyRecord, KeyScopes, new_key
+from actors.auth.keys import KeyRecord, KeyScopes, new_key
 from actors.sqlite import StoreActor, connect
 
 _SCHEMA = """

@@ -19,12 +19,12 @@ from typing import Any
 import aiohttp
 import structlog
 
-from actors.backend_kinds import BackendProfile
-from actors.backend_settings import BackendSettings, BackendTimeouts
-from actors.balancer import ReplicaLoad
-from actors.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from actors.backend.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from actors.backend.kinds import BackendProfile
+from actors.backend.probe import ProbeResult, ProbeTarget, probe_loop
+from actors.backend.settings import BackendSettings, BackendTimeouts
 from actors.kernel import ActorRef, SyncActor
-from actors.probe import ProbeResult, ProbeTarget, probe_loop
+from actors.router.balancer import ReplicaLoad
 
 
 class Outcome(StrEnum):
@@ -117,7 +117,7 @@ FAILURES = frozenset(
 )
 # A SUSPECT try whose verdict never came (the request ended first) is forgotten after this.
 SUSPECT_TTL = 300.0
-log = structlog.get_logger("actors.backend")
+log = structlog.get_logger("actors.backend.actor")
 
 
 class BackendActor(SyncActor):
@@ -156,7 +156,8 @@ class BackendActor(SyncActor):
             total=min(timeouts.first_byte, timeouts.total), sock_connect=timeouts.connect
         )
         # No sock_read for streams: aiohttp would re-arm a timer on every chunk. The request
-        # task watches the idle gap itself (gateway.proxy.IdleWatchdog) at a fraction of that.
+        # task watches the idle gap itself (gateway.upstream.relay.IdleWatchdog) at a
+        # fraction of that.
         self._stream_timeout = aiohttp.ClientTimeout(
             total=timeouts.total, sock_connect=timeouts.connect
         )

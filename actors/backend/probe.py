@@ -3,7 +3,7 @@ then, whether it is well, and tells the actor what it found.
 
 The network I/O happens here, in the child task, never in the actor's handler; the verdict
 arrives as a `ProbeResult` notice. Where the replica exposes Prometheus metrics with queue
-gauges (vLLM, llama-server, TGI, SGLang: see actors.backend_kinds), the probe also reads its
+gauges (vLLM, llama-server, TGI, SGLang: see actors.backend.kinds), the probe also reads its
 queue (requests running and waiting), which the balancer adds to the replica's cost.
 """
 

@@ -9,8 +9,8 @@ from functools import cached_property
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from yarl import URL
 
-from actors.backend_kinds import PROFILES, BackendKind, BackendProfile, RequestIdMode
-from actors.probe import HealthSettings
+from actors.backend.kinds import PROFILES, BackendKind, BackendProfile, RequestIdMode
+from actors.backend.probe import HealthSettings
 
 
 class BackendTimeouts(BaseModel):
@@ -44,7 +44,7 @@ class BackendSettings(BaseModel):
     url: str = Field(description="base URL of the OpenAI-compatible server, e.g. http://h:8000")
     kind: BackendKind = Field(
         "openai-compatible",
-        description="the server software: sets the defaults that differ (actors.backend_kinds)",
+        description="the server software: sets the defaults that differ (actors.backend.kinds)",
     )
     model: str | None = Field(
         None, description="the model name this upstream serves, if not the public id"

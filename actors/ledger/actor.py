@@ -18,9 +18,9 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.kernel import ActorDead, ActorRef, AskTimeout, SyncActor, settle_reply
-from actors.ledger_store import Summarize, UsageRecord, WriteBatch
+from actors.ledger.store import Summarize, UsageRecord, WriteBatch
 
-log = structlog.get_logger("actors.ledger")
+log = structlog.get_logger("actors.ledger.actor")
 
 WRITE_TIMEOUT = 30.0
 MAX_BACKLOG = 1_000_000  # records kept while the writer fails; beyond, the oldest are dropped

@@ -19,10 +19,10 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.kernel import SyncActor, settle_reply
-from actors.limits import LocalLimits, Subject, Verdict
-from actors.limits_redis import RedisLimits
+from actors.limiter.local import LocalLimits, Subject, Verdict
+from actors.limiter.redis import RedisLimits
 
-log = structlog.get_logger("actors.limiter")
+log = structlog.get_logger("actors.limiter.actor")
 
 RETRY_REDIS_AFTER = 1.0  # seconds between attempts while Redis is down
 UNAVAILABLE = "unavailable"

@@ -1,7 +1,7 @@
 """Rate-limit arithmetic: requests per minute (GCRA), tokens per minute (a token bucket that
 may go into debt when real usage exceeds the estimate), and requests in flight.
 
-`LocalLimits` keeps the state in this process (the embedded default); `actors.limits_redis`
+`LocalLimits` keeps the state in this process (the embedded default); `actors.limiter.redis`
 runs the same arithmetic in Redis, atomically, on Redis's clock. Both admit a request
 against several subjects at once (its key, and its model when the model has limits): all
 pass and are charged together, or none is charged.

@@ -1,4 +1,4 @@
-"""The rate-limit arithmetic of actors.limits, in Redis: one Lua script per admission and
+"""The rate-limit arithmetic of actors.limiter.local, in Redis: one Lua script per admission and
 one per settlement, each atomic, each reading the clock from Redis (`TIME`), so that every
 worker process and every gateway machine sharing the Redis shares one exact limit.
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import redis.asyncio as redis
 
-from actors.limits import Subject, Verdict, quota_of
+from actors.limiter.local import Subject, Verdict, quota_of
 
 _ADMIT = """
 local t = redis.call('TIME')

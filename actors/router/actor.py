@@ -16,16 +16,16 @@ from typing import Any
 
 import structlog
 
-from actors.balancer import Balancer, ReplicaLoad, affinity_pick, name_hash
 from actors.kernel import ActorRef, SyncActor
-from actors.router_groups import ModelGroup, QueueFull, RetryBudget
-from actors.router_settings import (
+from actors.router.balancer import Balancer, ReplicaLoad, affinity_pick, name_hash
+from actors.router.groups import ModelGroup, QueueFull, RetryBudget
+from actors.router.rules import ModelChoice, RequestTraits, VirtualModelSettings, preference
+from actors.router.settings import (
     ModelSettings,
     RetryBudgetSettings,
     RouterSettings,
     RoutingSettings,
 )
-from actors.routing_rules import ModelChoice, RequestTraits, VirtualModelSettings, preference
 
 __all__ = [
     "AllowRetry",
@@ -47,7 +47,7 @@ __all__ = [
     "UnknownModel",
 ]
 
-log = structlog.get_logger("actors.router")
+log = structlog.get_logger("actors.router.actor")
 
 REQUESTED = "requested"
 NO_TRAITS = RequestTraits()  # immutable: one shared instance for requests without traits

@@ -7,9 +7,9 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 
-from actors.balancer import Balancer, ReplicaLoad
 from actors.kernel import ActorRef
-from actors.router_settings import ModelSettings, RetryBudgetSettings
+from actors.router.balancer import Balancer, ReplicaLoad
+from actors.router.settings import ModelSettings, RetryBudgetSettings
 
 
 class QueueFull(Exception):

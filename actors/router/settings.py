@@ -9,11 +9,11 @@ from functools import cached_property
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from actors.backend_settings import BackendSettings
-from actors.balancer import BalancerSettings
-from actors.breaker import BreakerSettings
-from actors.limits import LimitSpec
-from actors.routing_rules import VirtualModelSettings
+from actors.backend.breaker import BreakerSettings
+from actors.backend.settings import BackendSettings
+from actors.limiter.local import LimitSpec
+from actors.router.balancer import BalancerSettings
+from actors.router.rules import VirtualModelSettings
 
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
 

@@ -11,10 +11,10 @@ from typing import Any
 from aiohttp import web
 
 from actors.kernel import ActorSnapshot, RestartChild
-from gateway.auth import authenticate_admin
-from gateway.errors import InvalidRequest, NotFound
-from gateway.reload import ReloadRejected, reload_from_file
-from gateway.state import STATE
+from gateway.http.auth import authenticate_admin
+from gateway.http.errors import InvalidRequest, NotFound
+from gateway.http.state import STATE
+from gateway.process.reload import ReloadRejected, reload_from_file
 
 
 def _wants_html(request: web.Request) -> bool:

@@ -15,15 +15,15 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from actors.auth import ForgetKey
+from actors.auth.actor import ForgetKey
+from actors.auth.keys import KeyRecord, KeyScopes
+from actors.auth.store import CreateKey, KeyNotFound, ListKeys, RevokeKey, RotateKey
 from actors.kernel import ActorDead, ActorRef, AskTimeout
-from actors.keys import KeyRecord, KeyScopes
-from actors.keystore import CreateKey, KeyNotFound, ListKeys, RevokeKey, RotateKey
 from actors.tree import KEYSTORE
-from gateway.auth import authenticate_admin
-from gateway.body import later_continue, read_body
-from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
-from gateway.state import STATE, GatewayState
+from gateway.http.auth import authenticate_admin
+from gateway.http.body import later_continue, read_body
+from gateway.http.errors import InvalidRequest, NotFound, ServiceUnavailable
+from gateway.http.state import STATE, GatewayState
 
 STORE_TIMEOUT = 10.0
 

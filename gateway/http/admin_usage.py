@@ -14,10 +14,10 @@ from typing import get_args
 from aiohttp import web
 
 from actors.kernel import ActorDead, AskTimeout, ask_settled
-from actors.ledger_store import Group, Summarize
-from gateway.auth import authenticate_admin
-from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
-from gateway.state import STATE
+from actors.ledger.store import Group, Summarize
+from gateway.http.auth import authenticate_admin
+from gateway.http.errors import InvalidRequest, NotFound, ServiceUnavailable
+from gateway.http.state import STATE
 
 GROUP_NAMES: tuple[str, ...] = get_args(Group)
 

@@ -18,21 +18,20 @@ import structlog
 from aiohttp import web
 
 from actors.kernel import ActorSystem
-from actors.ledger_store import UsageRecord
+from actors.ledger.store import UsageRecord
 from actors.tree import AUTH, LEDGER, LIMITER, ROUTER, LiveLayout, TreeLayout, gateway_tree
-from gateway import admin, admin_keys, admin_usage, handlers, health, openapi
-from gateway.auth import presented_secrets
-from gateway.config import GatewayConfig
-from gateway.errors import (
+from gateway.http import admin, admin_keys, admin_usage, handlers, health, openapi
+from gateway.http.auth import presented_secrets
+from gateway.http.errors import (
     GatewayError,
     InternalError,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
 )
-from gateway.metrics import GatewayMetrics, TreeSampler, status_class
-from gateway.ratelimit import add_rate_headers
-from gateway.state import (
+from gateway.http.limiter import add_rate_headers
+from gateway.http.metrics import GatewayMetrics, TreeSampler, status_class
+from gateway.http.state import (
     CONFIG,
     CONFIG_PATH,
     REQUEST,
@@ -41,6 +40,7 @@ from gateway.state import (
     OpenStreams,
     RequestContext,
 )
+from gateway.process.config import GatewayConfig
 
 log = structlog.get_logger("gateway")
 access_log = structlog.get_logger("gateway.access")
@@ -51,7 +51,7 @@ _KEY_SHAPED = re.compile(r"(?i)^(?:sk|pk|rk)-")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METRICS_PORT = web.AppKey("citadel_metrics_port", int)  # the separate scrape port, once bound
-TREE_SAMPLE_INTERVAL = 1.0  # seconds; multiprocess mode only (see gateway.metrics)
+TREE_SAMPLE_INTERVAL = 1.0  # seconds; multiprocess mode only (see gateway.http.metrics)
 
 
 def request_ids(request: web.Request) -> tuple[str, str]:

@@ -11,11 +11,23 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from actors.auth import ANONYMOUS, Authenticate, AuthRefused, Principal, Refusal, retry_seconds
+from actors.auth.actor import (
+    ANONYMOUS,
+    Authenticate,
+    AuthRefused,
+    Principal,
+    Refusal,
+    retry_seconds,
+)
 from actors.kernel import ActorDead, AskTimeout, MailboxFull, ask_settled
-from gateway.client_address import client_address
-from gateway.errors import AuthenticationFailed, PermissionDenied, RateLimited, ServiceUnavailable
-from gateway.state import GatewayState
+from gateway.http.client_address import client_address
+from gateway.http.errors import (
+    AuthenticationFailed,
+    PermissionDenied,
+    RateLimited,
+    ServiceUnavailable,
+)
+from gateway.http.state import GatewayState
 
 AUTH_ASK_TIMEOUT = 2.0
 _INVALID = "Incorrect API key provided. You can find your API key in your citadel admin's keys."

@@ -14,8 +14,8 @@ import asyncio
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from gateway.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedEncoding
-from gateway.state import STATE
+from gateway.http.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedEncoding
+from gateway.http.state import STATE
 
 # What aiohttp decodes without optional packages (br and zstd need Brotli and zstandard).
 ACCEPTED_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})

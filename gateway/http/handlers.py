@@ -1,14 +1,14 @@
 """The OpenAI-compatible endpoints. Each handler validates what the gateway needs and hands
-the request to the router and a leased replica; see gateway.proxy for the I/O."""
+the request to the router and a leased replica; see gateway.upstream.proxy for the I/O."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from actors.auth import Principal
+from actors.auth.actor import Principal
 from actors.kernel import ActorDead, AskTimeout
-from actors.limits import LimitSpec
-from actors.router import (
+from actors.limiter.local import LimitSpec
+from actors.router.actor import (
     ListModels,
     ModelEntry,
     RequestEnded,
@@ -16,22 +16,23 @@ from actors.router import (
     RouteDecision,
     UnknownModel,
 )
-from actors.routing_rules import RequestTraits, estimate_prompt_tokens, prefix_key
-from gateway import proxy, ratelimit
-from gateway.attempt import UpstreamCall
-from gateway.auth import allowed_models, authenticate, require_model
-from gateway.body import later_continue, read_body
-from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
-from gateway.ratelimit import subjects_of
-from gateway.schemas import (
+from actors.router.rules import RequestTraits, estimate_prompt_tokens, prefix_key
+from gateway.http import limiter
+from gateway.http.auth import allowed_models, authenticate, require_model
+from gateway.http.body import later_continue, read_body
+from gateway.http.errors import InvalidRequest, NotFound, ServiceUnavailable
+from gateway.http.limiter import subjects_of
+from gateway.http.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     parse_request,
 )
-from gateway.state import REQUEST, STATE, GatewayState
-from gateway.transcript import Transcript, log_exchange
-from gateway.upstream_errors import CONTEXT_LENGTH_EXCEEDED
+from gateway.http.state import REQUEST, STATE, GatewayState
+from gateway.upstream import proxy
+from gateway.upstream.attempt import UpstreamCall
+from gateway.upstream.failures import CONTEXT_LENGTH_EXCEEDED
+from gateway.upstream.transcript import Transcript, log_exchange
 
 ROUTER_ASK_TIMEOUT = 2.0
 NO_LIMITS = LimitSpec()
@@ -116,14 +117,14 @@ async def _forward(
         subjects = subjects_of(
             principal, decision.model, state.model_limits.get(decision.model, NO_LIMITS)
         )
-        admitted = await ratelimit.admit(state, context, subjects, *tokens)
+        admitted = await limiter.admit(state, context, subjects, *tokens)
         answered = False
         try:
             response = await proxy.forward(request, decision, call, state.router)
             answered = True
             return response
         finally:
-            ratelimit.settle(state, admitted, context, answered)
+            limiter.settle(state, admitted, context, answered)
     finally:
         state.router.notify(RequestEnded(decision.model))
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from actors.kernel import ActorDead, ActorState, AskTimeout
-from actors.router import ModelAvailability
-from gateway.state import STATE
+from actors.router.actor import ModelAvailability
+from gateway.http.state import STATE
 
 
 async def live(request: web.Request) -> web.Response:

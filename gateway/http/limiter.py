@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from actors.auth import Principal
+from actors.auth.actor import Principal
 from actors.kernel import ActorDead, AskTimeout, MailboxFull, ask_settled
-from actors.limiter import UNAVAILABLE, Admission, Admit, Settle
-from actors.limits import LimitSpec, Quota, Subject, Verdict
-from gateway.errors import RateLimited, ServiceUnavailable
-from gateway.state import REQUEST, GatewayState, RequestContext
+from actors.limiter.actor import UNAVAILABLE, Admission, Admit, Settle
+from actors.limiter.local import LimitSpec, Quota, Subject, Verdict
+from gateway.http.errors import RateLimited, ServiceUnavailable
+from gateway.http.state import REQUEST, GatewayState, RequestContext
 
 LIMITER_ASK_TIMEOUT = 2.0
 _KIND_TEXT = {

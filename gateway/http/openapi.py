@@ -1,7 +1,7 @@
 """The gateway's API as an OpenAPI 3.1 document, served at GET /openapi.json.
 
 Request bodies of the model endpoints are the JSON Schemas of the pydantic models that
-validate them (gateway.schemas), so the document and the validation cannot drift apart;
+validate them (gateway.http.schemas), so the document and the validation cannot drift apart;
 tests/gateway/test_openapi.py checks that every route the app serves is here and the reverse,
 and runs schemathesis against a live gateway from this document.
 """
@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from gateway.http.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 REF = "#/components/schemas/{model}"
 _ERROR = {

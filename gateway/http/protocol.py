@@ -30,7 +30,7 @@ from aiohttp.http_exceptions import ContentEncodingError
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from gateway.observability import LogBudget
+from gateway.process.observability import LogBudget
 
 log = structlog.get_logger("gateway.http")
 

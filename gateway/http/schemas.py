@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.errors import InvalidRequest
+from gateway.http.errors import InvalidRequest
 
 ModelId = Annotated[str, Field(min_length=1, max_length=256)]
 PositiveInt = Annotated[StrictInt, Field(ge=1)]

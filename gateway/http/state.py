@@ -10,11 +10,11 @@ from typing import Any
 from aiohttp import web
 
 from actors.kernel import ActorRef, ActorSystem
-from actors.limits import LimitSpec
+from actors.limiter.local import LimitSpec
 from actors.tree import LiveLayout
-from gateway.config import GatewayConfig
-from gateway.metrics import GatewayMetrics
-from gateway.transcript import Transcript
+from gateway.http.metrics import GatewayMetrics
+from gateway.process.config import GatewayConfig
+from gateway.upstream.transcript import Transcript
 
 
 class OpenStreams:
@@ -48,7 +48,7 @@ class OpenStreams:
 @dataclass(slots=True)
 class GatewayState:
     """`config` and what the edge derives from it (`use`) change on a reload
-    (gateway.reload), between two requests' reads: handlers read them once per request."""
+    (gateway.process.reload), between two requests' reads: handlers read them once per request."""
 
     config: GatewayConfig
     system: ActorSystem

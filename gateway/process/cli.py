@@ -13,9 +13,9 @@ from typing import Any
 import structlog
 import uvloop
 
-from gateway import cli_keys, cli_usage
-from gateway.config import ConfigError, GatewayConfig, config_path, load_config, warnings_of
-from gateway.observability import configure_logging
+from gateway.process import cli_keys, cli_usage
+from gateway.process.config import ConfigError, GatewayConfig, config_path, load_config, warnings_of
+from gateway.process.observability import configure_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return uvloop.run(_run_mock(args))
     if args.command == "demo":
         configure_logging("info")
-        from gateway.demo import run_demo
+        from gateway.process.demo import run_demo
 
         return uvloop.run(run_demo(args.listen))
     return 2
@@ -83,8 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(config: GatewayConfig, path: str, *, as_worker: bool) -> int:
     configure_logging(config.logging.level, config.logging.format)
     if as_worker:  # one of `workers: N`, on the port the parent reserved
-        from gateway.server import run_gateway
-        from gateway.workers import PORT_ENV, WORKER_ENV
+        from gateway.process.server import run_gateway
+        from gateway.process.workers import PORT_ENV, WORKER_ENV
 
         structlog.contextvars.bind_contextvars(worker=int(os.environ.get(WORKER_ENV, "0")))
         port = int(os.environ.get(PORT_ENV, config.port))
@@ -97,10 +97,10 @@ def _serve(config: GatewayConfig, path: str, *, as_worker: bool) -> int:
         print(problem, file=sys.stderr)
         return 1
     if config.workers > 1:
-        from gateway.workers import run_workers
+        from gateway.process.workers import run_workers
 
         return uvloop.run(run_workers(config, path))
-    from gateway.server import run_gateway
+    from gateway.process.server import run_gateway
 
     return uvloop.run(run_gateway(config, config_path=path))
 
@@ -108,8 +108,8 @@ def _serve(config: GatewayConfig, path: str, *, as_worker: bool) -> int:
 def _unusable_store(config: GatewayConfig) -> str | None:
     """Why the key store or the ledger cannot be opened, if one cannot: better to refuse to
     start than to serve every store key a 503 (its actor would die at its first breath)."""
-    from actors.keystore import KeyStore
-    from actors.ledger_store import LedgerStore
+    from actors.auth.store import KeyStore
+    from actors.ledger.store import LedgerStore
 
     stores: list[tuple[str, str, Callable[[str], Any]]] = []
     if config.auth.key_store is not None:
@@ -128,7 +128,7 @@ async def _run_mock(args: argparse.Namespace) -> int:
     import signal
 
     from gateway.mock.server import MockSettings, create_mock_app
-    from gateway.server import start_server
+    from gateway.process.server import start_server
 
     settings = MockSettings(
         model=args.model, ttft=args.ttft, tokens_per_s=args.tokens_per_s, length=args.length

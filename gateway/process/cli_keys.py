@@ -17,9 +17,9 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 
-from actors.keys import KeyRecord, KeyScopes
-from actors.keystore import KeyNotFound, KeyStore
-from gateway.config import ConfigError, load_config
+from actors.auth.keys import KeyRecord, KeyScopes
+from actors.auth.store import KeyNotFound, KeyStore
+from gateway.process.config import ConfigError, load_config
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

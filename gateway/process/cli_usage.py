@@ -8,9 +8,9 @@ import json
 import sys
 import time
 
-from actors.ledger_store import LedgerStore
-from gateway.admin_usage import parse_groups
-from gateway.config import ConfigError, load_config
+from actors.ledger.store import LedgerStore
+from gateway.http.admin_usage import parse_groups
+from gateway.process.config import ConfigError, load_config
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

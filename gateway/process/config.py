@@ -2,8 +2,8 @@
 
 Errors name the offending key and the line it is on, e.g.
 `gateway.yaml:14: models[0].backends[0].url: must be an http:// or https:// URL with a host`.
-The settings each actor needs live with that actor (actors.router.ModelSettings,
-actors.backend.BackendSettings); this module composes them.
+The settings each actor needs live with that actor (actors.router.actor.ModelSettings,
+actors.backend.actor.BackendSettings); this module composes them.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from pydantic import (
     model_validator,
 )
 
-from actors.auth import AuthSources
-from actors.keys import KeyRecord, KeyScopes
-from actors.ledger import LedgerSettings
-from actors.limiter import LimiterSettings
-from actors.router import ModelSettings, RouterSettings
-from actors.routing_rules import VirtualModelSettings
+from actors.auth.actor import AuthSources
+from actors.auth.keys import KeyRecord, KeyScopes
+from actors.ledger.actor import LedgerSettings
+from actors.limiter.actor import LimiterSettings
+from actors.router.actor import ModelSettings, RouterSettings
+from actors.router.rules import VirtualModelSettings
 
 CONFIG_ENV = "CITADEL_CONFIG"
 

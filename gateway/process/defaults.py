@@ -6,9 +6,9 @@ deployment as a production configuration file.
 
 from __future__ import annotations
 
-from actors.backend_settings import BackendSettings
-from actors.router import ModelSettings
-from actors.routing_rules import RoutingRule, RuleCondition, VirtualModelSettings
+from actors.backend.settings import BackendSettings
+from actors.router.actor import ModelSettings
+from actors.router.rules import RoutingRule, RuleCondition, VirtualModelSettings
 
 DEMO_API_KEY = "sk-citadel-demo"
 DEMO_ADMIN_KEY = "sk-citadel-demo-admin"

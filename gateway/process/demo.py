@@ -10,18 +10,18 @@ from pathlib import Path
 
 import structlog
 
-from actors.ledger import LedgerSettings
-from gateway.config import AuthSettings, GatewayConfig
-from gateway.defaults import (
+from actors.ledger.actor import LedgerSettings
+from gateway.mock.server import MockSettings, create_mock_app
+from gateway.process.config import AuthSettings, GatewayConfig
+from gateway.process.defaults import (
     DEFAULT_MODELS,
     DEFAULT_VIRTUAL_MODELS,
     DEMO_ADMIN_KEY,
     DEMO_API_KEY,
 )
-from gateway.mock.server import MockSettings, create_mock_app
-from gateway.server import RunningServer, start_gateway, start_server
+from gateway.process.server import RunningServer, start_gateway, start_server
 
-log = structlog.get_logger("gateway.demo")
+log = structlog.get_logger("gateway.process.demo")
 
 
 def demo_config(listen: str = "127.0.0.1:8000", state: Path | None = None) -> GatewayConfig:

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 
 import structlog
 
-from actors.auth import UseSources
+from actors.auth.actor import UseSources
 from actors.kernel import ActorDead, ActorError, AskTimeout, StartChild, TerminateChild
-from actors.router import Reconfigure
+from actors.router.actor import Reconfigure
 from actors.tree import BACKENDS, TreeLayout
-from gateway.config import ConfigError, GatewayConfig, load_config
-from gateway.state import GatewayState
+from gateway.http.state import GatewayState
+from gateway.process.config import ConfigError, GatewayConfig, load_config
 
-log = structlog.get_logger("gateway.reload")
+log = structlog.get_logger("gateway.process.reload")
 
 # Settings a reload cannot change in a running process: (section, field) or (field,).
 RESTART_ONLY: tuple[tuple[str, ...], ...] = (

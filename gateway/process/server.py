@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import web
 
-from gateway import systemd
-from gateway.app import create_app
-from gateway.config import ConnectionSettings, GatewayConfig
-from gateway.protocol import ConnectionCaps, GatewayRunner
-from gateway.reload import ReloadRejected, reload_from_file
-from gateway.state import STATE, GatewayState
+from gateway.http.app import create_app
+from gateway.http.protocol import ConnectionCaps, GatewayRunner
+from gateway.http.state import STATE, GatewayState
+from gateway.process import systemd
+from gateway.process.config import ConnectionSettings, GatewayConfig
+from gateway.process.reload import ReloadRejected, reload_from_file
 
 log = structlog.get_logger("gateway")
 

@@ -32,11 +32,11 @@ from pathlib import Path
 import structlog
 from prometheus_client.multiprocess import mark_process_dead
 
-from gateway import systemd
-from gateway.config import GatewayConfig
-from gateway.metrics import MULTIPROC_ENV
+from gateway.http.metrics import MULTIPROC_ENV
+from gateway.process import systemd
+from gateway.process.config import GatewayConfig
 
-log = structlog.get_logger("gateway.workers")
+log = structlog.get_logger("gateway.process.workers")
 
 PORT_ENV = "CITADEL_LISTEN_PORT"  # the port the parent reserved, for its workers
 WORKER_ENV = "CITADEL_WORKER"  # the worker's index, for its logs
@@ -153,7 +153,7 @@ class WorkerParent:
     async def _keep(self, worker: Worker) -> None:
         """Run one worker until the parent stops, restarting it when it dies."""
         while not self._stopping.is_set():
-            command = [sys.executable, "-m", "gateway.cli", "serve", "--worker"]
+            command = [sys.executable, "-m", "gateway", "serve", "--worker"]
             command += ["--config", self._config_path]
             process = await asyncio.create_subprocess_exec(*command, env=self._environment(worker))
             worker.process, worker.started = process, time.monotonic()

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from actors.backend import Lease, Outcome, Release
-from actors.backend_kinds import RequestIdMode
-from gateway.errors import GatewayError, UpstreamFailed, UpstreamTimeout
+from actors.backend.actor import Lease, Outcome, Release
+from actors.backend.kinds import RequestIdMode
+from gateway.http.errors import GatewayError, UpstreamFailed, UpstreamTimeout
 
 # What a failed try says about the replica, when a retry elsewhere may help.
 RETRYABLE = frozenset(

@@ -12,8 +12,8 @@ import json
 import re
 from typing import Any
 
-from actors.backend import Outcome
-from gateway.errors import (
+from actors.backend.actor import Outcome
+from gateway.http.errors import (
     GatewayError,
     InvalidRequest,
     ServiceUnavailable,

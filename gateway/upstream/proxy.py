@@ -5,7 +5,7 @@ A BackendActor decided that a try may go to its replica (the lease); everything 
 concurrently with every other request, on the replica's connection pool. Whatever happens
 (success, upstream failure, timeout, the client going away), each lease is released exactly
 once with the outcome, so the actor's in-flight count stays exact. Streams are relayed by
-gateway.streaming.
+gateway.upstream.relay.
 """
 
 from __future__ import annotations
@@ -17,11 +17,19 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from actors.backend import AcquireLease, Judge, Lease, Outcome, Release
+from actors.backend.actor import AcquireLease, Judge, Lease, Outcome, Release
 from actors.kernel import ActorDead, ActorRef, AskTimeout, MailboxFull
-from actors.router import AllowRetry, AwaitRoom, QueueFull, RetryEnded, RouteDecision
-from gateway import upstream_errors
-from gateway.attempt import (
+from actors.router.actor import AllowRetry, AwaitRoom, QueueFull, RetryEnded, RouteDecision
+from gateway.http.errors import (
+    GatewayError,
+    InvalidRequest,
+    ServiceUnavailable,
+    UpstreamFailed,
+    UpstreamTimeout,
+)
+from gateway.http.state import REQUEST
+from gateway.upstream import failures
+from gateway.upstream.attempt import (
     FREE_RETRY,
     RETRYABLE,
     Attempt,
@@ -29,20 +37,12 @@ from gateway.attempt import (
     UpstreamCall,
     upstream_failure,
 )
-from gateway.errors import (
-    GatewayError,
-    InvalidRequest,
-    ServiceUnavailable,
-    UpstreamFailed,
-    UpstreamTimeout,
-)
-from gateway.rewrite import request_body, response_rewriter, with_stream_usage
-from gateway.state import REQUEST
-from gateway.streaming import relay_stream
-from gateway.transcript import Transcript
-from gateway.usage import usage_of
+from gateway.upstream.relay import relay_stream
+from gateway.upstream.rewrite import request_body, response_rewriter, with_stream_usage
+from gateway.upstream.tokens import usage_of
+from gateway.upstream.transcript import Transcript
 
-log = structlog.get_logger("gateway.proxy")
+log = structlog.get_logger("gateway.upstream.proxy")
 
 LEASE_ASK_TIMEOUT = 2.0
 
@@ -256,7 +256,7 @@ async def _try(
         response_headers["x-citadel-route"] = decision.reason
     profile = lease.profile
     # The gateway asks for a stream's usage report (for limits and the ledger) from servers
-    # that send one; from the others it counts the tokens itself (gateway.streaming).
+    # that send one; from the others it counts the tokens itself (gateway.upstream.relay).
     raw = with_stream_usage(call.raw) if call.hide_usage and profile.stream_usage else call.raw
     out = Outgoing(
         body=request_body(raw, call.sent_model, lease.upstream_model),
@@ -299,8 +299,8 @@ async def _relay_unary(
     attempt.upstream_seconds += time.perf_counter() - waiting_since
     rename = (lease.upstream_model, decision.model)
     if status != 200:
-        error, attempt.outcome = upstream_errors.from_status(status, payload, rename)
-        attempt.signature = upstream_errors.signature(status, payload)
+        error, attempt.outcome = failures.from_status(status, payload, rename)
+        attempt.signature = failures.signature(status, payload)
         log.warning(
             "upstream_error_status", backend=lease.backend, status=status, body=payload[:500]
         )
@@ -309,12 +309,12 @@ async def _relay_unary(
     # a successful answer is never parsed here.
     if not payload.startswith(b"{") or b'error"' in payload[:48]:
         log.warning("upstream_error_body", backend=lease.backend, body=payload[:500])
-        error_obj = upstream_errors.error_object(payload)
+        error_obj = failures.error_object(payload)
         if error_obj is None:
             attempt.outcome = Outcome.UPSTREAM_ERROR
             raise UpstreamFailed("The model service returned a malformed response.")
-        error = upstream_errors.from_error_event(error_obj, rename)
-        attempt.outcome, attempt.signature = upstream_errors.blame_of(error, payload)
+        error = failures.from_error_event(error_obj, rename)
+        attempt.outcome, attempt.signature = failures.blame_of(error, payload)
         raise error
     attempt.outcome = Outcome.OK
     attempt.usage = usage_of(payload)

@@ -17,22 +17,22 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from actors.backend import Outcome
-from actors.router import RouteDecision
-from gateway import sse, upstream_errors
-from gateway.attempt import Attempt, Outgoing, UpstreamCall, upstream_failure
-from gateway.errors import (
+from actors.backend.actor import Outcome
+from actors.router.actor import RouteDecision
+from gateway.http.errors import (
     GatewayError,
     InvalidRequest,
     ServiceUnavailable,
     UpstreamFailed,
     UpstreamTimeout,
 )
-from gateway.rewrite import response_rewriter
-from gateway.state import REQUEST, STATE, GatewayState
-from gateway.usage import StreamTally, usage_of
+from gateway.http.state import REQUEST, STATE, GatewayState
+from gateway.upstream import failures, sse
+from gateway.upstream.attempt import Attempt, Outgoing, UpstreamCall, upstream_failure
+from gateway.upstream.rewrite import response_rewriter
+from gateway.upstream.tokens import StreamTally, usage_of
 
-log = structlog.get_logger("gateway.streaming")
+log = structlog.get_logger("gateway.upstream.relay")
 
 DRAIN_TIMEOUT = 1.0
 CLIENT_GONE = 499  # the status a stream whose client left is recorded with (nginx's)
@@ -120,10 +120,8 @@ async def relay_stream(
                 )
                 if upstream.status != 200:
                     payload = await upstream.read()
-                    error, attempt.outcome = upstream_errors.from_status(
-                        upstream.status, payload, rename
-                    )
-                    attempt.signature = upstream_errors.signature(upstream.status, payload)
+                    error, attempt.outcome = failures.from_status(upstream.status, payload, rename)
+                    attempt.signature = failures.signature(upstream.status, payload)
                     log.warning(
                         "upstream_error_status",
                         backend=lease.backend,
@@ -147,8 +145,8 @@ async def relay_stream(
             log.warning(
                 "upstream_stream_error", backend=lease.backend, error=str(first_error)[:500]
             )
-            error = upstream_errors.from_error_event(first_error, rename)
-            attempt.outcome, attempt.signature = upstream_errors.blame_of(error, first)
+            error = failures.from_error_event(first_error, rename)
+            attempt.outcome, attempt.signature = failures.blame_of(error, first)
             raise error
         attempt.ttft = time.monotonic() - attempt.started
 
@@ -187,7 +185,7 @@ def _empty_stream(attempt: Attempt, call: UpstreamCall, decision: RouteDecision)
     """A 200 stream that ended before its first event. llama-cpp-python answers a prompt
     over its context window this way: when the prompt's estimate is near the window, that is
     what it was (the request's fault); otherwise it may be either's, so a second replica
-    decides (gateway.proxy)."""
+    decides (gateway.upstream.proxy)."""
     log.warning("upstream_stream_empty", backend=attempt.lease.backend)
     window = decision.context_window
     if call.prompt_estimate * 2 >= window:
@@ -197,10 +195,10 @@ def _empty_stream(attempt: Attempt, call: UpstreamCall, decision: RouteDecision)
             f"tokens: it likely exceeds the model's maximum context length of {window} tokens. "
             "Please reduce the length of the prompt.",
             param=call.prompt_param,
-            code=upstream_errors.CONTEXT_LENGTH_EXCEEDED,
+            code=failures.CONTEXT_LENGTH_EXCEEDED,
         )
     attempt.outcome = Outcome.SUSPECT
-    attempt.signature = upstream_errors.signature(200, b"")
+    attempt.signature = failures.signature(200, b"")
     return UpstreamFailed("The model service ended the stream before sending anything.")
 
 
@@ -361,7 +359,7 @@ async def _end_with_error(
     rename: tuple[str, str],
 ) -> None:
     log.warning("upstream_stream_error", backend=attempt.lease.backend, error=str(error)[:500])
-    failure = upstream_errors.from_error_event(error, rename)
+    failure = failures.from_error_event(error, rename)
     await _fail(response, attempt, failure, Outcome.UPSTREAM_ERROR)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 
-from gateway.attempt import UpstreamCall
+from gateway.upstream.attempt import UpstreamCall
 
 _PROMPT = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _COMPLETION = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')

@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-log = structlog.get_logger("gateway.transcript")
+log = structlog.get_logger("gateway.upstream.transcript")
 
 # At most this much of a stream is kept to rebuild the completion from.
 STREAM_KEEP = 256 * 1024

@@ -58,7 +58,7 @@ def run_once(kill: bool, args: argparse.Namespace, work: Path) -> dict[str, floa
             stack.callback(processes[name].kill)
             wait_listening(ports[name], processes[name])
         gateway = subprocess.Popen(
-            pinned([python, "-m", "gateway.cli", "serve", "--config", str(config)], target_cpu),
+            pinned([python, "-m", "gateway", "serve", "--config", str(config)], target_cpu),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

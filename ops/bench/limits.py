@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from actors.keys import hash_secret
+from actors.auth.keys import hash_secret
 from ops.bench.run import CHAT, WRK_SCRIPT, Load, free_port, pinned, wait_listening
 from ops.bench.run import wrk as run_wrk
 
@@ -90,7 +90,7 @@ def main() -> None:
         for index, (port, limits, redis) in enumerate(targets.values()):
             path = work / f"gateway-{index}.yaml"
             path.write_text(config(port, upstream, key_id, limits, redis))
-            serve = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(path)]
+            serve = [sys.executable, "-m", "gateway", "serve", "--config", str(path)]
             commands.append((pinned(serve, target_cpu), port))
         for command, port in commands:
             process = subprocess.Popen(

@@ -108,7 +108,7 @@ def main() -> None:
             path = work / f"{kind}.yaml"
             path.write_text(yaml.safe_dump(config))
             gateway = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "serve", "--config", str(path)],
+                [sys.executable, "-m", "gateway", "serve", "--config", str(path)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )

@@ -185,7 +185,7 @@ def main() -> None:
                 python, "-m", "ops.bench.passthrough", "--port", str(ports["passthrough"]),
                 "--upstream", f"http://127.0.0.1:{ports['upstream']}",
             ],
-            "gateway": [python, "-m", "gateway.cli", "serve", "--config", str(config)],
+            "gateway": [python, "-m", "gateway", "serve", "--config", str(config)],
         }  # fmt: skip
         cores = os.cpu_count() or 1
         load_cpu, target_cpu = (0, 1) if cores >= 2 else (None, None)

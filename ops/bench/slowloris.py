@@ -140,12 +140,12 @@ def main() -> None:
         )
         python = sys.executable
         upstream = subprocess.Popen(
-            [python, "-m", "gateway.cli", "mock-backend", "--port", str(upstream_port),
+            [python, "-m", "gateway", "mock-backend", "--port", str(upstream_port),
              "--model", "m"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         gateway = subprocess.Popen(
-            [python, "-m", "gateway.cli", "serve", "--config", str(config)],
+            [python, "-m", "gateway", "serve", "--config", str(config)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:

@@ -49,7 +49,7 @@ def main() -> None:
                 "port": port, "upstream": upstream_port, "key": API_KEY, "access_log": "false"
             }  # fmt: skip
             config.write_text(f"workers: {workers}\n{text}")
-            processes.append([python, "-m", "gateway.cli", "serve", "--config", str(config)])
+            processes.append([python, "-m", "gateway", "serve", "--config", str(config)])
         for command, port in zip(processes, [upstream_port, *ports.values()], strict=True):
             process = subprocess.Popen(
                 command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

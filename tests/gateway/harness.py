@@ -13,12 +13,14 @@ from typing import Any
 
 import aiohttp
 
-from actors.backend_settings import BackendSettings, BackendTimeouts
-from actors.breaker import BreakerSettings
-from actors.probe import HealthSettings
-from actors.router import ModelSettings, RoutingSettings
-from actors.routing_rules import VirtualModelSettings
-from gateway.config import (
+from actors.backend.breaker import BreakerSettings
+from actors.backend.probe import HealthSettings
+from actors.backend.settings import BackendSettings, BackendTimeouts
+from actors.router.actor import ModelSettings, RoutingSettings
+from actors.router.rules import VirtualModelSettings
+from gateway.http.state import STATE, GatewayState
+from gateway.mock.server import MOCK_STATE, MockSettings, MockState, create_mock_app
+from gateway.process.config import (
     AuthSettings,
     ConnectionSettings,
     GatewayConfig,
@@ -26,9 +28,7 @@ from gateway.config import (
     LoggingSettings,
     MetricsSettings,
 )
-from gateway.mock.server import MOCK_STATE, MockSettings, MockState, create_mock_app
-from gateway.server import RunningServer, start_gateway, start_server
-from gateway.state import STATE, GatewayState
+from gateway.process.server import RunningServer, start_gateway, start_server
 
 API_KEY = "sk-test-0123456789abcdef"
 ADMIN_KEY = "sk-admin-0123456789abcdef"
@@ -188,7 +188,7 @@ async def serving_process(config: Path) -> AsyncIterator[tuple[asyncio.subproces
     out: (the process, its URL); killed on the way out if the test has not stopped it. Its
     output (JSON log lines) stays readable on process.stdout."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
+        sys.executable, "-m", "gateway", "serve", "--config", str(config),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip

@@ -17,11 +17,11 @@ import redis.asyncio as redis
 import yaml
 from openai.types.chat import ChatCompletionMessageParam
 
-from actors.keys import hash_secret
+from actors.auth.keys import hash_secret
 from actors.tree import LIMITER
-from gateway.config import load_config
-from gateway.server import RunningServer, start_gateway
-from gateway.state import GatewayState
+from gateway.http.state import GatewayState
+from gateway.process.config import load_config
+from gateway.process.server import RunningServer, start_gateway
 from tests.gateway.harness import mock_service
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"

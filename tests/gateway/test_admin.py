@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from actors.backend import GetStats
+from actors.backend.actor import GetStats
 from tests.gateway.harness import (
     ADMIN_KEY,
     API_KEY,

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from actors.router import RoutingSettings
+from actors.router.actor import RoutingSettings
 from tests.gateway.harness import API_KEY, Deployment, ModelPlan, bounded_client, deployment
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
-from gateway.config import ConfigError, load_config, parse_config
-from gateway.defaults import DEFAULT_MODELS, DEFAULT_VIRTUAL_MODELS
+from gateway.process.cli import main
+from gateway.process.config import ConfigError, load_config, parse_config
+from gateway.process.defaults import DEFAULT_MODELS, DEFAULT_VIRTUAL_MODELS
 
 REPO = Path(__file__).resolve().parents[2]
 PRODUCTION = REPO / "ops" / "config" / "gateway.yaml"

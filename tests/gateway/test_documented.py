@@ -11,12 +11,12 @@ import time
 import aiohttp
 import pytest
 
-from actors.backend_settings import BackendTimeouts
-from actors.router import RoutingSettings
-from actors.routing_rules import RoutingRule, RuleCondition, VirtualModelSettings
-from gateway.config import LoggingSettings
+from actors.backend.settings import BackendTimeouts
+from actors.router.actor import RoutingSettings
+from actors.router.rules import RoutingRule, RuleCondition, VirtualModelSettings
 from gateway.mock.faults import Fault
-from gateway.observability import BufferedLineLogger
+from gateway.process.config import LoggingSettings
+from gateway.process.observability import BufferedLineLogger
 from tests.gateway.harness import API_KEY, ModelPlan, deployment
 from tests.gateway.test_metrics import scrape
 
@@ -157,7 +157,7 @@ async def test_a_departed_client_gives_back_the_half_open_trial(
 ) -> None:
     """The one trial a half-open circuit allows must come back when its client leaves, or
     the replica stays refused though nothing was learnt about it."""
-    from actors.breaker import BreakerSettings
+    from actors.backend.breaker import BreakerSettings
 
     breaker = BreakerSettings(consecutive_failures=1, ejection=0.2, half_open_trials=1)
     async with deployment([ModelPlan("m", breaker=breaker)]) as gw:

@@ -12,8 +12,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from actors.backend import GetStats
-from actors.backend_settings import BackendTimeouts
+from actors.backend.actor import GetStats
+from actors.backend.settings import BackendTimeouts
 from gateway.mock.faults import Fault
 from tests.gateway.harness import (
     API_KEY,

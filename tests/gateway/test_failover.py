@@ -11,11 +11,11 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from actors.backend import BackendStats, GetStats
-from actors.backend_settings import BackendTimeouts
-from actors.balancer import Policy
-from actors.breaker import BreakerSettings, BreakerState
-from actors.router import RetryBudgetSettings, RoutingSettings
+from actors.backend.actor import BackendStats, GetStats
+from actors.backend.breaker import BreakerSettings, BreakerState
+from actors.backend.settings import BackendTimeouts
+from actors.router.actor import RetryBudgetSettings, RoutingSettings
+from actors.router.balancer import Policy
 from gateway.mock.faults import Fault
 from tests.gateway.harness import (
     API_KEY,

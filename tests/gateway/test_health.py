@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from actors.backend import BackendStats, GetStats
-from actors.backend_kinds import PROFILES
-from actors.balancer import Policy
-from actors.probe import HealthSettings, parse_queue
-from actors.router import RoutingSettings
+from actors.backend.actor import BackendStats, GetStats
+from actors.backend.kinds import PROFILES
+from actors.backend.probe import HealthSettings, parse_queue
+from actors.router.actor import RoutingSettings
+from actors.router.balancer import Policy
 from gateway.mock.faults import Fault
 from tests.gateway.harness import API_KEY, Deployment, ModelPlan, bounded_client, deployment
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from actors.probe import HealthSettings
+from actors.backend.probe import HealthSettings
 from gateway.mock.faults import Fault
 from tests.gateway.harness import ModelPlan, bounded_client, deployment
 

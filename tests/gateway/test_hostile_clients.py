@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from pydantic import ValidationError
 
-from actors.keys import KeyScopes
-from gateway.config import ConfigError, parse_config
+from actors.auth.keys import KeyScopes
+from gateway.process.config import ConfigError, parse_config
 from tests.gateway.harness import ADMIN_KEY, API_KEY, ModelPlan, deployment
 
 TIMEOUT = aiohttp.ClientTimeout(total=30)
@@ -59,7 +59,7 @@ def test_the_cli_refuses_a_key_that_would_never_expire_or_be_born_expired(
     tmp_path: Path, days: str
 ) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "keys", "create", "--db", str(tmp_path / "k.db"),
+        [sys.executable, "-m", "gateway", "keys", "create", "--db", str(tmp_path / "k.db"),
          f"--expires-in-days={days}"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
@@ -77,8 +77,8 @@ def test_a_backend_url_must_be_one_plain_http_url(url: str) -> None:
 
 
 def test_key_store_and_ledger_files_are_for_the_gateways_user_alone(tmp_path: Path) -> None:
-    from actors.keystore import KeyStore
-    from actors.ledger_store import LedgerStore
+    from actors.auth.store import KeyStore
+    from actors.ledger.store import LedgerStore
 
     keys, ledger = (
         KeyStore(tmp_path / "state" / "keys.db"),
@@ -103,13 +103,13 @@ def test_the_unit_keeps_state_files_private() -> None:
 
 async def test_behind_a_trusted_proxy_the_throttle_counts_each_client_not_the_proxy() -> None:
     """21 bad requests a minute through one load balancer once locked out every client."""
-    from gateway.config import (
+    from gateway.process.config import (
         AuthSettings,
         ConnectionSettings,
         GatewayConfig,
         LoggingSettings,
     )
-    from gateway.server import start_gateway
+    from gateway.process.server import start_gateway
     from tests.gateway.harness import mock_service
 
     def forwarded(client: str, key: str) -> dict[str, str]:
@@ -149,7 +149,7 @@ async def test_behind_a_trusted_proxy_the_throttle_counts_each_client_not_the_pr
 def test_forwarded_addresses_are_believed_only_from_trusted_proxies() -> None:
     from aiohttp.test_utils import make_mocked_request
 
-    from gateway.client_address import client_address
+    from gateway.http.client_address import client_address
 
     trusted = [__import__("ipaddress").ip_network("10.0.0.0/8")]
 

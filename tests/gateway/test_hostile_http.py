@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from gateway.observability import BufferedLineLogger
+from gateway.process.observability import BufferedLineLogger
 from tests.gateway.harness import API_KEY, Deployment, ModelPlan, deployment
 
 # A key with no recognisable shape: only never logging it keeps it out of the log, since no

@@ -17,9 +17,9 @@ import pytest
 import yaml
 from openai.types.chat import ChatCompletionMessageParam
 
-from actors.keys import hash_secret, split_key
-from gateway.config import load_config
-from gateway.server import RunningServer, start_gateway
+from actors.auth.keys import hash_secret, split_key
+from gateway.process.config import load_config
+from gateway.process.server import RunningServer, start_gateway
 from tests.gateway.harness import ADMIN_KEY, READ_TIMEOUT_S, bounded_client, mock_service
 
 CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
@@ -51,7 +51,7 @@ async def keyed_gateway(tmp_path: Path, **auth: Any) -> AsyncIterator[tuple[Runn
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "keys", *args],
+        [sys.executable, "-m", "gateway", "keys", *args],
         capture_output=True, text=True, check=False, timeout=60,
     )  # fmt: skip
 

@@ -15,9 +15,9 @@ import aiohttp
 import yaml
 
 from actors.tree import LEDGER
-from gateway.config import load_config
-from gateway.server import start_gateway
-from gateway.state import STATE
+from gateway.http.state import STATE
+from gateway.process.config import load_config
+from gateway.process.server import start_gateway
 from tests.gateway.harness import (
     ADMIN_KEY,
     API_KEY,
@@ -104,7 +104,7 @@ async def test_a_burst_is_recorded_exactly_streams_included(tmp_path: Path) -> N
     assert all(r["completion_tokens"] == completion and r["status"] == 200 for r in records)
     assert all(r["backend"] == "m#0" and r["endpoint"] == "/v1/chat/completions" for r in records)
     cli = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "usage", "--db", str(ledger), "--by", "model",
+        sys.executable, "-m", "gateway", "usage", "--db", str(ledger), "--by", "model",
         "--json", stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, _ = await cli.communicate()

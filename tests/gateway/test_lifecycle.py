@@ -18,9 +18,9 @@ import pytest
 
 from actors.kernel.errors import ActorDead
 from actors.tree import ROUTER
-from gateway.config import load_config
-from gateway.server import serve_until_stopped, start_gateway
-from gateway.state import STATE
+from gateway.http.state import STATE
+from gateway.process.config import load_config
+from gateway.process.server import serve_until_stopped, start_gateway
 from tests.gateway.harness import API_KEY, bounded_client, mock_service, serving_process, until
 
 STREAM = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
@@ -212,7 +212,7 @@ def test_a_store_that_cannot_be_opened_stops_the_start_with_its_path(
         "models: [{name: m, backends: [{url: 'http://127.0.0.1:9'}]}]\n"
     )
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 1

@@ -17,12 +17,12 @@ import yaml
 from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors.keys import hash_secret
+from actors.auth.keys import hash_secret
 from actors.tree import LIMITER
-from gateway.config import load_config
+from gateway.http.state import STATE, GatewayState
 from gateway.mock.faults import Fault
-from gateway.server import RunningServer, start_gateway
-from gateway.state import STATE, GatewayState
+from gateway.process.config import load_config
+from gateway.process.server import RunningServer, start_gateway
 from tests.gateway.harness import (
     ADMIN_KEY,
     READ_TIMEOUT_S,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import redis.asyncio as redis
 
-from gateway.config import load_config
-from gateway.server import start_gateway
+from gateway.process.config import load_config
+from gateway.process.server import start_gateway
 from tests.gateway.harness import bounded_client, mock_service, serving_process
 from tests.gateway.redis_harness import (
     CHAT,

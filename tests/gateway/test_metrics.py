@@ -6,11 +6,11 @@ import asyncio
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors.breaker import BreakerSettings
-from actors.router import RetryBudgetSettings, RoutingSettings
-from gateway.app import METRICS_PORT
-from gateway.config import MetricsSettings
+from actors.backend.breaker import BreakerSettings
+from actors.router.actor import RetryBudgetSettings, RoutingSettings
+from gateway.http.app import METRICS_PORT
 from gateway.mock.faults import Fault
+from gateway.process.config import MetricsSettings
 from tests.gateway.harness import API_KEY, Deployment, ModelPlan, bounded_client, deployment
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from actors.probe import HealthSettings
-from actors.routing_rules import RoutingRule, RuleCondition, VirtualModelSettings
+from actors.backend.probe import HealthSettings
+from actors.router.rules import RoutingRule, RuleCondition, VirtualModelSettings
 from gateway.mock.faults import Fault
 from tests.gateway.harness import API_KEY, Deployment, ModelPlan, bounded_client, deployment
 

@@ -14,13 +14,13 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from actors.backend import BackendStats, GetStats
-from actors.balancer import Policy
-from actors.breaker import BreakerSettings
-from actors.probe import HealthSettings
-from actors.router import RoutingSettings
+from actors.backend.actor import BackendStats, GetStats
+from actors.backend.breaker import BreakerSettings
+from actors.backend.probe import HealthSettings
+from actors.router.actor import RoutingSettings
+from actors.router.balancer import Policy
 from gateway.mock.faults import Fault
-from gateway.observability import BufferedLineLogger
+from gateway.process.observability import BufferedLineLogger
 from tests.gateway.harness import API_KEY, Deployment, ModelPlan, deployment, until
 from tests.gateway.test_metrics import scrape
 

@@ -9,8 +9,8 @@ import json
 import pytest
 import structlog
 
-from gateway.config import LoggingSettings
-from gateway.observability import REDACTED, BufferedLineLogger, redact_secrets
+from gateway.process.config import LoggingSettings
+from gateway.process.observability import REDACTED, BufferedLineLogger, redact_secrets
 from tests.gateway.harness import API_KEY, ModelPlan, bounded_client, deployment
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

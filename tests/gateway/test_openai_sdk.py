@@ -12,7 +12,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from actors.backend import GetStats
+from actors.backend.actor import GetStats
 from tests.gateway.harness import API_KEY, READ_TIMEOUT_S, Deployment, ModelPlan, deployment
 
 PLANS = (

@@ -22,8 +22,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from gateway.config import GatewayConfig
-from gateway.openapi import document
+from gateway.http.openapi import document
+from gateway.process.config import GatewayConfig
 from ops.bench.run import free_port, wait_listening
 from tests.gateway.harness import ADMIN_KEY, API_KEY, ModelPlan, deployment
 
@@ -60,11 +60,11 @@ def live_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     path.write_text(json.dumps(config))
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "mock-backend", "--port", str(upstream_port),
+            [sys.executable, "-m", "gateway", "mock-backend", "--port", str(upstream_port),
              "--model", "m"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         ),
         subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(path)],
+            [sys.executable, "-m", "gateway", "serve", "--config", str(path)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         ),
     ]  # fmt: skip

@@ -8,9 +8,9 @@ from typing import Any
 
 import aiohttp
 
-from actors.balancer import Policy
-from actors.router import RetryBudgetSettings, RoutingSettings
-from actors.routing_rules import RoutingRule, RuleCondition, VirtualModelSettings
+from actors.router.actor import RetryBudgetSettings, RoutingSettings
+from actors.router.balancer import Policy
+from actors.router.rules import RoutingRule, RuleCondition, VirtualModelSettings
 from gateway.mock.faults import Fault
 from tests.gateway.harness import API_KEY, ModelPlan, deployment
 

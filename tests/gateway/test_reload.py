@@ -14,9 +14,9 @@ import pytest
 import yaml
 from openai.types.chat import ChatCompletionMessageParam
 
-from gateway.config import load_config
-from gateway.server import RunningServer, start_gateway
-from gateway.state import STATE, GatewayState
+from gateway.http.state import STATE, GatewayState
+from gateway.process.config import load_config
+from gateway.process.server import RunningServer, start_gateway
 from tests.gateway.harness import (
     ADMIN_KEY,
     API_KEY,

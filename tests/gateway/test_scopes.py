@@ -10,11 +10,11 @@ from typing import Any
 
 import aiohttp
 
-from actors.keys import hash_secret
-from gateway.config import GatewayConfig
+from actors.auth.keys import hash_secret
+from gateway.http.state import STATE
 from gateway.mock.faults import Fault
-from gateway.server import RunningServer, start_gateway
-from gateway.state import STATE
+from gateway.process.config import GatewayConfig
+from gateway.process.server import RunningServer, start_gateway
 from tests.gateway.harness import Mock, mock_service, until
 
 SECRET = "q" * 43

@@ -11,7 +11,7 @@ import os
 
 import aiohttp
 
-from gateway.config import ConnectionSettings
+from gateway.process.config import ConnectionSettings
 from tests.gateway.harness import API_KEY, Deployment, ModelPlan, deployment
 
 TIGHT = ConnectionSettings(

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from actors.backend import GetStats
+from actors.backend.actor import GetStats
 from tests.gateway.harness import API_KEY, Deployment, ModelPlan, bounded_client, deployment
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

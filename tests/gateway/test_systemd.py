@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import systemd
+from gateway.process import systemd
 from tests.gateway.harness import API_KEY, mock_service
 
 
@@ -61,7 +61,7 @@ async def test_gateway_process_notifies_ready_watchdog_and_stopping(tmp_path: Pa
             )
             env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"}
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
+                sys.executable, "-m", "gateway", "serve", "--config", str(config),
                 env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
             try:

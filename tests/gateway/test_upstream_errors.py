@@ -8,11 +8,10 @@ import json
 
 import pytest
 
-from actors.backend import Outcome
-from gateway import sse
-from gateway.errors import InvalidRequest, ServiceUnavailable, UpstreamFailed, UpstreamTimeout
-from gateway.rewrite import request_body, with_stream_usage
-from gateway.upstream_errors import (
+from actors.backend.actor import Outcome
+from gateway.http.errors import InvalidRequest, ServiceUnavailable, UpstreamFailed, UpstreamTimeout
+from gateway.upstream import sse
+from gateway.upstream.failures import (
     CONTEXT_LENGTH_EXCEEDED,
     blame_of,
     error_object,
@@ -20,6 +19,7 @@ from gateway.upstream_errors import (
     from_status,
     signature,
 )
+from gateway.upstream.rewrite import request_body, with_stream_usage
 
 RENAME = ("/models/phi-3.gguf", "phi-3-mini")
 

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import sse
-from gateway.errors import InvalidRequest
-from gateway.rewrite import request_body, response_rewriter
-from gateway.schemas import ChatCompletionRequest, CompletionRequest, parse_request
-from gateway.upstream_errors import upstream_message
+from gateway.http.errors import InvalidRequest
+from gateway.http.schemas import ChatCompletionRequest, CompletionRequest, parse_request
+from gateway.upstream import sse
+from gateway.upstream.failures import upstream_message
+from gateway.upstream.rewrite import request_body, response_rewriter
 
 
 def chat(**fields: object) -> bytes:
@@ -153,7 +153,7 @@ def test_only_safe_upstream_messages_are_shown(error: dict[str, object], shown: 
 
 
 def test_usage_is_read_from_the_bytes_and_only_from_the_usage_object() -> None:
-    from gateway.usage import usage_of
+    from gateway.upstream.tokens import usage_of
 
     answer = (
         b'{"choices": [{"message": {"content": "say \\"prompt_tokens\\": 99"}}],'

@@ -67,7 +67,7 @@ async def parent_process(
     config = tmp_path / "gateway.yaml"
     config.write_text(CONFIG.format(key=API_KEY, upstream=upstream))
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
+        sys.executable, "-m", "gateway", "serve", "--config", str(config),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "NOTIFY_SOCKET": notify_socket},

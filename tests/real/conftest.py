@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from actors.keys import hash_secret
-from gateway.config import GatewayConfig
-from gateway.server import RunningServer, start_gateway
+from actors.auth.keys import hash_secret
+from gateway.process.config import GatewayConfig
+from gateway.process.server import RunningServer, start_gateway
 from ops.real_servers.processes import CONTEXT, SERVED_NAME, Installed, RealServer, start
 
 SECRET = "r" * 43

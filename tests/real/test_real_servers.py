@@ -17,9 +17,9 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from actors.backend import BackendStats, GetStats
-from gateway.server import RunningServer, start_gateway
-from gateway.state import STATE
+from actors.backend.actor import BackendStats, GetStats
+from gateway.http.state import STATE
+from gateway.process.server import RunningServer, start_gateway
 from ops.real_servers.processes import RealServer, start
 from tests.gateway.test_metrics import samples
 from tests.real.conftest import KEY, LIMITED_KEY, Fleet, gateway_config, model

@@ -9,7 +9,7 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from actors.keys import (
+from actors.auth.keys import (
     PREFIX,
     KeyRecord,
     KeyScopes,
@@ -18,7 +18,7 @@ from actors.keys import (
     secret_matches,
     split_key,
 )
-from actors.limits import LimitSpec
+from actors.limiter.local import LimitSpec
 
 KEY_ID = "0123456789ab"
 SECRET = "s" * 43

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from actors.backend.breaker import BreakerSettings, BreakerState, CircuitBreaker
 
 SETTINGS = BreakerSettings(
     consecutive_failures=3,

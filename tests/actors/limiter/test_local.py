@@ -1,5 +1,5 @@
-"""The rate-limit arithmetic of `actors.limits`, exact to the second and the token, on a clock
-the test holds (the Redis scripts run the same arithmetic: test_limits_redis*.py)."""
+"""The rate-limit arithmetic of `actors.limiter.local`, exact to the second and the token, on
+a clock the test holds (the Redis scripts run the same arithmetic: test_limits_redis*.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ from dataclasses import astuple
 
 import pytest
 
-from actors.limits import LimitSpec, LocalLimits, Quota, Subject, Verdict, gcra, quota_of, refill
+from actors.limiter.local import (
+    LimitSpec,
+    LocalLimits,
+    Quota,
+    Subject,
+    Verdict,
+    gcra,
+    quota_of,
+    refill,
+)
 
 NOW = 1000.0
 

@@ -9,7 +9,14 @@ from collections import Counter
 
 import pytest
 
-from actors.balancer import Balancer, Policy, ReplicaLoad, affinity_pick, name_hash, splitmix64
+from actors.router.balancer import (
+    Balancer,
+    Policy,
+    ReplicaLoad,
+    affinity_pick,
+    name_hash,
+    splitmix64,
+)
 
 
 def replicas(*latencies: float) -> list[ReplicaLoad]:

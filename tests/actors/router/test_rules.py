@@ -8,10 +8,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from actors.backend_settings import BackendSettings
-from actors.balancer import ReplicaLoad
+from actors.backend.settings import BackendSettings
 from actors.kernel import ActorRef, ActorSystem, ChildSpec, SyncActor
-from actors.router import (
+from actors.router.actor import (
     ListModels,
     ModelSettings,
     Route,
@@ -20,7 +19,8 @@ from actors.router import (
     RouterSettings,
     UnknownModel,
 )
-from actors.routing_rules import (
+from actors.router.balancer import ReplicaLoad
+from actors.router.rules import (
     RequestTraits,
     RoutingRule,
     RuleCondition,
@@ -170,7 +170,7 @@ def test_settings_refuse_unknown_references_and_smaller_context_fallbacks() -> N
 
 
 def test_prompt_tokens_are_estimated_from_messages_and_prompts() -> None:
-    from gateway.schemas import ChatCompletionRequest
+    from gateway.http.schemas import ChatCompletionRequest
 
     body = ChatCompletionRequest.model_validate(
         {"model": "m", "messages": [{"role": "user", "content": "x" * 400}]}
@@ -209,7 +209,7 @@ def test_the_affinity_key_is_the_conversations_first_two_messages_on_every_machi
 
 
 def test_estimates_count_every_message_part_and_prompt_form() -> None:
-    from gateway.schemas import ChatCompletionRequest
+    from gateway.http.schemas import ChatCompletionRequest
 
     body = ChatCompletionRequest.model_validate(
         {
