@@ -35,7 +35,6 @@ _ID = re.compile(r"[0-9a-f]{12}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 Endpoint = Literal["chat.completions", "completions", "embeddings", "models"]
-ENDPOINTS: tuple[Endpoint, ...] = ("chat.completions", "completions", "embeddings", "models")
 # Compared against when the id is unknown, so that a miss costs what a wrong secret costs.
 _DUMMY_HASH = hashlib.sha256(b"citadel-no-such-key").hexdigest()
 

@@ -19,6 +19,7 @@ from actors.auth.actor import (
     Refusal,
     retry_seconds,
 )
+from actors.auth.keys import Endpoint
 from actors.kernel import ActorDead, AskTimeout, MailboxFull, ask_settled
 from gateway.http.client_address import client_address
 from gateway.http.errors import (
@@ -80,7 +81,7 @@ async def _principal(state: GatewayState, request: web.Request) -> Principal:
     return principal
 
 
-async def authenticate(state: GatewayState, request: web.Request, endpoint: str) -> Principal:
+async def authenticate(state: GatewayState, request: web.Request, endpoint: Endpoint) -> Principal:
     """The caller of a model endpoint (`chat.completions`, `completions`, `embeddings`,
     `models`); 401 without a valid key, 403 when the key may not use the endpoint."""
     if not state.auth_enabled:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from actors.auth.actor import Principal
+from actors.auth.keys import Endpoint
 from actors.kernel import ActorDead, AskTimeout
 from actors.limiter.local import LimitSpec
 from actors.router.actor import (
@@ -154,7 +155,7 @@ async def _generate(
     request: web.Request,
     schema: type[ChatCompletionRequest | CompletionRequest],
     path: str,
-    endpoint: str,
+    endpoint: Endpoint,
 ) -> web.StreamResponse:
     state = request.app[STATE]
     context = request[REQUEST]
