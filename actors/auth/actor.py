@@ -76,7 +76,7 @@ class Authenticate:
 
 @dataclass(frozen=True, slots=True)
 class ForgetKey:
-    """Tell: drop a cached lookup (the key was revoked or rotated through this gateway)."""
+    """Ask: drop a cached lookup (the key was revoked or rotated through this gateway)."""
 
     key_id: str
 

@@ -127,7 +127,7 @@ class RequestEnded:
 
 @dataclass(frozen=True, slots=True)
 class Reconfigure:
-    """Tell: route by these settings from now on (a reload). `names` and `loads` are each
+    """Ask: route by these settings from now on (a reload). `names` and `loads` are each
     model's replicas, all of them running by the time this arrives."""
 
     settings: RouterSettings
