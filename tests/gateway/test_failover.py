@@ -61,7 +61,10 @@ async def chat(http: aiohttp.ClientSession, gw: Deployment, model: str = "m") ->
 
 
 async def test_a_replica_killed_under_load_loses_no_request(http: aiohttp.ClientSession) -> None:
-    plan = ModelPlan("m", replicas=2, timeouts=QUICK, mock={"ttft": 0.0})
+    # The killed replica refuses at once; the survivor gets 160 requests at a time, which on
+    # a loaded machine (a CI run beside a compiler) took past QUICK's 0.5 s to first byte.
+    patient = BackendTimeouts(connect=1.0, first_byte=5.0, idle=5.0, total=20.0)
+    plan = ModelPlan("m", replicas=2, timeouts=patient, mock={"ttft": 0.0})
     async with deployment([plan]) as gw:
         doomed = gw.mocks["m"][0]
         first_wave = await asyncio.gather(*(chat(http, gw) for _ in range(40)))
