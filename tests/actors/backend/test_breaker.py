@@ -128,15 +128,8 @@ def test_abandon_outside_a_trial_changes_nothing() -> None:
     assert not breaker.allow(5.0)
 
 
-RATE_ONLY = BreakerSettings(
-    consecutive_failures=100,
-    failure_rate=0.5,
-    window=10,
-    minimum_requests=6,
-    ejection=5,
-    max_ejection=20,
-    half_open_trials=2,
-)
+# Opens on the failure rate alone (consecutive failures never reach the count), two trials.
+RATE_ONLY = SETTINGS.model_copy(update={"consecutive_failures": 100, "half_open_trials": 2})
 
 
 def record(breaker: CircuitBreaker, outcomes: str, now: float) -> BreakerState | None:
