@@ -148,8 +148,10 @@ async def test_failing_replica_opens_its_circuit_then_recovers_through_a_trial(
 async def test_slow_replica_gets_less_traffic_under_p2c(http: aiohttp.ClientSession) -> None:
     plan = ModelPlan("m", replicas=2, mock={"ttft": 0.0, "tokens_per_s": 1000})
     async with deployment([plan]) as gw:
-        # Replica 0 answers 200 ms later: far above what a loaded machine adds to either.
-        gw.mocks["m"][0].state.settings.ttft = 0.2
+        # Replica 0 answers a second later. Peak EWMA takes a slow sample at once and forgets
+        # it over 10 s, so a stall of the fast replica on a loaded machine (0.23 s was seen
+        # in CI) must stay far below the slow one's delay for the ranking to hold.
+        gw.mocks["m"][0].state.settings.ttft = 1.0
         for _ in range(5):
             await asyncio.gather(*(chat(http, gw) for _ in range(8)))
         slow, fast = await stats(gw, "m", 0), await stats(gw, "m", 1)

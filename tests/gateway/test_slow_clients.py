@@ -93,17 +93,24 @@ async def test_silent_trickling_and_slow_body_connections_are_closed_on_time() -
 
 
 async def test_connections_past_the_cap_get_a_503_and_are_closed() -> None:
-    async with deployment([ModelPlan("m")], connections=TIGHT) as gw:
+    # The idle timeout must outlast opening the 120 held connections, or the first of them
+    # are already closed (and their places free) when the 121st arrives: on a loaded CI
+    # machine, 0.5 s did not.
+    capped = TIGHT.model_copy(update={"idle_timeout": 3.0})
+    async with deployment([ModelPlan("m")], connections=capped) as gw:
         held = [await connect(gw) for _ in range(120)]
-        reader, writer = await connect(gw)
-        refused = await until_closed(reader)
-        writer.close()
-        head, _, body = refused.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 503")
-        assert json.loads(body)["error"]["code"] == "too_many_connections"
-        for held_reader, held_writer in held:  # the idle timeout frees their places
-            assert await until_closed(held_reader) == b""
-            held_writer.close()
+        try:
+            reader, writer = await connect(gw)
+            refused = await until_closed(reader)
+            writer.close()
+            head, _, body = refused.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 503"), refused[:100]
+            assert json.loads(body)["error"]["code"] == "too_many_connections"
+            for held_reader, _ in held:  # the idle timeout frees their places
+                assert await until_closed(held_reader) == b""
+        finally:
+            for _, held_writer in held:
+                held_writer.close()
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
             http.get(gw.url + "/v1/models", headers=AUTH) as response,
