@@ -32,7 +32,15 @@ import structlog
 
 from actors.auth.keys import KeyRecord, KeyScopes, secret_matches, split_key
 from actors.auth.store import LookupKey
-from actors.kernel import ActorDead, ActorRef, AskTimeout, MailboxFull, SyncActor, settle_reply
+from actors.kernel import (
+    ActorDead,
+    ActorRef,
+    Ask,
+    AskTimeout,
+    MailboxFull,
+    SyncActor,
+    settle_reply,
+)
 
 log = structlog.get_logger("actors.auth.actor")
 
@@ -67,7 +75,7 @@ class AuthRefused(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Authenticate:
+class Authenticate(Ask["Principal"]):
     """Ask: the Principal for a presented key (None: none presented), from `address`."""
 
     key: str | None

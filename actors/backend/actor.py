@@ -23,7 +23,7 @@ from actors.backend.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from actors.backend.kinds import BackendProfile
 from actors.backend.probe import ProbeResult, ProbeTarget, probe_loop
 from actors.backend.settings import BackendSettings, BackendTimeouts
-from actors.kernel import ActorRef, SyncActor
+from actors.kernel import ActorRef, Ask, SyncActor
 from actors.router.balancer import ReplicaLoad
 
 
@@ -64,7 +64,7 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True)
-class AcquireLease:
+class AcquireLease(Ask["Lease | None"]):
     """Ask: a Lease, or None when the replica refuses (full, circuit open, unhealthy). In
     panic (too few healthy replicas for the model) health is not a reason to refuse."""
 
@@ -104,6 +104,9 @@ class BackendStats:
     circuit: BreakerState
     healthy: bool
     queued: float  # the replica's own queue, as its metrics last said
+    # Releases of leases this instance did not hold: granted before a restart, or a defect
+    # (a lease released twice). Counted so that the second kind cannot hide.
+    stray_releases: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +148,7 @@ class BackendActor(SyncActor):
         self._ids = itertools.count(1)
         self._served = 0
         self._failures = 0
+        self._stray_releases = 0
         self._passes = 0  # probe results in a row, for the health thresholds
         self._fails = 0
         self._headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
@@ -254,7 +258,8 @@ class BackendActor(SyncActor):
 
     def _release(self, release: Release) -> None:
         if self._leases.pop(release.lease_id, None) is None:
-            return  # granted by an earlier instance, or released twice: nothing to undo
+            self._stray_releases += 1  # granted by an earlier instance, or released twice
+            return
         self._load.in_flight = len(self._leases)
         outcome = release.outcome
         if outcome is Outcome.CANCELLED or outcome is Outcome.INCOMPLETE:
@@ -336,6 +341,7 @@ class BackendActor(SyncActor):
             circuit=self._breaker.current(time.monotonic()),
             healthy=self._load.healthy,
             queued=self._load.queued,
+            stray_releases=self._stray_releases,
         )
 
     def introspect(self) -> dict[str, Any]:
@@ -351,4 +357,5 @@ class BackendActor(SyncActor):
             "circuit": stats.circuit.value,
             "healthy": stats.healthy,
             "queued": stats.queued,
+            "stray_releases": stats.stray_releases,
         }

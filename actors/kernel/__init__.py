@@ -17,6 +17,7 @@ from actors.kernel.errors import (
     UnhandledMessage,
 )
 from actors.kernel.mailbox import Overflow
+from actors.kernel.message import Ask
 from actors.kernel.pykka_bridge import BridgedThreadingActor, PykkaHost, ask_bridged, await_pykka
 from actors.kernel.ref import ActorRef
 from actors.kernel.snapshot import ActorSnapshot, ActorState, FailureInfo
@@ -41,6 +42,7 @@ __all__ = [
     "ActorStartError",
     "ActorState",
     "ActorSystem",
+    "Ask",
     "AskTimeout",
     "Backoff",
     "BridgedThreadingActor",

@@ -5,12 +5,15 @@ the future (as with RouterActor's AwaitRoom)."""
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from actors.kernel.errors import AskTimeout
+from actors.kernel.message import Ask
 
 if TYPE_CHECKING:
     from actors.kernel.ref import ActorRef
+
+Answer = TypeVar("Answer")
 
 
 def settle_reply(
@@ -25,14 +28,14 @@ def settle_reply(
         reply.set_result(result)
 
 
-async def ask_settled(ref: ActorRef, message: Any, *, timeout: float) -> Any:
+async def ask_settled(ref: ActorRef, message: Ask[Answer], *, timeout: float) -> Answer:
     """Ask, and if the actor deferred its reply (answered with a future), await that too; the
-    whole within `timeout` (AskTimeout after it)."""
-    answer = await ref.ask(message, timeout=timeout)
+    whole within `timeout` (AskTimeout after it). The one way to consume a deferred reply."""
+    answer: Any = await ref.ask(message, timeout=timeout)
     if not isinstance(answer, asyncio.Future):
-        return answer
+        return answer  # type: ignore[no-any-return]
     try:
         async with asyncio.timeout(timeout):
-            return await answer
+            return await answer  # type: ignore[no-any-return]
     except TimeoutError:
         raise AskTimeout(f"{ref} did not settle its reply within {timeout:g}s") from None

@@ -11,6 +11,7 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from actors.kernel import Ask
 from actors.sqlite import StoreActor, connect
 
 _SCHEMA = """
@@ -120,7 +121,7 @@ class WriteBatch:
 
 
 @dataclass(frozen=True, slots=True)
-class Summarize:
+class Summarize(Ask["list[dict[str, Any]]"]):
     by: tuple[Group, ...] = ("key", "model")
     since: float | None = None
     until: float | None = None

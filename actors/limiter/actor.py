@@ -18,7 +18,7 @@ import redis.asyncio as redis
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from actors.kernel import SyncActor, settle_reply
+from actors.kernel import Ask, SyncActor, settle_reply
 from actors.limiter.local import LocalLimits, Subject, Verdict
 from actors.limiter.redis import RedisLimits
 
@@ -42,7 +42,7 @@ class LimiterSettings(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
-class Admit:
+class Admit(Ask["Admission"]):
     """Ask: admit one request (charge `tokens` now) or say what refused it."""
 
     subjects: tuple[Subject, ...]
@@ -98,6 +98,12 @@ class RateLimiterActor(SyncActor):
         self._retry_at = 0.0
         self.redis_failures = 0  # requests decided without Redis because it was down
         self.refused: dict[str, int] = {}
+        # Admitted and settled requests, and the tokens settlements said were used, since
+        # this instance started: every admission is settled once, so the two counts agree
+        # whenever no request is in flight.
+        self.admitted = 0
+        self.settled = 0
+        self.tokens_used = 0
         self._settling: set[asyncio.Task[Any]] = set()  # settlements on their way to Redis
 
     async def on_start(self) -> None:
@@ -136,6 +142,8 @@ class RateLimiterActor(SyncActor):
                 self._redis_down(time.monotonic(), error)
                 return None if admit is None else self._admit_locally(admit)
             case Settle() as settle:
+                self.settled += 1
+                self.tokens_used += settle.used
                 if settle.shared and self._redis is not None:
                     self._settle_remotely(settle)
                 else:
@@ -157,7 +165,9 @@ class RateLimiterActor(SyncActor):
         return self._counted(Admission(verdict, shared=False))
 
     def _counted(self, admission: Admission) -> Admission:
-        if not admission.verdict.allowed:
+        if admission.verdict.allowed:
+            self.admitted += 1
+        else:
             kind = admission.verdict.kind
             self.refused[kind] = self.refused.get(kind, 0) + 1
         return admission
@@ -231,4 +241,7 @@ class RateLimiterActor(SyncActor):
             "redis_failures": self.redis_failures,
             "refused": dict(self.refused),
             "in_flight": self._local.in_flight(),  # local admissions only
+            "admitted": self.admitted,
+            "settled": self.settled,
+            "tokens_used": self.tokens_used,
         }

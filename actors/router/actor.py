@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from actors.kernel import ActorRef, SyncActor
+from actors.kernel import ActorRef, Ask, SyncActor
 from actors.router.balancer import Balancer, ReplicaLoad, affinity_pick, name_hash
 from actors.router.groups import ModelGroup, QueueFull, RetryBudget
 from actors.router.rules import ModelChoice, RequestTraits, VirtualModelSettings, preference
@@ -62,7 +62,7 @@ class UnknownModel(LookupError):
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
+class Route(Ask["RouteDecision"]):
     """Ask: the model and replicas for a request to this id, alias or virtual model, in the
     order to try them."""
 
@@ -90,7 +90,7 @@ class RouteDecision:
 
 
 @dataclass(frozen=True, slots=True)
-class AllowRetry:
+class AllowRetry(Ask["bool"]):
     """Ask: may a request for this (canonical) model be tried once more? If yes, the retry
     counts as in flight until `RetryEnded`."""
 
@@ -98,7 +98,7 @@ class AllowRetry:
 
 
 @dataclass(frozen=True, slots=True)
-class AwaitRoom:
+class AwaitRoom(Ask["None"]):
     """Ask: a future that resolves when a request for this model ends (room may have freed).
     Raises QueueFull when the model's wait queue is full."""
 
@@ -106,7 +106,7 @@ class AwaitRoom:
 
 
 @dataclass(frozen=True, slots=True)
-class ModelAvailability:
+class ModelAvailability(Ask["dict[str, tuple[int, int]]"]):
     """Ask: for each configured model, (usable replicas, replicas), in configuration order.
     Usable: healthy and circuit not open (a full replica still counts)."""
 
@@ -143,7 +143,7 @@ class ModelEntry:
 
 
 @dataclass(frozen=True, slots=True)
-class ListModels:
+class ListModels(Ask["tuple[ModelEntry, ...]"]):
     """Ask: every model id and alias, each once, in configuration order."""
 
 
@@ -170,6 +170,9 @@ class RouterActor(SyncActor):
         self._virtual: dict[str, VirtualModelSettings] = {}
         self._groups: dict[str, ModelGroup] = {}
         self._entries: tuple[ModelEntry, ...] = ()
+        # Ends (RequestEnded, RetryEnded) with nothing in flight to end: a request ended
+        # twice, or one from before a restart. Counted so that a double end cannot hide.
+        self._unmatched_ends = 0
 
     async def on_start(self) -> None:
         self._build()
@@ -216,9 +219,13 @@ class RouterActor(SyncActor):
                 return group is not None and group.budget.try_retry()
             case RetryEnded(model=model_id):
                 if (group := self._groups.get(model_id)) is not None:
+                    if group.budget.retrying == 0:
+                        self._unmatched_ends += 1
                     group.budget.retrying = max(0, group.budget.retrying - 1)
             case RequestEnded(model=model_id):
                 if (group := self._groups.get(model_id)) is not None:
+                    if group.budget.active == 0:
+                        self._unmatched_ends += 1
                     group.budget.active = max(0, group.budget.active - 1)
                     group.wake_one()
             case AwaitRoom(model=model_id):
@@ -358,4 +365,5 @@ class RouterActor(SyncActor):
                 for name, group in self._groups.items()
             },
             "ids": len(self._entries),
+            "unmatched_ends": self._unmatched_ends,
         }

@@ -13,10 +13,10 @@ from typing import get_args
 
 from aiohttp import web
 
-from actors.kernel import ActorDead, AskTimeout, ask_settled
 from actors.ledger.store import Group, Summarize
+from gateway.http.asks import ask
 from gateway.http.auth import authenticate_admin
-from gateway.http.errors import InvalidRequest, NotFound, ServiceUnavailable
+from gateway.http.errors import InvalidRequest, NotFound
 from gateway.http.state import STATE
 
 GROUP_NAMES: tuple[str, ...] = get_args(Group)
@@ -60,11 +60,8 @@ async def usage(request: web.Request) -> web.Response:
         raise NotFound("No usage ledger is configured (usage.path).", code="ledger_not_configured")
     if hours is not None:
         since = time.time() - hours * 3600
-    try:
-        # Deferred: answered once every record received so far has been written.
-        rows = await ask_settled(state.ledger, Summarize(by, since, until), timeout=30.0)
-    except (ActorDead, AskTimeout):
-        raise ServiceUnavailable("The usage ledger did not answer. Retry shortly.") from None
+    # Deferred: answered once every record received so far has been written.
+    rows = await ask(state.ledger, Summarize(by, since, until), "ledger")
     return web.json_response({"by": list(by), "since": since, "until": until, "usage": rows})
 
 

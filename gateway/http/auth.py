@@ -20,7 +20,7 @@ from actors.auth.actor import (
     retry_seconds,
 )
 from actors.auth.keys import Endpoint
-from actors.kernel import ActorDead, AskTimeout, MailboxFull, ask_settled
+from gateway.http.asks import ask
 from gateway.http.client_address import client_address
 from gateway.http.errors import (
     AuthenticationFailed,
@@ -30,7 +30,6 @@ from gateway.http.errors import (
 )
 from gateway.http.state import GatewayState
 
-AUTH_ASK_TIMEOUT = 2.0
 _INVALID = "Incorrect API key provided. You can find your API key in your citadel admin's keys."
 
 
@@ -60,7 +59,7 @@ async def _principal(state: GatewayState, request: web.Request) -> Principal:
     message = Authenticate(presented_key(request), address)
     try:
         # A key store lookup is a deferred reply: answered when the store has.
-        principal: Principal = await ask_settled(state.auth, message, timeout=AUTH_ASK_TIMEOUT)
+        principal = await ask(state.auth, message, "auth service")
     except AuthRefused as refused:
         if refused.reason is Refusal.MISSING:
             raise AuthenticationFailed(
@@ -76,8 +75,6 @@ async def _principal(state: GatewayState, request: web.Request) -> Principal:
         if refused.reason is Refusal.UNAVAILABLE:
             raise ServiceUnavailable("The key store did not answer. Retry shortly.") from None
         raise AuthenticationFailed(_INVALID) from None
-    except (ActorDead, AskTimeout, MailboxFull):
-        raise ServiceUnavailable("The gateway's auth service is restarting. Retry.") from None
     return principal
 
 

@@ -1,5 +1,6 @@
-"""The OpenAI-compatible endpoints. Each handler validates what the gateway needs and hands
-the request to the router and a leased replica; see gateway.upstream.proxy for the I/O."""
+"""The OpenAI-compatible endpoints. Each handler validates what the gateway needs, records on
+the request's Exchange what it acquires (the route, the admission), and hands it to
+gateway.upstream.forward for the tries; the Exchange's exit gives everything back."""
 
 from __future__ import annotations
 
@@ -7,21 +8,13 @@ from aiohttp import web
 
 from actors.auth.actor import Principal
 from actors.auth.keys import Endpoint
-from actors.kernel import ActorDead, AskTimeout
 from actors.limiter.local import LimitSpec
-from actors.router.actor import (
-    ListModels,
-    ModelEntry,
-    RequestEnded,
-    Route,
-    RouteDecision,
-    UnknownModel,
-)
+from actors.router.actor import ListModels, ModelEntry, Route, RouteDecision, UnknownModel
 from actors.router.rules import RequestTraits, estimate_prompt_tokens, prefix_key
-from gateway.http import limiter
+from gateway.http.asks import ask
 from gateway.http.auth import allowed_models, authenticate, require_model
 from gateway.http.body import later_continue, read_body
-from gateway.http.errors import InvalidRequest, NotFound, ServiceUnavailable
+from gateway.http.errors import InvalidRequest, NotFound
 from gateway.http.limiter import subjects_of
 from gateway.http.schemas import (
     ChatCompletionRequest,
@@ -29,13 +22,13 @@ from gateway.http.schemas import (
     EmbeddingRequest,
     parse_request,
 )
-from gateway.http.state import REQUEST, STATE, GatewayState
-from gateway.upstream import proxy
+from gateway.http.state import STATE, GatewayState
 from gateway.upstream.attempt import UpstreamCall
+from gateway.upstream.exchange import EXCHANGE, Exchange
 from gateway.upstream.failures import CONTEXT_LENGTH_EXCEEDED
-from gateway.upstream.transcript import Transcript, log_exchange
+from gateway.upstream.forward import forward
+from gateway.upstream.transcript import Transcript
 
-ROUTER_ASK_TIMEOUT = 2.0
 NO_LIMITS = LimitSpec()
 
 
@@ -83,51 +76,40 @@ def traits_of(
     )
 
 
-async def _route(state: GatewayState, model: str, traits: RequestTraits) -> RouteDecision:
+async def _route(
+    state: GatewayState, exchange: Exchange, traits: RequestTraits, call: UpstreamCall
+) -> RouteDecision:
+    """The model and replicas for the request, recorded on its exchange (the router counts
+    it in flight until the exchange's exit)."""
     try:
-        decision: RouteDecision = await state.router.ask(
-            Route(model, traits), timeout=ROUTER_ASK_TIMEOUT
-        )
+        decision = await ask(state.router, Route(call.sent_model, traits), "router")
     except UnknownModel:
         raise NotFound(
-            f"The model '{model}' does not exist or you do not have access to it.",
+            f"The model '{call.sent_model}' does not exist or you do not have access to it.",
             param="model",
             code="model_not_found",
         ) from None
-    except (ActorDead, AskTimeout):
-        raise ServiceUnavailable("The gateway's router is restarting. Retry shortly.") from None
+    exchange.routed(decision, call)
     return decision
 
 
 async def _forward(
     request: web.Request,
-    state: GatewayState,
-    decision: RouteDecision,
+    exchange: Exchange,
+    traits: RequestTraits,
     call: UpstreamCall,
     principal: Principal,
     tokens: tuple[int, int],
-    allowed: frozenset[str] | None,
 ) -> web.StreamResponse:
-    """Forward a routed request within the key's scopes and limits, charging `tokens`
-    (prompt estimate, completion budget) up front; the router counted it in flight, so tell
-    it when it ends."""
-    try:
-        require_model(call.sent_model, decision.model, allowed, state)
-        refuse_unservable(decision, call)
-        context = request[REQUEST]
-        subjects = subjects_of(
-            principal, decision.model, state.model_limits.get(decision.model, NO_LIMITS)
-        )
-        admitted = await limiter.admit(state, context, subjects, *tokens)
-        answered = False
-        try:
-            response = await proxy.forward(request, decision, call, state.router)
-            answered = True
-            return response
-        finally:
-            limiter.settle(state, admitted, context, answered)
-    finally:
-        state.router.notify(RequestEnded(decision.model))
+    """Route and forward the request within the key's scopes and limits, charging `tokens`
+    (prompt estimate, completion budget) up front."""
+    state = request.app[STATE]
+    decision = await _route(state, exchange, traits, call)
+    require_model(call.sent_model, decision.model, traits.allowed, state)
+    refuse_unservable(decision, call)
+    model_limits = state.model_limits.get(decision.model, NO_LIMITS)
+    await exchange.admit(subjects_of(principal, decision.model, model_limits), *tokens)
+    return await forward(request, exchange)
 
 
 def refuse_unservable(decision: RouteDecision, call: UpstreamCall) -> None:
@@ -158,44 +140,32 @@ async def _generate(
     endpoint: Endpoint,
 ) -> web.StreamResponse:
     state = request.app[STATE]
-    context = request[REQUEST]
+    exchange = request[EXCHANGE]
     # Before reading a body from a stranger.
     principal = await authenticate(state, request, endpoint)
-    context.key_id = principal.key_id
+    exchange.key_id = principal.key_id
     raw = await read_body(request)
     body = parse_request(schema, raw)
-    context.model = body.model
+    exchange.model = body.model
     allowed = allowed_models(principal, state.canonical)
     traits = traits_of(request, body, affinity=state.prefix_affinity, allowed=allowed)
-    decision = await _route(state, body.model, traits)
     call = UpstreamCall(
         path,
         raw,
         body.model,
         body.stream,
-        context.request_id,
-        context.upstream_id,
+        exchange.request_id,
+        exchange.upstream_id,
         hide_usage=body.stream and not body.include_usage,
         add_usage=body.include_usage,
         prompt_estimate=traits.prompt_tokens,
         n=body.n,
     )
-    log_settings = state.config.logging
-    if log_settings.log_prompts:
-        context.transcript = Transcript()
-    try:
-        budget = traits.max_tokens or state.config.limits.default_max_tokens
-        tokens = (traits.prompt_tokens, budget)
-        return await _forward(request, state, decision, call, principal, tokens, allowed)
-    finally:
-        if context.transcript is not None:
-            log_exchange(
-                context.request_id,
-                decision.model,
-                traits.text,
-                context.transcript.completion(),
-                log_settings.prompt_log_chars,
-            )
+    if state.config.logging.log_prompts:
+        exchange.transcript = Transcript(traits.text)
+    budget = traits.max_tokens or state.config.limits.default_max_tokens
+    tokens = (traits.prompt_tokens, budget)
+    return await _forward(request, exchange, traits, call, principal, tokens)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -210,20 +180,19 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    context = request[REQUEST]
+    exchange = request[EXCHANGE]
     principal = await authenticate(state, request, "embeddings")
-    context.key_id = principal.key_id
+    exchange.key_id = principal.key_id
     raw = await read_body(request)
     body = parse_request(EmbeddingRequest, raw)
-    context.model = body.model
+    exchange.model = body.model
     allowed = allowed_models(principal, state.canonical)
     traits = RequestTraits(allow_fallback=allows_fallback(request), allowed=allowed)
-    decision = await _route(state, body.model, traits)
     call = UpstreamCall(
-        "/v1/embeddings", raw, body.model, False, context.request_id, context.upstream_id
+        "/v1/embeddings", raw, body.model, False, exchange.request_id, exchange.upstream_id
     )
     tokens = (len(raw) // 4 + 1, 0)
-    return await _forward(request, state, decision, call, principal, tokens, allowed)
+    return await _forward(request, exchange, traits, call, principal, tokens)
 
 
 def _model_object(entry: ModelEntry, created: int) -> dict[str, object]:
@@ -234,9 +203,7 @@ async def _visible_models(request: web.Request) -> tuple[GatewayState, list[Mode
     """The model ids the caller's key may use."""
     state = request.app[STATE]
     principal = await authenticate(state, request, "models")
-    entries: tuple[ModelEntry, ...] = await state.router.ask(
-        ListModels(), timeout=ROUTER_ASK_TIMEOUT
-    )
+    entries = await ask(state.router, ListModels(), "router")
     allows = principal.scopes.allows_model
     return state, [entry for entry in entries if allows(entry.id, entry.canonical)]
 

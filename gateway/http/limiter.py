@@ -11,16 +11,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from aiohttp import web
-
 from actors.auth.actor import Principal
-from actors.kernel import ActorDead, AskTimeout, MailboxFull, ask_settled
-from actors.limiter.actor import UNAVAILABLE, Admission, Admit, Settle
+from actors.kernel import ActorRef
+from actors.limiter.actor import UNAVAILABLE, Admit, Settle
 from actors.limiter.local import LimitSpec, Quota, Subject, Verdict
+from gateway.http.asks import ask
 from gateway.http.errors import RateLimited, ServiceUnavailable
-from gateway.http.state import REQUEST, GatewayState, RequestContext
+from gateway.http.state import GatewayState
 
-LIMITER_ASK_TIMEOUT = 2.0
 _KIND_TEXT = {
     "requests": "requests per minute",
     "tokens": "tokens per minute",
@@ -30,12 +28,14 @@ _KIND_TEXT = {
 
 @dataclass(slots=True)
 class Admitted:
-    """An admitted request's charge, settled when it ends (`settle`)."""
+    """An admitted request's charge, settled when it ends (`settle`, from the request's
+    exit: gateway.upstream.exchange)."""
 
     subjects: tuple[Subject, ...]
     charged: int
     prompt_tokens: int  # the estimate, for a stream whose upstream reports no usage
     shared: bool
+    headers: dict[str, str] | None  # x-ratelimit-* for the response
 
 
 def subjects_of(principal: Principal, model: str, model_limits: LimitSpec) -> tuple[Subject, ...]:
@@ -49,7 +49,7 @@ def subjects_of(principal: Principal, model: str, model_limits: LimitSpec) -> tu
 
 async def admit(
     state: GatewayState,
-    context: RequestContext,
+    request_id: str,
     subjects: tuple[Subject, ...],
     prompt_tokens: int,
     completion_budget: int,
@@ -59,13 +59,8 @@ async def admit(
     if not subjects:
         return None
     tokens = prompt_tokens + completion_budget
-    try:
-        # Decided in Redis, the reply is deferred: answered when Redis has.
-        admission: Admission = await ask_settled(
-            state.limiter, Admit(subjects, tokens, context.request_id), timeout=LIMITER_ASK_TIMEOUT
-        )
-    except (ActorDead, AskTimeout, MailboxFull):
-        raise ServiceUnavailable("The rate limiter is restarting. Retry shortly.") from None
+    # Decided in Redis, the reply is deferred: answered when Redis has.
+    admission = await ask(state.limiter, Admit(subjects, tokens, request_id), "rate limiter")
     verdict = admission.verdict
     if not verdict.allowed:
         state.metrics.rate_limited.labels(verdict.kind).inc()
@@ -87,30 +82,31 @@ async def admit(
                 **headers_of(quota),
             },
         )
-    if verdict.quota is not None:
-        context.rate_headers = headers_of(verdict.quota)
-    return Admitted(subjects, tokens, prompt_tokens, admission.shared)
+    headers = headers_of(verdict.quota) if verdict.quota is not None else None
+    return Admitted(subjects, tokens, prompt_tokens, admission.shared, headers)
 
 
 def settle(
-    state: GatewayState, admitted: Admitted | None, context: RequestContext, answered: bool
+    limiter: ActorRef,
+    admitted: Admitted,
+    request_id: str,
+    usage: tuple[int, int] | None,
+    relayed_events: int,
+    *,
+    answered: bool,
 ) -> None:
     """Free the request's slot and reconcile its tokens; a tell, safe on every exit path
     (including cancellation). A request that produced no completion (the upstream failed or
     refused it) is charged nothing."""
-    if admitted is None:
-        return
-    if context.usage is not None:
-        used = sum(context.usage)
-    elif context.relayed_events:  # a stream cut short: count what was relayed
-        used = admitted.prompt_tokens + context.relayed_events
+    if usage is not None:
+        used = sum(usage)
+    elif relayed_events:  # a stream cut short: count what was relayed
+        used = admitted.prompt_tokens + relayed_events
     elif answered:  # an answer without a usage report: the estimate stands
         used = admitted.charged
     else:
         used = 0
-    state.limiter.notify(
-        Settle(admitted.subjects, admitted.charged, used, context.request_id, admitted.shared)
-    )
+    limiter.notify(Settle(admitted.subjects, admitted.charged, used, request_id, admitted.shared))
 
 
 def refused_quota(spec: LimitSpec, verdict: Verdict) -> Quota:
@@ -153,10 +149,3 @@ def duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs}s"
     return f"{secs}s"
-
-
-async def add_rate_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: the admitted request's rate-limit headers, on any response."""
-    context = request.get(REQUEST)
-    if context is not None and context.rate_headers:
-        response.headers.update(context.rate_headers)

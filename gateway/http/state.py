@@ -14,7 +14,6 @@ from actors.limiter.local import LimitSpec
 from actors.tree import LiveLayout
 from gateway.http.metrics import GatewayMetrics
 from gateway.process.config import GatewayConfig
-from gateway.upstream.transcript import Transcript
 
 
 class OpenStreams:
@@ -99,50 +98,3 @@ class GatewayState:
 STATE = web.AppKey("citadel_state", GatewayState)
 CONFIG = web.AppKey("citadel_config", GatewayConfig)  # as started; STATE has the current one
 CONFIG_PATH = web.AppKey("citadel_config_path", str)
-
-
-class RequestContext:
-    """What the edge learns about one request as it goes, for headers and the access log."""
-
-    __slots__ = (
-        "attempts",
-        "backend",
-        "error_status",
-        "first_byte_at",
-        "key_id",
-        "model",
-        "rate_headers",
-        "relayed_events",
-        "request_id",
-        "route_reason",
-        "served_model",
-        "started",
-        "transcript",
-        "upstream_id",
-        "upstream_seconds",
-        "usage",
-        "usage_estimated",
-    )
-
-    def __init__(self, request_id: str, upstream_id: str, started: float) -> None:
-        self.request_id = request_id  # the client's own, if valid, else upstream_id
-        self.upstream_id = upstream_id  # the gateway's own UUID for this request
-        self.started = started  # perf_counter() at arrival
-        self.key_id: str | None = None
-        self.model: str | None = None  # as the client named it
-        self.served_model: str | None = None  # the configured model that served it
-        self.route_reason: str | None = None  # set when the router chose another model
-        self.backend: str | None = None
-        self.attempts = 0  # tries across replicas (1 unless a replica failed before a byte)
-        self.upstream_seconds = 0.0  # time spent waiting on upstreams, all tries
-        self.first_byte_at: float | None = None  # perf_counter() at a stream's first event
-        self.usage: tuple[int, int] | None = None  # (prompt, completion) tokens
-        self.usage_estimated = False  # counted by the gateway: the upstream reported none
-        # A stream that failed after its 200 went out: the status it is recorded with.
-        self.error_status: int | None = None
-        self.transcript: Transcript | None = None  # only with logging.log_prompts
-        self.rate_headers: dict[str, str] | None = None  # x-ratelimit-*, once admitted
-        self.relayed_events = 0  # stream events relayed to the client
-
-
-REQUEST = web.RequestKey("citadel_request", RequestContext)

@@ -1,5 +1,10 @@
-"""One try of one request on one leased replica: what was sent, what happened, and how a
-client-library failure translates into the gateway's own errors."""
+"""One try of one request on one leased replica: what was sent, what happened, and the one
+way a try opens its upstream call (shared by the unary and the streaming relay).
+
+A failure is recorded on the try in one place (`Attempt.fail`): the error the client may get
+and the outcome its replica is judged by travel together, so no path can raise one without
+the other.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,14 @@ import time
 from dataclasses import dataclass
 
 import aiohttp
+import structlog
 
-from actors.backend.actor import Lease, Outcome, Release
+from actors.backend.actor import Lease, Outcome
 from actors.backend.kinds import RequestIdMode
 from gateway.http.errors import GatewayError, UpstreamFailed, UpstreamTimeout
+from gateway.upstream import failures
+
+log = structlog.get_logger("gateway.upstream.attempt")
 
 # What a failed try says about the replica, when a retry elsewhere may help.
 RETRYABLE = frozenset(
@@ -67,7 +76,8 @@ class Outgoing:
 
 
 class Attempt:
-    """One request on one lease: what happened, for the release and the access log."""
+    """One request on one lease: what happened, for the release and the access log. The
+    Exchange that began it releases its lease when it ends (`Exchange.end_try`)."""
 
     __slots__ = (
         "error_status",
@@ -96,21 +106,72 @@ class Attempt:
         # client already has a 200), e.g. 502 for a cut, 499 for a client that left.
         self.error_status: int | None = None
 
-    def release(self) -> None:
-        latency = time.monotonic() - self.started
-        self.lease.ref.notify(Release(self.lease.lease_id, self.outcome, latency, self.ttft))
+    def fail(
+        self,
+        error: GatewayError,
+        outcome: Outcome,
+        signature: tuple[int, bytes] | None = None,
+    ) -> GatewayError:
+        """Record how this try failed; returns the error, for the caller to raise."""
+        self.outcome = outcome
+        if signature is not None:
+            self.signature = signature
+        return error
+
+    def lost(self, exc: BaseException) -> GatewayError:
+        """Record a client-library failure talking to the upstream (the connection, a
+        timeout); returns the gateway's error for it."""
+        log.warning("upstream_failed", backend=self.lease.backend, error=repr(exc))
+        return self.fail(*connection_failure(exc))
+
+    def rejected(self, status: int, payload: bytes, rename: tuple[str, str]) -> GatewayError:
+        """Record an upstream's non-200 answer; returns the error the client gets."""
+        log.warning(
+            "upstream_error_status", backend=self.lease.backend, status=status, body=payload[:500]
+        )
+        error, outcome = failures.from_status(status, payload, rename)
+        return self.fail(error, outcome, failures.signature(status, payload))
 
 
-def upstream_failure(exc: BaseException, attempt: Attempt) -> GatewayError:
-    """Map a client-library exception from talking to the upstream."""
+async def open_upstream(
+    attempt: Attempt,
+    call: UpstreamCall,
+    out: Outgoing,
+    timeout: aiohttp.ClientTimeout,
+    rename: tuple[str, str],
+    *,
+    stream: bool,
+) -> aiohttp.ClientResponse:
+    """POST the try to its replica: a 200 response, whose body the caller reads and then
+    releases or closes; anything else is recorded on the attempt and raised."""
+    lease = attempt.lease
+    headers = {**out.headers, "Accept": "text/event-stream"} if stream else out.headers
+    waiting_since = time.perf_counter()
+    try:
+        upstream = await lease.session.post(
+            lease.base_url + call.path, data=out.body, headers=headers, timeout=timeout
+        )
+        if upstream.status == 200:
+            return upstream
+        try:
+            payload = await upstream.read()
+        finally:
+            upstream.release()
+        raise attempt.rejected(upstream.status, payload, rename)
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise attempt.lost(exc) from None
+    finally:
+        attempt.upstream_seconds += time.perf_counter() - waiting_since
+
+
+def connection_failure(exc: BaseException) -> tuple[GatewayError, Outcome]:
+    """What a client-library exception from talking to the upstream means, to the client
+    and for the replica."""
     if isinstance(exc, TimeoutError):
-        attempt.outcome = Outcome.TIMEOUT
-        return UpstreamTimeout("The model service did not answer in time.")
+        return UpstreamTimeout("The model service did not answer in time."), Outcome.TIMEOUT
     if isinstance(exc, aiohttp.ClientConnectorError):
-        attempt.outcome = Outcome.CONNECT_ERROR
-        return UpstreamFailed("The model service could not be reached.")
+        return UpstreamFailed("The model service could not be reached."), Outcome.CONNECT_ERROR
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
-        attempt.outcome = Outcome.CONNECTION_LOST
-        return UpstreamFailed("The connection to the model service failed.")
-    attempt.outcome = Outcome.UPSTREAM_ERROR
-    return UpstreamFailed("The connection to the model service failed.")
+        lost = UpstreamFailed("The connection to the model service failed.")
+        return lost, Outcome.CONNECTION_LOST
+    return UpstreamFailed("The connection to the model service failed."), Outcome.UPSTREAM_ERROR

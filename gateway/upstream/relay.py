@@ -18,7 +18,6 @@ import structlog
 from aiohttp import web
 
 from actors.backend.actor import Outcome
-from actors.router.actor import RouteDecision
 from gateway.http.errors import (
     GatewayError,
     InvalidRequest,
@@ -26,16 +25,16 @@ from gateway.http.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from gateway.http.state import REQUEST, STATE, GatewayState
+from gateway.http.state import STATE
 from gateway.upstream import failures, sse
-from gateway.upstream.attempt import Attempt, Outgoing, UpstreamCall, upstream_failure
+from gateway.upstream.attempt import Attempt, Outgoing, connection_failure, open_upstream
+from gateway.upstream.exchange import CLIENT_GONE, Exchange
 from gateway.upstream.rewrite import response_rewriter
 from gateway.upstream.tokens import StreamTally, usage_of
 
 log = structlog.get_logger("gateway.upstream.relay")
 
 DRAIN_TIMEOUT = 1.0
-CLIENT_GONE = 499  # the status a stream whose client left is recorded with (nginx's)
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
@@ -96,12 +95,12 @@ class StreamStop:
 
 async def relay_stream(
     request: web.Request,
+    exchange: Exchange,
     attempt: Attempt,
-    call: UpstreamCall,
-    decision: RouteDecision,
     out: Outgoing,
     first_byte: float,
 ) -> web.StreamResponse:
+    decision, call = exchange.route
     lease = attempt.lease
     rename = (lease.upstream_model, decision.model)
     framer = sse.EventFramer()
@@ -109,62 +108,37 @@ async def relay_stream(
     clean_end = False
     try:
         # Before the first byte reaches the client, a failure is an ordinary HTTP error.
-        waiting_since = time.perf_counter()
         try:
             async with asyncio.timeout(first_byte):
-                upstream = await lease.session.post(
-                    lease.base_url + call.path,
-                    data=out.body,
-                    headers={**out.headers, "Accept": "text/event-stream"},
-                    timeout=lease.stream_timeout,
+                upstream = await open_upstream(
+                    attempt, call, out, lease.stream_timeout, rename, stream=True
                 )
-                if upstream.status != 200:
-                    payload = await upstream.read()
-                    error, attempt.outcome = failures.from_status(upstream.status, payload, rename)
-                    attempt.signature = failures.signature(upstream.status, payload)
-                    log.warning(
-                        "upstream_error_status",
-                        backend=lease.backend,
-                        status=upstream.status,
-                        body=payload[:500],
-                    )
-                    raise error
-                first = b""
-                while not first:
-                    chunk = await upstream.content.readany()
-                    if not chunk:
-                        raise _empty_stream(attempt, call, decision)
-                    first = framer.feed(chunk)
+                waiting_since = time.perf_counter()
+                try:
+                    first = b""
+                    while not first:
+                        chunk = await upstream.content.readany()
+                        if not chunk:
+                            raise _empty_stream(exchange, attempt)
+                        first = framer.feed(chunk)
+                finally:
+                    attempt.upstream_seconds += time.perf_counter() - waiting_since
         except (TimeoutError, aiohttp.ClientError) as exc:
-            log.warning("upstream_failed", backend=lease.backend, error=repr(exc))
-            raise upstream_failure(exc, attempt) from None
-        finally:
-            attempt.upstream_seconds += time.perf_counter() - waiting_since
+            raise attempt.lost(exc) from None
         first_error = sse.find_error(first)
         if first_error is not None:
             log.warning(
                 "upstream_stream_error", backend=lease.backend, error=str(first_error)[:500]
             )
             error = failures.from_error_event(first_error, rename)
-            attempt.outcome, attempt.signature = failures.blame_of(error, first)
-            raise error
+            raise attempt.fail(error, *failures.blame_of(error, first))
         attempt.ttft = time.monotonic() - attempt.started
 
         response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **out.response_headers})
         await response.prepare(request)
-        request[REQUEST].first_byte_at = time.perf_counter()
-        rewrite = response_rewriter(lease.upstream_model, decision.model)
-        if call.hide_usage:
-            rename_model = rewrite
-
-            def rewrite(data: bytes) -> bytes:
-                return sse.drop_usage_events(rename_model(data))
-
-        tally = StreamTally(call, decision.model)
+        exchange.first_byte_at = time.perf_counter()
         try:
-            clean_end = await _pump(
-                request, response, upstream, framer, first, rewrite, attempt, tally
-            )
+            clean_end = await _pump(request, exchange, attempt, response, upstream, framer, first)
         except ClientGone:
             attempt.outcome = Outcome.CANCELLED
             attempt.error_status = CLIENT_GONE
@@ -181,36 +155,35 @@ async def relay_stream(
                 upstream.close()  # drop the connection: the model server stops generating
 
 
-def _empty_stream(attempt: Attempt, call: UpstreamCall, decision: RouteDecision) -> GatewayError:
+def _empty_stream(exchange: Exchange, attempt: Attempt) -> GatewayError:
     """A 200 stream that ended before its first event. llama-cpp-python answers a prompt
     over its context window this way: when the prompt's estimate is near the window, that is
     what it was (the request's fault); otherwise it may be either's, so a second replica
-    decides (gateway.upstream.proxy)."""
+    decides (gateway.upstream.blame)."""
+    decision, call = exchange.route
     log.warning("upstream_stream_empty", backend=attempt.lease.backend)
     window = decision.context_window
     if call.prompt_estimate * 2 >= window:
-        attempt.outcome = Outcome.REJECTED
-        return InvalidRequest(
+        too_long = InvalidRequest(
             f"The model service returned nothing for a prompt of about {call.prompt_estimate} "
             f"tokens: it likely exceeds the model's maximum context length of {window} tokens. "
             "Please reduce the length of the prompt.",
             param=call.prompt_param,
             code=failures.CONTEXT_LENGTH_EXCEEDED,
         )
-    attempt.outcome = Outcome.SUSPECT
-    attempt.signature = failures.signature(200, b"")
-    return UpstreamFailed("The model service ended the stream before sending anything.")
+        return attempt.fail(too_long, Outcome.REJECTED)
+    empty = UpstreamFailed("The model service ended the stream before sending anything.")
+    return attempt.fail(empty, Outcome.SUSPECT, failures.signature(200, b""))
 
 
 async def _pump(
     request: web.Request,
+    exchange: Exchange,
+    attempt: Attempt,
     response: web.StreamResponse,
     upstream: aiohttp.ClientResponse,
     framer: sse.EventFramer,
     first: bytes,
-    rewrite: Callable[[bytes], bytes],
-    attempt: Attempt,
-    tally: StreamTally,
 ) -> bool:
     """Relay events until [DONE]. After the first byte, a failure ends the stream with an
     error event, never a silent cut. Returns True if the upstream finished cleanly.
@@ -218,6 +191,9 @@ async def _pump(
     This loop runs once per upstream read of every stream: it is kept to a few C-level
     byte scans and the write; the rare cases (errors, cuts, the end) leave it.
     """
+    decision, call = exchange.route
+    rewrite = _rewriter(attempt.lease.upstream_model, decision.model, hide_usage=call.hide_usage)
+    tally = StreamTally(call, decision.model)
     read = upstream.content.readany
     write = response.write
     perf_counter = time.perf_counter
@@ -225,9 +201,9 @@ async def _pump(
     count = tally.count
     drained = False
     events = first
-    state = request.app[STATE]
-    transcript = request[REQUEST].transcript
-    rename = (attempt.lease.upstream_model, tally.public_model)
+    state = exchange.state
+    transcript = exchange.transcript
+    rename = (attempt.lease.upstream_model, decision.model)
     stopper = StreamStop(upstream.close)
     idle = attempt.lease.timeouts.idle
     watchdog = IdleWatchdog(
@@ -257,7 +233,7 @@ async def _pump(
                     transcript.keep(events)
                 if sse.is_done(events):
                     drained = await _drain(read)
-                    await _finish(request, response, rewrite(events), attempt, tally, state)
+                    await _finish(request, response, rewrite(events), attempt, tally)
                     break
                 try:
                     await write(rewrite(events))
@@ -279,8 +255,7 @@ async def _pump(
         if stopper.reason is not None:
             failure, outcome = stopper.reason
         else:
-            failure = upstream_failure(caught, attempt)
-            outcome = attempt.outcome
+            failure, outcome = connection_failure(caught)
             if isinstance(caught, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
                 failure = UpstreamFailed(
                     "The model service ended the stream before it was complete."
@@ -295,6 +270,21 @@ async def _pump(
         return False  # an incomplete stream: ended with an error event (_finish)
     attempt.outcome = Outcome.OK
     return drained
+
+
+def _rewriter(
+    upstream_model: str, public_model: str, *, hide_usage: bool
+) -> Callable[[bytes], bytes]:
+    """What relayed events become: the public model name, and no usage report where the
+    gateway asked for one the client did not."""
+    rename = response_rewriter(upstream_model, public_model)
+    if not hide_usage:
+        return rename
+
+    def rewrite(data: bytes) -> bytes:
+        return sse.drop_usage_events(rename(data))
+
+    return rewrite
 
 
 async def _drain(read: Callable[[], Awaitable[bytes]]) -> bool:
@@ -317,7 +307,6 @@ async def _finish(
     events: bytes,
     attempt: Attempt,
     tally: StreamTally,
-    state: GatewayState,
 ) -> None:
     """The last events, ending with [DONE]: the usage the gateway counted where the upstream
     reported none (sent to a client that asked for it), or, for a stream that ended with
@@ -325,7 +314,7 @@ async def _finish(
     backend = attempt.lease.backend
     if not tally.answered:
         log.warning("upstream_stream_incomplete", backend=backend)
-        state.metrics.incomplete_streams.labels(backend).inc()
+        request.app[STATE].metrics.incomplete_streams.labels(backend).inc()
         failure = UpstreamFailed(
             "The model service ended the stream without an answer (it may have been "
             "interrupted by another request)."

@@ -19,11 +19,12 @@ STREAM_KEEP = 256 * 1024
 
 
 class Transcript:
-    """What was relayed for one request, kept only when prompt logging is on."""
+    """A request's prompt and what was relayed for it, kept only when prompt logging is on."""
 
-    __slots__ = ("_chunks", "_size")
+    __slots__ = ("_chunks", "_size", "prompt")
 
-    def __init__(self) -> None:
+    def __init__(self, prompt: str) -> None:
+        self.prompt = prompt
         self._chunks: list[bytes] = []
         self._size = 0
 
@@ -41,6 +42,18 @@ class Transcript:
             if line.startswith(b"data:") and b"[DONE]" not in line:
                 pieces.append(_text_of(_loads(line[5:].strip()), delta=True))
         return "".join(pieces)
+
+    def log(self, request_id: str, model: str | None, limit: int) -> None:
+        """One log event with the prompt and the completion, each cut at `limit` characters."""
+        prompt, completion = self.prompt, self.completion()
+        log.info(
+            "transcript",
+            request_id=request_id,
+            model=model,
+            prompt=prompt[:limit],
+            completion=completion[:limit],
+            truncated=len(prompt) > limit or len(completion) > limit,
+        )
 
 
 def _loads(data: bytes) -> Any:
@@ -63,14 +76,3 @@ def _text_of(payload: Any, *, delta: bool = False) -> str:
         if isinstance(text, str):
             texts.append(text)
     return "".join(texts)
-
-
-def log_exchange(request_id: str, model: str, prompt: str, completion: str, limit: int) -> None:
-    log.info(
-        "transcript",
-        request_id=request_id,
-        model=model,
-        prompt=prompt[:limit],
-        completion=completion[:limit],
-        truncated=len(prompt) > limit or len(completion) > limit,
-    )

@@ -16,6 +16,7 @@ import aiohttp
 from actors.backend.breaker import BreakerSettings
 from actors.backend.probe import HealthSettings
 from actors.backend.settings import BackendSettings, BackendTimeouts
+from actors.ledger.actor import LedgerSettings
 from actors.router.actor import ModelSettings, RoutingSettings
 from actors.router.rules import VirtualModelSettings
 from gateway.http.state import STATE, GatewayState
@@ -128,6 +129,8 @@ async def deployment(
     metrics: MetricsSettings | None = None,
     logging: LoggingSettings | None = None,
     connections: ConnectionSettings | None = None,
+    auth: AuthSettings | None = None,
+    usage: LedgerSettings | None = None,
 ) -> AsyncIterator[Deployment]:
     started: list[RunningServer] = []
     mocks: dict[str, list[Mock]] = {}
@@ -166,11 +169,12 @@ async def deployment(
             listen="127.0.0.1:0",
             models=tuple(models),
             virtual_models=virtual_models,
-            auth=AuthSettings(api_keys=api_keys, admin_keys=(ADMIN_KEY,)),
+            auth=auth or AuthSettings(api_keys=api_keys, admin_keys=(ADMIN_KEY,)),
             limits=LimitSettings(max_body_bytes=max_body_bytes),
             logging=logging or LoggingSettings(access_log=False),
             metrics=metrics or MetricsSettings(),
             connections=connections or ConnectionSettings(),
+            usage=usage,
         )
         gateway = await start_gateway(config)
         try:

@@ -1,0 +1,313 @@
+"""One request's life in one object, with one exit.
+
+The edge middleware opens an `Exchange` for every request and closes it once, whatever
+happened: an answer, an error, a cancelled task. What the request acquires on its way is
+recorded on it, and the exit gives each back exactly once, in reverse order:
+
+    acquired                                      given back at the exit
+    the route: counted in flight (RouterActor)    RequestEnded
+    the admission: an estimate charged, a slot    Settle: slot freed, tokens reconciled
+      held (RateLimiterActor)                       (no completion, no charge)
+    a try's lease (BackendActor)                  Release with the try's outcome; a try
+                                                    that ends earlier is released then
+    a retry grant (RouterActor)                   RetryEnded
+    a SUSPECT try awaiting a second opinion       Judge, or forgotten (gateway.upstream.blame)
+    usage and timings                             the ledger's record, metrics, access log
+
+Nothing else in the gateway sends these messages or writes these records. The exit awaits
+nothing (every effect is a tell or a counter), so a cancellation cannot interrupt it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+import uuid
+from types import TracebackType
+
+import structlog
+from aiohttp import web
+
+from actors.backend.actor import Lease, Outcome, Release
+from actors.ledger.store import UsageRecord
+from actors.limiter.local import Subject
+from actors.router.actor import AllowRetry, RequestEnded, RetryEnded, RouteDecision
+from gateway.http import limiter
+from gateway.http.asks import ask
+from gateway.http.auth import presented_secrets
+from gateway.http.metrics import GatewayMetrics, status_class
+from gateway.http.state import CONFIG, STATE, GatewayState
+from gateway.upstream.attempt import Attempt, UpstreamCall
+from gateway.upstream.blame import Blame
+from gateway.upstream.transcript import Transcript
+
+access_log = structlog.get_logger("gateway.access")
+
+CLIENT_GONE = 499  # the status of a request whose client left (nginx's)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+# Shaped like a key: never echoed, logged or stored (a client once sent its key as its id).
+_KEY_SHAPED = re.compile(r"(?i)^(?:sk|pk|rk)-")
+
+
+def request_ids(request: web.Request) -> tuple[str, str]:
+    """(the request's id for the client and the logs, the gateway's own UUID). The client's
+    X-Request-ID is kept when it is a plain token; the UUID is what backends get (some accept
+    nothing else), so no client-chosen id ever reaches a model server unless configured."""
+    # Not a secret, only unique: the PRNG is far cheaper than a getrandom() call per request.
+    own = str(uuid.UUID(int=random.getrandbits(128), version=4))
+    sent = request.headers.get("x-request-id")
+    if (
+        sent is not None
+        and _REQUEST_ID.fullmatch(sent)
+        and not _KEY_SHAPED.match(sent)
+        and sent not in presented_secrets(request)
+    ):
+        return sent, own
+    return own, own
+
+
+class Exchange:
+    """Everything one request acquired and learnt, from its arrival to its one exit."""
+
+    __slots__ = (
+        "_answered",
+        "_request",
+        "_retry_granted",
+        "admitted",
+        "attempt",
+        "attempts",
+        "backend",
+        "blame",
+        "call",
+        "decision",
+        "error_status",
+        "first_byte_at",
+        "key_id",
+        "model",
+        "rate_headers",
+        "relayed_events",
+        "request_id",
+        "route_reason",
+        "served_model",
+        "started",
+        "status",
+        "transcript",
+        "upstream_id",
+        "upstream_seconds",
+        "usage",
+        "usage_estimated",
+    )
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+        self.request_id, self.upstream_id = request_ids(request)
+        self.started = time.perf_counter()
+        self.status = 500  # until the edge knows better
+        self.key_id: str | None = None
+        self.model: str | None = None  # as the client named it
+        self.rate_headers: dict[str, str] | None = None  # x-ratelimit-*, once admitted
+        self.transcript: Transcript | None = None  # only with logging.log_prompts
+        # What it acquires, each given back at the exit:
+        self.decision: RouteDecision | None = None
+        self.call: UpstreamCall | None = None
+        self.blame = Blame()
+        self.admitted: limiter.Admitted | None = None
+        self.attempt: Attempt | None = None  # the try in progress
+        self._retry_granted = False
+        self._answered = False  # the last try ended with a complete answer
+        # What its tries learnt:
+        self.served_model: str | None = None  # the configured model that served it
+        self.route_reason: str | None = None  # set when the router chose another model
+        self.backend: str | None = None
+        self.attempts = 0  # tries across replicas (1 unless a replica failed before a byte)
+        self.upstream_seconds = 0.0  # time spent waiting on upstreams, all tries
+        self.first_byte_at: float | None = None  # perf_counter() at a stream's first event
+        self.usage: tuple[int, int] | None = None  # (prompt, completion) tokens
+        self.usage_estimated = False  # counted by the gateway: the upstream reported none
+        self.relayed_events = 0  # stream events relayed to the client
+        # A stream that failed after its 200 went out: the status it is recorded with.
+        self.error_status: int | None = None
+
+    @property
+    def state(self) -> GatewayState:
+        return self._request.app[STATE]
+
+    @property
+    def route(self) -> tuple[RouteDecision, UpstreamCall]:
+        """The decision and the call of a routed request (forwarding only runs after it)."""
+        if self.decision is None or self.call is None:
+            raise RuntimeError("the request has not been routed")
+        return self.decision, self.call
+
+    # What the request acquires, in the order it does.
+
+    def routed(self, decision: RouteDecision, call: UpstreamCall) -> None:
+        """The router counted the request in flight for `decision.model`. Called in the same
+        step as the router's answer (a SyncActor's: no await between), so no cancellation
+        can fall between the count and its record here."""
+        self.decision, self.call = decision, call
+        self.served_model = decision.model
+        if decision.rerouted:
+            self.route_reason = decision.reason
+        self.blame.alone = len(decision.candidates) == 1
+
+    async def admit(self, subjects: tuple[Subject, ...], prompt: int, budget: int) -> None:
+        """Charge the request's estimate under its limits, or raise 429 (503)."""
+        admitted = await limiter.admit(self.state, self.request_id, subjects, prompt, budget)
+        if admitted is not None:
+            self.admitted = admitted
+            self.rate_headers = admitted.headers
+
+    def begin_try(self, lease: Lease) -> Attempt:
+        """A replica granted a lease: the next try, until `end_try` or the exit."""
+        self.end_try()
+        attempt = self.attempt = Attempt(lease)
+        self.backend = lease.backend
+        self.attempts += 1
+        return attempt
+
+    async def grant_retry(self) -> bool:
+        """Whether the model's retry budget allows another try; the grant is given back when
+        that try ends (or at the exit, if none followed)."""
+        decision, _ = self.route
+        granted = await ask(self.state.router, AllowRetry(decision.model), "router")
+        self._retry_granted = granted
+        return granted
+
+    def end_try(self) -> None:
+        """The try in progress ended: its verdict heard, its lease released with its outcome,
+        what it learnt kept, the retry grant it used given back."""
+        attempt = self.attempt
+        if attempt is None:
+            return
+        self.attempt = None
+        self.blame.hear(attempt)  # before the release: it may change the outcome
+        lease = attempt.lease
+        latency = time.monotonic() - attempt.started
+        lease.ref.notify(Release(lease.lease_id, attempt.outcome, latency, attempt.ttft))
+        self.upstream_seconds += attempt.upstream_seconds
+        if attempt.usage is not None:
+            self.usage, self.usage_estimated = attempt.usage, attempt.usage_estimated
+        self.relayed_events += attempt.events
+        self.error_status = attempt.error_status
+        self._answered = attempt.outcome is Outcome.OK
+        self._return_retry_grant()
+
+    def _return_retry_grant(self) -> None:
+        if self._retry_granted:
+            self._retry_granted = False
+            decision, _ = self.route
+            self.state.router.notify(RetryEnded(decision.model))
+
+    # The one exit.
+
+    def __enter__(self) -> Exchange:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            gone = issubclass(exc_type, asyncio.CancelledError | ConnectionResetError)
+            self.status = CLIENT_GONE if gone else 500
+        self.end_try()
+        self._return_retry_grant()
+        self.blame.close()
+        request = self._request
+        state = request.app.get(STATE)
+        elapsed = time.perf_counter() - self.started
+        logging = (state.config if state is not None else request.app[CONFIG]).logging
+        if state is not None:
+            if self.admitted is not None:
+                limiter.settle(
+                    state.limiter,
+                    self.admitted,
+                    self.request_id,
+                    self.usage,
+                    self.relayed_events,
+                    answered=self._answered,
+                )
+            if self.decision is not None:
+                state.router.notify(RequestEnded(self.decision.model))
+            resource = request.match_info.route.resource
+            endpoint = resource.canonical if resource is not None else "unmatched"
+            _record(state.metrics, endpoint, self, elapsed)
+            if state.ledger is not None and self.served_model is not None:
+                state.ledger.notify(_usage_record(endpoint, self, elapsed))
+        if self.transcript is not None and self.served_model is not None:
+            self.transcript.log(self.request_id, self.served_model, logging.prompt_log_chars)
+        if not logging.access_log:
+            return
+        access_log.info(
+            "request",
+            request_id=self.request_id,
+            upstream_request_id=self.upstream_id if self.upstream_id != self.request_id else None,
+            method=request.method,
+            path=request.path,
+            status=self.status,
+            model=self.model,
+            served_model=self.served_model,
+            backend=self.backend,
+            key_id=self.key_id,
+            attempts=self.attempts,
+            prompt_tokens=self.usage[0] if self.usage else None,
+            completion_tokens=self.usage[1] if self.usage else None,
+            usage_estimated=self.usage_estimated or None,
+            latency_ms=round(elapsed * 1000, 3),
+        )
+
+
+EXCHANGE = web.RequestKey("citadel_exchange", Exchange)
+
+
+def _record(metrics: GatewayMetrics, endpoint: str, exchange: Exchange, elapsed: float) -> None:
+    """One request's metrics (`endpoint`: the route template). Labels come from
+    configuration and routes, never the client."""
+    status = exchange.status
+    if status == 401:
+        metrics.auth_failures.inc()
+    model = exchange.served_model
+    if model is None:
+        if endpoint.startswith("/v1/") and endpoint != "/v1/models":
+            metrics.requests.labels("-", "-", endpoint, status_class(status)).inc()
+        return
+    metrics.requests.labels(model, exchange.backend or "-", endpoint, status_class(status)).inc()
+    metrics.duration.labels(model, endpoint).observe(elapsed)
+    metrics.overhead.labels(endpoint).observe(max(0.0, elapsed - exchange.upstream_seconds))
+    if exchange.first_byte_at is not None:
+        metrics.ttft.labels(model).observe(exchange.first_byte_at - exchange.started)
+    if exchange.attempts > 1:
+        metrics.retries.labels(model).inc(exchange.attempts - 1)
+    if exchange.usage is not None:
+        key = exchange.key_id or "-"
+        source = "estimated" if exchange.usage_estimated else "reported"
+        metrics.tokens.labels(model, key, "prompt", source).inc(exchange.usage[0])
+        metrics.tokens.labels(model, key, "completion", source).inc(exchange.usage[1])
+    if exchange.route_reason is not None:
+        kind = exchange.route_reason.split(":", 1)[0]
+        kind = kind if kind in ("context", "fallback") else "virtual"
+        metrics.routed.labels(exchange.model or "-", model, kind).inc()
+
+
+def _usage_record(endpoint: str, exchange: Exchange, elapsed: float) -> UsageRecord:
+    prompt, completion = exchange.usage or (0, 0)
+    first = exchange.first_byte_at
+    return UsageRecord(
+        ts=time.time(),
+        request_id=exchange.request_id,
+        key_id=exchange.key_id,
+        model=exchange.served_model or "-",
+        backend=exchange.backend,
+        endpoint=endpoint,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        status=exchange.status,
+        latency_ms=round(elapsed * 1000, 3),
+        ttft_ms=None if first is None else round((first - exchange.started) * 1000, 3),
+        usage_estimated=exchange.usage_estimated,
+    )
