@@ -150,9 +150,7 @@ CASES = {
 
 
 async def stats(gw: Deployment, index: int) -> BackendStats:
-    result: BackendStats = await gw.state.system.lookup(f"root/backends/m#{index}").ask(
-        GetStats()
-    )
+    result: BackendStats = await gw.state.system.lookup(f"root/backends/m#{index}").ask(GetStats())
     return result
 
 
