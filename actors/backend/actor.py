@@ -9,6 +9,7 @@ before a restart, are ignored) and learns latency and error statistics from the 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 import time
@@ -23,7 +24,7 @@ from actors.backend.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from actors.backend.kinds import BackendProfile
 from actors.backend.probe import ProbeResult, ProbeTarget, probe_loop
 from actors.backend.settings import BackendSettings, BackendTimeouts
-from actors.kernel import ActorRef, Ask, SyncActor
+from actors.kernel import ActorRef, Ask, SyncActor, settle_reply
 from actors.router.balancer import ReplicaLoad
 
 
@@ -79,6 +80,12 @@ class Release:
     outcome: Outcome
     latency: float
     ttft: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitDrained(Ask[None]):
+    """Ask: answered once no lease of this replica is in flight (at once if none is): a
+    deferred reply, so a reload can stop a retired replica without polling its load."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +150,7 @@ class BackendActor(SyncActor):
         self._default_latency = default_latency
         self._session: aiohttp.ClientSession | None = None
         self._leases: dict[int, float] = {}  # lease id -> monotonic start
+        self._drained: list[asyncio.Future[None]] = []  # AwaitDrained, until no lease is left
         self._suspects: dict[int, float] = {}  # SUSPECT lease id -> monotonic release time
         self._profile = settings.profile
         self._ids = itertools.count(1)
@@ -226,6 +234,12 @@ class BackendActor(SyncActor):
                     self._record(failed=failed, sample=None)
             case GetStats():
                 return self._stats()
+            case AwaitDrained():
+                if not self._leases:
+                    return None
+                waiter = asyncio.get_running_loop().create_future()
+                self._drained.append(waiter)
+                return waiter
             case ProbeResult():
                 self._probed(message)
             case _:
@@ -261,6 +275,10 @@ class BackendActor(SyncActor):
             self._stray_releases += 1  # granted by an earlier instance, or released twice
             return
         self._load.in_flight = len(self._leases)
+        if not self._leases and self._drained:
+            for waiter in self._drained:
+                settle_reply(waiter)
+            self._drained.clear()
         outcome = release.outcome
         if outcome is Outcome.CANCELLED or outcome is Outcome.INCOMPLETE:
             self._breaker.abandon()  # says nothing about the replica

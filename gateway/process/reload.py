@@ -23,7 +23,15 @@ from dataclasses import dataclass
 import structlog
 
 from actors.auth.actor import UseSources
-from actors.kernel import ActorDead, ActorError, AskTimeout, StartChild, TerminateChild
+from actors.backend.actor import AwaitDrained
+from actors.kernel import (
+    ActorDead,
+    ActorError,
+    AskTimeout,
+    StartChild,
+    TerminateChild,
+    ask_settled,
+)
 from actors.router.actor import Reconfigure
 from actors.tree import BACKENDS, TreeLayout
 from gateway.http.state import GatewayState
@@ -53,7 +61,6 @@ RESTART_ONLY: tuple[tuple[str, ...], ...] = (
 # A retired replica's requests may still be routed to it for the time between a route and
 # its lease (microseconds); it stops no sooner than this after the router has switched.
 RETIRE_SETTLE = 0.5
-RETIRE_POLL = 0.05
 ASK_TIMEOUT = 10.0
 
 
@@ -149,27 +156,26 @@ async def apply_config(state: GatewayState, new: GatewayConfig) -> ReloadReport:
 
 
 async def _retire(state: GatewayState, names: list[str], layout: TreeLayout, grace: float) -> None:
-    """Stop retired replicas once nothing is in flight on them (or the grace has passed)."""
-    await asyncio.sleep(RETIRE_SETTLE)
+    """Stop retired replicas once nothing is in flight on them (or the grace has passed),
+    each as soon as its BackendActor says it is drained."""
+    await asyncio.sleep(RETIRE_SETTLE)  # requests routed before the switch take their leases
     deadline = time.monotonic() + grace
-    pending = list(names)
-    while pending:
-        busy = [n for n in pending if layout.loads[n].in_flight > 0]
-        for name in (n for n in pending if n not in busy):
-            await _terminate(state, name)
-            log.info("replica_retired", backend=name)
-        pending = busy
-        if pending and time.monotonic() >= deadline:
-            for name in pending:
-                log.warning(
-                    "replica_retired_with_requests",
-                    backend=name,
-                    in_flight=layout.loads[name].in_flight,
-                )
-                await _terminate(state, name)
-            return
-        if pending:
-            await asyncio.sleep(RETIRE_POLL)
+    await asyncio.gather(*(_retire_one(state, name, layout, deadline) for name in names))
+
+
+async def _retire_one(state: GatewayState, name: str, layout: TreeLayout, deadline: float) -> None:
+    try:
+        replica = state.system.lookup(f"{BACKENDS}/{name}")
+        await ask_settled(replica, AwaitDrained(), timeout=max(0.0, deadline - time.monotonic()))
+    except AskTimeout:
+        log.warning(
+            "replica_retired_with_requests", backend=name, in_flight=layout.loads[name].in_flight
+        )
+    except (ActorDead, LookupError):
+        pass  # gone already: nothing to drain
+    else:
+        log.info("replica_retired", backend=name)
+    await _terminate(state, name)
 
 
 async def _terminate(state: GatewayState, name: str) -> None:
