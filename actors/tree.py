@@ -174,6 +174,14 @@ class LiveLayout:
         self.ledger = ledger
         self.local_limits = LocalLimits()  # the limiter's state, kept across its restarts
 
+    def use(self, *, layout: TreeLayout | None = None, auth: AuthSources | None = None) -> None:
+        """What a reload changes, and the one way it changes it: the replicas' layout (which
+        a restarted `backends` supervisor rebuilds) and AuthActor's key sources."""
+        if layout is not None:
+            self.current = layout
+        if auth is not None:
+            self.auth = auth
+
 
 def gateway_tree(live: LiveLayout, lookup: Callable[[str], ActorRef]) -> ChildSpec:
     """The root spec. `lookup` resolves a path to a ref (ActorSystem.lookup)."""

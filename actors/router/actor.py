@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from actors.kernel import ActorRef, Ask, SyncActor
-from actors.router.balancer import Balancer, ReplicaLoad, affinity_pick, name_hash
+from actors.router.balancer import Balancer, LoadView, affinity_pick, name_hash
 from actors.router.groups import ModelGroup, QueueFull, RetryBudget
 from actors.router.rules import ModelChoice, RequestTraits, VirtualModelSettings, preference
 from actors.router.settings import (
@@ -132,7 +132,7 @@ class Reconfigure:
 
     settings: RouterSettings
     names: Mapping[str, tuple[str, ...]]
-    loads: Mapping[str, ReplicaLoad]
+    loads: Mapping[str, LoadView]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +152,7 @@ class RouterActor(SyncActor):
         self,
         settings: RouterSettings,
         resolve: Callable[[str], ActorRef],
-        loads: Mapping[str, ReplicaLoad],
+        loads: Mapping[str, LoadView],
         *,
         names: Mapping[str, tuple[str, ...]] | None = None,
         rng: random.Random | None = None,

@@ -13,6 +13,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from enum import StrEnum
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,8 +34,35 @@ class BalancerSettings(BaseModel):
     decay: float = Field(10.0, gt=0, description="seconds for a latency peak to fade (1/e)")
 
 
+class LoadView(Protocol):
+    """A replica's load as the router reads it: read-only. Only the replica's BackendActor
+    holds the `ReplicaLoad` itself and writes it; everyone else is handed this view, so the
+    type checker refuses a write from anywhere else."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def weight(self) -> int: ...
+    @property
+    def max_in_flight(self) -> int: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def healthy(self) -> bool: ...
+    @property
+    def blocked_until(self) -> float: ...
+    @property
+    def queued(self) -> float: ...
+    @property
+    def latency(self) -> float: ...
+    @property
+    def sampled(self) -> bool: ...
+    def cost(self, cold_latency: float | None = None) -> float: ...
+    def has_room(self, now: float) -> bool: ...
+
+
 class ReplicaLoad:
-    """What the router may know of a replica without asking it."""
+    """What the router may know of a replica without asking it (through a `LoadView`)."""
 
     __slots__ = (
         "_latency",
@@ -114,7 +142,7 @@ class Balancer:
         self._rng = rng or random.Random()
         self._wrr_current: dict[str, float] = {}
 
-    def order(self, replicas: Sequence[ReplicaLoad], *, now: float, panic: bool) -> list[int]:
+    def order(self, replicas: Sequence[LoadView], *, now: float, panic: bool) -> list[int]:
         """Indices into `replicas`. Replicas without room (unhealthy, circuit open, full) go
         last, unless in panic (too few healthy: then spread over all rather than refuse)."""
         indices = list(range(len(replicas)))
@@ -147,7 +175,7 @@ class Balancer:
         first, second = self._rng.sample(usable, 2)
         return first if cost(first) <= cost(second) else second
 
-    def _weighted_round_robin(self, replicas: Sequence[ReplicaLoad], usable: list[int]) -> int:
+    def _weighted_round_robin(self, replicas: Sequence[LoadView], usable: list[int]) -> int:
         """Smooth weighted round robin (as in nginx): even spread, exact proportions."""
         current = self._wrr_current
         total = 0
@@ -177,7 +205,7 @@ def name_hash(name: str) -> int:
 
 
 def affinity_pick(
-    replicas: Sequence[ReplicaLoad],
+    replicas: Sequence[LoadView],
     names: Sequence[int],
     key: int,
     *,

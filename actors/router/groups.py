@@ -8,7 +8,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from actors.kernel import ActorRef
-from actors.router.balancer import Balancer, ReplicaLoad
+from actors.router.balancer import Balancer, LoadView
 from actors.router.settings import ModelSettings, RetryBudgetSettings
 
 
@@ -41,7 +41,7 @@ class ModelGroup:
 
     model: ModelSettings
     refs: tuple[ActorRef, ...]
-    loads: tuple[ReplicaLoad, ...]
+    loads: tuple[LoadView, ...]
     balancer: Balancer
     budget: RetryBudget
     name_hashes: tuple[int, ...]

@@ -130,18 +130,18 @@ async def apply_config(state: GatewayState, new: GatewayConfig) -> ReloadReport:
             for name in added:
                 await backends.ask(StartChild(layout.backend_spec(name)), timeout=ASK_TIMEOUT)
                 started.append(name)
-            state.layout.current = layout  # a restarted supervisor rebuilds this layout
+            state.layout.use(layout=layout)  # a restarted supervisor rebuilds this layout
             await state.router.ask(
                 Reconfigure(layout.settings, layout.names, layout.loads), timeout=ASK_TIMEOUT
             )
         except ActorError as exc:
-            state.layout.current = previous
+            state.layout.use(layout=previous)
             for name in started:
                 await _terminate(state, name)
             log.error("config_reload_rejected", reason=f"applying failed: {exc!r}")
             raise ReloadRejected(f"the new configuration could not be applied: {exc}") from exc
         sources = config.auth_sources()
-        state.layout.auth = sources
+        state.layout.use(auth=sources)
         await state.auth.ask(UseSources(sources), timeout=ASK_TIMEOUT)
         state.use(config)
         if retired:
