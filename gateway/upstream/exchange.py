@@ -73,7 +73,10 @@ class Exchange:
 
     __slots__ = (
         "_answered",
-        "_request",
+        "_app",
+        "_endpoint",
+        "_method",
+        "_path",
         "_retry_granted",
         "admitted",
         "attempt",
@@ -101,7 +104,13 @@ class Exchange:
     )
 
     def __init__(self, request: web.Request) -> None:
-        self._request = request
+        # What the exit needs of the request, not the request itself: the request holds its
+        # exchange (request[EXCHANGE]), and a reference back would make every request a
+        # cycle for the garbage collector (measured: 7% of c=100 throughput).
+        self._app = request.app
+        self._method, self._path = request.method, request.path
+        resource = request.match_info.route.resource
+        self._endpoint = resource.canonical if resource is not None else "unmatched"
         self.request_id, self.upstream_id = request_ids(request)
         self.started = time.perf_counter()
         self.status = 500  # until the edge knows better
@@ -132,7 +141,7 @@ class Exchange:
 
     @property
     def state(self) -> GatewayState:
-        return self._request.app[STATE]
+        return self._app[STATE]
 
     @property
     def route(self) -> tuple[RouteDecision, UpstreamCall]:
@@ -218,10 +227,9 @@ class Exchange:
         self.end_try()
         self._return_retry_grant()
         self.blame.close()
-        request = self._request
-        state = request.app.get(STATE)
+        state = self._app.get(STATE)
         elapsed = time.perf_counter() - self.started
-        logging = (state.config if state is not None else request.app[CONFIG]).logging
+        logging = (state.config if state is not None else self._app[CONFIG]).logging
         if state is not None:
             if self.admitted is not None:
                 limiter.settle(
@@ -234,11 +242,9 @@ class Exchange:
                 )
             if self.decision is not None:
                 state.router.notify(RequestEnded(self.decision.model))
-            resource = request.match_info.route.resource
-            endpoint = resource.canonical if resource is not None else "unmatched"
-            _record(state.metrics, endpoint, self, elapsed)
+            _record(state.metrics, self._endpoint, self, elapsed)
             if state.ledger is not None and self.served_model is not None:
-                state.ledger.notify(_usage_record(endpoint, self, elapsed))
+                state.ledger.notify(_usage_record(self._endpoint, self, elapsed))
         if self.transcript is not None and self.served_model is not None:
             self.transcript.log(self.request_id, self.served_model, logging.prompt_log_chars)
         if not logging.access_log:
@@ -247,8 +253,8 @@ class Exchange:
             "request",
             request_id=self.request_id,
             upstream_request_id=self.upstream_id if self.upstream_id != self.request_id else None,
-            method=request.method,
-            path=request.path,
+            method=self._method,
+            path=self._path,
             status=self.status,
             model=self.model,
             served_model=self.served_model,
