@@ -83,7 +83,7 @@ class Authenticate(Ask["Principal"]):
 
 
 @dataclass(frozen=True, slots=True)
-class ForgetKey:
+class ForgetKey(Ask[None]):
     """Ask: drop a cached lookup (the key was revoked or rotated through this gateway)."""
 
     key_id: str

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.auth.keys import KeyRecord, KeyScopes, new_key
+from actors.kernel import Ask
 from actors.sqlite import StoreActor, connect
 
 _SCHEMA = """
@@ -124,27 +125,27 @@ def _record(row: tuple[Any, ...]) -> KeyRecord:
 
 # Messages to KeyStoreActor (asks; each answers as the KeyStore method of the same name).
 @dataclass(frozen=True, slots=True)
-class LookupKey:
+class LookupKey(Ask["KeyRecord | None"]):
     key_id: str
 
 
 @dataclass(frozen=True, slots=True)
-class CreateKey:
+class CreateKey(Ask["tuple[KeyRecord, str]"]):
     scopes: KeyScopes
 
 
 @dataclass(frozen=True, slots=True)
-class ListKeys:
+class ListKeys(Ask["list[KeyRecord]"]):
     include_revoked: bool = True
 
 
 @dataclass(frozen=True, slots=True)
-class RevokeKey:
+class RevokeKey(Ask["KeyRecord"]):
     key_id: str
 
 
 @dataclass(frozen=True, slots=True)
-class RotateKey:
+class RotateKey(Ask["tuple[KeyRecord, str]"]):
     key_id: str
 
 

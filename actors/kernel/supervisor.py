@@ -27,6 +27,7 @@ from actors.kernel.actor import Actor
 from actors.kernel.cell import ActorCell, ChildExited
 from actors.kernel.envelope import SystemMessage
 from actors.kernel.errors import ActorStartError, SupervisorGaveUp
+from actors.kernel.message import Ask
 from actors.kernel.ref import ActorRef
 from actors.kernel.snapshot import ActorState
 from actors.kernel.spec import ChildSpec, Restart, Strategy
@@ -49,7 +50,7 @@ class TerminateChild:
 
 
 @dataclass(frozen=True, slots=True)
-class RestartChild:
+class RestartChild(Ask[None]):
     """Ask: an operator's restart of one child (not counted against intensity)."""
 
     name: str

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from actors.kernel import ActorSnapshot, RestartChild
+from gateway.http.asks import ask
 from gateway.http.auth import authenticate_admin
 from gateway.http.errors import InvalidRequest, NotFound
 from gateway.http.state import STATE
@@ -46,7 +47,7 @@ async def restart_actor(request: web.Request) -> web.Response:
         state.system.lookup(path)
     except LookupError:
         raise NotFound(f"No actor at '{path}'.", code="actor_not_found") from None
-    await parent.ask(RestartChild(name), timeout=30.0)
+    await ask(parent, RestartChild(name), "supervisor")
     return web.json_response(
         {"restarted": path, "actor": state.system.lookup(path).snapshot().to_dict()}
     )

@@ -10,22 +10,19 @@ POST   /admin/keys/{id}/rotate        a new key with the same scopes; the old on
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 from pydantic import ValidationError
 
 from actors.auth.actor import ForgetKey
 from actors.auth.keys import KeyRecord, KeyScopes
 from actors.auth.store import CreateKey, KeyNotFound, ListKeys, RevokeKey, RotateKey
-from actors.kernel import ActorDead, ActorRef, AskTimeout
+from actors.kernel import ActorRef, Ask
 from actors.tree import KEYSTORE
+from gateway.http.asks import Answer, ask
 from gateway.http.auth import authenticate_admin
 from gateway.http.body import later_continue, read_body
-from gateway.http.errors import InvalidRequest, NotFound, ServiceUnavailable
+from gateway.http.errors import InvalidRequest, NotFound
 from gateway.http.state import STATE, GatewayState
-
-STORE_TIMEOUT = 10.0
 
 
 async def _store(request: web.Request) -> tuple[GatewayState, ActorRef]:
@@ -38,13 +35,11 @@ async def _store(request: web.Request) -> tuple[GatewayState, ActorRef]:
     return state, state.system.lookup(KEYSTORE)
 
 
-async def _ask(store: ActorRef, message: Any) -> Any:
+async def _ask(store: ActorRef, message: Ask[Answer]) -> Answer:
     try:
-        return await store.ask(message, timeout=STORE_TIMEOUT)
+        return await ask(store, message, "key store")
     except KeyNotFound as exc:
         raise NotFound(f"No key with id '{exc.key_id}'.", code="key_not_found") from None
-    except (ActorDead, AskTimeout):
-        raise ServiceUnavailable("The key store did not answer. Retry shortly.") from None
 
 
 async def list_keys(request: web.Request) -> web.Response:
@@ -70,8 +65,8 @@ async def create_key(request: web.Request) -> web.Response:
 
 async def revoke_key(request: web.Request) -> web.Response:
     state, store = await _store(request)
-    record: KeyRecord = await _ask(store, RevokeKey(request.match_info["key_id"]))
-    await state.auth.ask(ForgetKey(record.id), timeout=STORE_TIMEOUT)
+    record = await _ask(store, RevokeKey(request.match_info["key_id"]))
+    await ask(state.auth, ForgetKey(record.id), "auth service")
     return web.json_response(record.public())
 
 
@@ -79,7 +74,7 @@ async def rotate_key(request: web.Request) -> web.Response:
     state, store = await _store(request)
     old_id = request.match_info["key_id"]
     record, key = await _ask(store, RotateKey(old_id))
-    await state.auth.ask(ForgetKey(old_id), timeout=STORE_TIMEOUT)
+    await ask(state.auth, ForgetKey(old_id), "auth service")
     return web.json_response({**record.public(), "key": key, "replaces": old_id}, status=201)
 
 

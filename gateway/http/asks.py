@@ -16,17 +16,22 @@ from actors.kernel import ActorDead, ActorRef, Ask, AskTimeout, MailboxFull, ask
 from gateway.http.errors import ServiceUnavailable
 
 Answer = TypeVar("Answer")
-Service = Literal["router", "replica", "rate limiter", "auth service", "ledger"]
+Service = Literal[
+    "router", "replica", "rate limiter", "auth service", "ledger", "key store", "supervisor"
+]
 
 # Seconds an ask may take before the client is told to retry. Each of these actors answers
 # from memory in microseconds; the deferred ones wait on Redis or a key store, whose own
-# timeouts are shorter. The ledger's summaries read a database: they may take a while.
+# timeouts are shorter. The ledger's summaries and the key store read a database, and a
+# supervisor restarting a child waits for it to stop and start: they may take a while.
 ASK_TIMEOUTS: dict[Service, float] = {
     "router": 2.0,
     "replica": 2.0,
     "rate limiter": 2.0,
     "auth service": 2.0,
     "ledger": 30.0,
+    "key store": 10.0,
+    "supervisor": 30.0,
 }
 
 

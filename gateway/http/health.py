@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from actors.kernel import ActorDead, ActorState, AskTimeout
+from actors.kernel import ActorState
 from actors.router.actor import ModelAvailability
+from gateway.http.asks import ask
+from gateway.http.errors import ServiceUnavailable
 from gateway.http.state import STATE
 
 
@@ -26,8 +28,8 @@ async def ready(request: web.Request) -> web.Response:
     ]
     models: dict[str, dict[str, int]] = {}
     try:
-        availability = await state.router.ask(ModelAvailability(), timeout=1.0)
-    except (ActorDead, AskTimeout):
+        availability = await ask(state.router, ModelAvailability(), "router", timeout=1.0)
+    except ServiceUnavailable:
         availability = {}
         problems.append("the router is not answering")
     for model, (usable, total) in availability.items():
