@@ -41,7 +41,8 @@ async def ask(
     """`ref`'s answer to `message` (within `timeout`, by default the service's), or a 503
     saying which service is restarting."""
     try:
-        return await ask_settled(ref, message, timeout=timeout or ASK_TIMEOUTS[service])
+        limit = ASK_TIMEOUTS[service] if timeout is None else timeout
+        return await ask_settled(ref, message, timeout=limit)
     except (ActorDead, AskTimeout, MailboxFull):
         raise ServiceUnavailable(
             f"The gateway's {service} is restarting or busy. Retry shortly.",

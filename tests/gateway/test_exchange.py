@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from actors.auth.keys import KeyScopes, new_key
 from actors.backend.actor import BackendStats, GetStats
@@ -154,17 +155,29 @@ async def stats(gw: Deployment, index: int) -> BackendStats:
     return result
 
 
-async def requests_metric(http: aiohttp.ClientSession, gw: Deployment) -> dict[str, float]:
-    """citadel_requests_total by status class, summed over models, backends and endpoints."""
+async def scrape(http: aiohttp.ClientSession, gw: Deployment, name: str) -> list[Sample]:
+    """The samples of one metric, as a scrape of /metrics reads them."""
     async with http.get(gw.url + "/metrics") as response:
         text = await response.text()
+    return [
+        sample
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+async def requests_metric(http: aiohttp.ClientSession, gw: Deployment) -> dict[str, float]:
+    """citadel_requests_total by status class, summed over models, backends and endpoints."""
     counts: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "citadel_requests_total":
-                status = sample.labels["status"]
-                counts[status] = counts.get(status, 0.0) + sample.value
+    for sample in await scrape(http, gw, "citadel_requests_total"):
+        status = sample.labels["status"]
+        counts[status] = counts.get(status, 0.0) + sample.value
     return counts
+
+
+async def retries_metric(http: aiohttp.ClientSession, gw: Deployment) -> float:
+    return sum(sample.value for sample in await scrape(http, gw, "citadel_retries_total"))
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
@@ -223,13 +236,3 @@ async def test_every_effect_of_a_request_s_end_happens_once(case: Case, tmp_path
             assert used > 0  # the prompt's estimate and what was relayed before the end
         else:
             assert used == 0  # no completion, no charge
-
-
-async def retries_metric(http: aiohttp.ClientSession, gw: Deployment) -> float:
-    async with http.get(gw.url + "/metrics") as response:
-        text = await response.text()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "citadel_retries_total":
-                return sample.value
-    return 0.0
