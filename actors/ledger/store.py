@@ -7,7 +7,7 @@ never block the writer, and a committed batch survives a crash of the process.
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,12 +27,18 @@ CREATE TABLE IF NOT EXISTS usage (
     status            INTEGER NOT NULL,
     latency_ms        REAL NOT NULL,
     ttft_ms           REAL,
-    usage_estimated   INTEGER NOT NULL DEFAULT 0
+    usage_estimated   INTEGER NOT NULL DEFAULT 0,
+    cached            INTEGER NOT NULL DEFAULT 0,
+    saved_tokens      INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
 """
 # Columns added since the first schema, for ledgers written by an earlier version.
-_ADDED_COLUMNS = {"usage_estimated": "INTEGER NOT NULL DEFAULT 0"}
+_ADDED_COLUMNS = {
+    "usage_estimated": "INTEGER NOT NULL DEFAULT 0",
+    "cached": "INTEGER NOT NULL DEFAULT 0",
+    "saved_tokens": "INTEGER NOT NULL DEFAULT 0",
+}
 GROUPS = {"key": "key_id", "model": "model", "day": "date(ts, 'unixepoch')"}
 Group = Literal["key", "model", "day"]
 
@@ -51,6 +57,14 @@ class UsageRecord:
     latency_ms: float
     ttft_ms: float | None
     usage_estimated: bool = False  # the gateway counted the tokens: the upstream reported none
+    cached: bool = False  # answered from the response cache: no model spent tokens on it
+    saved_tokens: int = 0  # what the cached answer cost when it was produced
+
+
+# The columns in the record's field order (a ledger from an earlier version has its added
+# columns at the end, in the same order).
+_FIELDS = tuple(field.name for field in fields(UsageRecord))
+_COLUMNS = ", ".join(_FIELDS)
 
 
 class LedgerStore:
@@ -70,7 +84,7 @@ class LedgerStore:
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
-                "INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO usage ({_COLUMNS}) VALUES ({', '.join('?' * len(_FIELDS))})",
                 [astuple(record) for record in records],
             )
         return len(records)
@@ -89,14 +103,14 @@ class LedgerStore:
         query = (
             f"SELECT {', '.join([*columns, ''])}COUNT(*), SUM(prompt_tokens), "
             "SUM(completion_tokens), SUM(status >= 400), AVG(latency_ms), "
-            "SUM(usage_estimated) FROM usage"
+            "SUM(usage_estimated), SUM(cached), SUM(saved_tokens) FROM usage"
             + (f" WHERE {' AND '.join(where)}" if where else "")
             + (f" GROUP BY {', '.join(by)} ORDER BY {', '.join(by)}" if by else "")
         )
         rows = []
         for row in self._db.execute(query, args):
             groups = dict(zip(by, row[: len(by)], strict=True))
-            requests, prompt, completion, errors, latency, estimated = row[len(by) :]
+            requests, prompt, completion, errors, latency, estimated, cached, saved = row[len(by) :]
             rows.append(
                 {
                     **groups,
@@ -107,6 +121,8 @@ class LedgerStore:
                     "errors": errors or 0,
                     "avg_latency_ms": round(latency or 0.0, 3),
                     "estimated_requests": estimated or 0,
+                    "cached_requests": cached or 0,
+                    "saved_tokens": saved or 0,
                 }
             )
         return rows

@@ -16,7 +16,10 @@ from aiohttp import web
 
 from actors.kernel import ActorSystem
 from actors.tree import AUTH, LEDGER, LIMITER, ROUTER, LiveLayout, TreeLayout, gateway_tree
+from gateway.cache.metrics import CacheMetrics
+from gateway.cache.store import ResponseCache
 from gateway.http import admin, admin_keys, admin_usage, handlers, health, openapi
+from gateway.http.caching import CACHE_HEADER
 from gateway.http.errors import (
     GatewayError,
     InternalError,
@@ -97,11 +100,16 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return response
 
 
-async def add_rate_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: the admitted request's rate-limit headers, on any response."""
+async def add_exchange_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: the admitted request's rate-limit headers and what the response
+    cache did, on any response (a stream's included)."""
     exchange = request.get(EXCHANGE)
-    if exchange is not None and exchange.rate_headers:
+    if exchange is None:
+        return
+    if exchange.rate_headers:
         response.headers.update(exchange.rate_headers)
+    if exchange.cache_status is not None:
+        response.headers[CACHE_HEADER] = exchange.cache_status
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
@@ -134,6 +142,7 @@ async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
     root = await system.spawn(gateway_tree(layout, system.lookup))
     if not sources.enabled:
         log.warning("auth_disabled", reason="no API keys and no key store configured")
+    metrics = GatewayMetrics(root)
     app[STATE] = state = GatewayState(
         config=config,
         system=system,
@@ -142,7 +151,8 @@ async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
         auth=system.lookup(AUTH),
         limiter=system.lookup(LIMITER),
         ledger=system.lookup(LEDGER) if config.usage is not None else None,
-        metrics=GatewayMetrics(root),
+        metrics=metrics,
+        cache=ResponseCache(config.cache, CacheMetrics(metrics.registry)),
         started=int(time.time()),
         streams=OpenStreams(),
         layout=layout,
@@ -156,6 +166,8 @@ async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
     finally:
         for task in list(state.background):
             task.cancel()
+        if state.cache is not None:
+            await state.cache.close()
         await system.shutdown()
         log.info("actor_tree_stopped")
 
@@ -199,7 +211,7 @@ def create_app(config: GatewayConfig, *, config_path: str | None = None) -> web.
         middlewares=[edge_middleware], client_max_size=config.limits.max_body_bytes
     )
     app[CONFIG] = config
-    app.on_response_prepare.append(add_rate_headers)
+    app.on_response_prepare.append(add_exchange_headers)
     if config_path is not None:
         app[CONFIG_PATH] = config_path
     app.cleanup_ctx.append(_actor_tree)

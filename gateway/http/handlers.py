@@ -11,6 +11,7 @@ from actors.auth.keys import Endpoint
 from actors.limiter.local import LimitSpec
 from actors.router.actor import ListModels, ModelEntry, Route, RouteDecision, UnknownModel
 from actors.router.rules import RequestTraits, estimate_prompt_tokens, prefix_key
+from gateway.http import caching
 from gateway.http.asks import ask
 from gateway.http.auth import allowed_models, authenticate, require_model
 from gateway.http.body import later_continue, read_body
@@ -108,7 +109,11 @@ async def _forward(
     require_model(call.sent_model, decision.model, traits.allowed, state)
     refuse_unservable(decision, call)
     model_limits = state.model_limits.get(decision.model, NO_LIMITS)
-    await exchange.admit(subjects_of(principal, decision.model, model_limits), *tokens)
+    subjects = subjects_of(principal, decision.model, model_limits)
+    cache_plan = caching.plan(state, request, exchange, decision)
+    if cache_plan is not None:
+        return await caching.serve(request, exchange, cache_plan, subjects, tokens)
+    await exchange.admit(subjects, *tokens)
     return await forward(request, exchange)
 
 

@@ -12,6 +12,8 @@ from aiohttp import web
 from actors.kernel import ActorRef, ActorSystem
 from actors.limiter.local import LimitSpec
 from actors.tree import LiveLayout
+from gateway.cache.settings import CachePolicy
+from gateway.cache.store import ResponseCache
 from gateway.http.metrics import GatewayMetrics
 from gateway.process.config import GatewayConfig
 
@@ -60,6 +62,7 @@ class GatewayState:
     started: int  # unix time, the "created" of /v1/models entries
     streams: OpenStreams
     layout: LiveLayout
+    cache: ResponseCache | None = None  # the response cache (its policies: cache_policies)
     config_path: str | None = None  # the file a reload re-reads
     reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
     background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -69,6 +72,7 @@ class GatewayState:
     prefix_affinity: bool = False  # some model routes by prefix: requests need its hash
     canonical: dict[str, str] = field(default_factory=dict)  # id, alias or virtual -> model
     virtual: frozenset[str] = frozenset()  # the virtual models' names
+    cache_policies: dict[str, CachePolicy] = field(default_factory=dict)  # model -> policy
 
     def __post_init__(self) -> None:
         self.use(self.config)
@@ -86,6 +90,13 @@ class GatewayState:
         }
         self.canonical.update((v.name, v.name) for v in config.virtual_models)
         self.virtual = frozenset(v.name for v in config.virtual_models)
+        self.cache_policies = {
+            m.name: m.cache or config.cache.default
+            for m in config.models
+            if (m.cache or config.cache.default).enabled
+        }
+        if self.cache is not None:
+            self.cache.settings = config.cache  # its backend and bounds: restart only
 
     def in_background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` for the life of the app (reloads, retiring replicas, samplers); it is

@@ -30,6 +30,7 @@ from actors.ledger.actor import LedgerSettings
 from actors.limiter.actor import LimiterSettings
 from actors.router.actor import ModelSettings, RouterSettings
 from actors.router.rules import VirtualModelSettings
+from gateway.cache.settings import CachePolicy, CacheSettings
 
 CONFIG_ENV = "CITADEL_CONFIG"
 
@@ -192,11 +193,20 @@ class ConnectionSettings(BaseModel):
         return tuple(ipaddress.ip_network(n, strict=False) for n in self.trusted_proxies)
 
 
+class GatewayModel(ModelSettings):
+    """A model as the gateway's edge sees it: the router's settings, and what only the edge
+    uses (the response cache's policy)."""
+
+    cache: CachePolicy | None = Field(
+        None, description="which of its requests are cached (default: cache.default)"
+    )
+
+
 class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     listen: str = "0.0.0.0:8000"
-    models: tuple[ModelSettings, ...] = Field(min_length=1)
+    models: tuple[GatewayModel, ...] = Field(min_length=1)
     virtual_models: tuple[VirtualModelSettings, ...] = ()
     auth: AuthSettings = AuthSettings()
     limits: LimitSettings = LimitSettings()
@@ -206,6 +216,7 @@ class GatewayConfig(BaseModel):
     shutdown_grace: float = Field(30.0, ge=0, description="seconds in-flight requests may finish")
     workers: int = Field(1, ge=1, le=256, description="gateway processes sharing the port")
     usage: LedgerSettings | None = Field(None, description="the usage ledger (SQLite)")
+    cache: CacheSettings = Field(CacheSettings(), description="the response cache")
 
     @field_validator("listen")
     @classmethod

@@ -7,14 +7,14 @@ deployment as a production configuration file.
 from __future__ import annotations
 
 from actors.backend.settings import BackendSettings
-from actors.router.actor import ModelSettings
 from actors.router.rules import RoutingRule, RuleCondition, VirtualModelSettings
+from gateway.process.config import GatewayModel
 
 DEMO_API_KEY = "sk-citadel-demo"
 DEMO_ADMIN_KEY = "sk-citadel-demo-admin"
 
 DEFAULT_MODELS = (
-    ModelSettings(
+    GatewayModel(
         name="mixtral-8x7b",
         aliases=("mixtral",),
         context_window=32768,
@@ -25,7 +25,7 @@ DEFAULT_MODELS = (
             ),
         ),
     ),
-    ModelSettings(
+    GatewayModel(
         name="hermes-2-pro",
         aliases=("hermes-2", "hermes"),
         context_window=8192,
@@ -38,7 +38,7 @@ DEFAULT_MODELS = (
             ),
         ),
     ),
-    ModelSettings(
+    GatewayModel(
         name="openchat-3.5",
         aliases=("openchat",),
         context_window=8192,
@@ -49,7 +49,7 @@ DEFAULT_MODELS = (
             BackendSettings(url="http://127.0.0.1:11402", model="openchat/openchat-3.5-0106"),
         ),
     ),
-    ModelSettings(
+    GatewayModel(
         name="phi-3-mini",
         aliases=("phi-3", "phi"),
         context_window=4096,

@@ -34,6 +34,7 @@ from actors.backend.actor import Lease, Outcome, Release
 from actors.ledger.store import UsageRecord
 from actors.limiter.local import Subject
 from actors.router.actor import AllowRetry, RequestEnded, RetryEnded, RouteDecision
+from gateway.cache.capture import StreamCapture
 from gateway.http import limiter
 from gateway.http.asks import ask
 from gateway.http.auth import presented_secrets
@@ -83,7 +84,11 @@ class Exchange:
         "attempts",
         "backend",
         "blame",
+        "cache_status",
+        "cached_tokens",
         "call",
+        "capture",
+        "charge_cached",
         "decision",
         "error_status",
         "first_byte_at",
@@ -138,6 +143,12 @@ class Exchange:
         self.relayed_events = 0  # stream events relayed to the client
         # A stream that failed after its 200 went out: the status it is recorded with.
         self.error_status: int | None = None
+        # The response cache (gateway.http.caching): x-citadel-cache, what a hit saved (and
+        # whether tokens-per-minute is charged for it), and a stream's events to store.
+        self.cache_status: str | None = None
+        self.cached_tokens: tuple[int, int] | None = None
+        self.charge_cached = False
+        self.capture: StreamCapture | None = None
 
     @property
     def state(self) -> GatewayState:
@@ -210,6 +221,20 @@ class Exchange:
             decision, _ = self.route
             self.state.router.notify(RetryEnded(decision.model))
 
+    @property
+    def answered(self) -> bool:
+        """Whether the last try ended with a complete answer."""
+        return self._answered
+
+    def answered_from_cache(self, tokens: tuple[int, int], *, charged: bool) -> None:
+        """The answer came from the cache: no model spent `tokens` on it (tokens-per-minute
+        is charged them only if `charged`)."""
+        self.cache_status = "hit"
+        self.backend = "cache"
+        self.cached_tokens, self.charge_cached = tokens, charged
+        self.usage = (0, 0)
+        self._answered = True
+
     # The one exit.
 
     def __enter__(self) -> Exchange:
@@ -232,11 +257,12 @@ class Exchange:
         logging = (state.config if state is not None else self._app[CONFIG]).logging
         if state is not None:
             if self.admitted is not None:
+                charged = self.cached_tokens if self.charge_cached else self.usage
                 limiter.settle(
                     state.limiter,
                     self.admitted,
                     self.request_id,
-                    self.usage,
+                    charged,
                     self.relayed_events,
                     answered=self._answered,
                 )
@@ -264,6 +290,8 @@ class Exchange:
             prompt_tokens=self.usage[0] if self.usage else None,
             completion_tokens=self.usage[1] if self.usage else None,
             usage_estimated=self.usage_estimated or None,
+            cache=self.cache_status,
+            saved_tokens=sum(self.cached_tokens) if self.cached_tokens else None,
             latency_ms=round(elapsed * 1000, 3),
         )
 
@@ -289,7 +317,7 @@ def _record(metrics: GatewayMetrics, endpoint: str, exchange: Exchange, elapsed:
         metrics.ttft.labels(model).observe(exchange.first_byte_at - exchange.started)
     if exchange.attempts > 1:
         metrics.retries.labels(model).inc(exchange.attempts - 1)
-    if exchange.usage is not None:
+    if exchange.usage is not None and exchange.cached_tokens is None:
         key = exchange.key_id or "-"
         source = "estimated" if exchange.usage_estimated else "reported"
         metrics.tokens.labels(model, key, "prompt", source).inc(exchange.usage[0])
@@ -316,4 +344,6 @@ def _usage_record(endpoint: str, exchange: Exchange, elapsed: float) -> UsageRec
         latency_ms=round(elapsed * 1000, 3),
         ttft_ms=None if first is None else round((first - exchange.started) * 1000, 3),
         usage_estimated=exchange.usage_estimated,
+        cached=exchange.cached_tokens is not None,
+        saved_tokens=sum(exchange.cached_tokens) if exchange.cached_tokens else 0,
     )

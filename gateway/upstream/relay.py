@@ -203,6 +203,7 @@ async def _pump(
     events = first
     state = exchange.state
     transcript = exchange.transcript
+    capture = exchange.capture
     rename = (attempt.lease.upstream_model, decision.model)
     stopper = StreamStop(upstream.close)
     idle = attempt.lease.timeouts.idle
@@ -231,6 +232,8 @@ async def _pump(
                 attempt.events += count(events)
                 if transcript is not None:
                     transcript.keep(events)
+                if capture is not None:
+                    capture.keep(events)
                 if sse.is_done(events):
                     drained = await _drain(read)
                     await _finish(request, response, rewrite(events), attempt, tally)

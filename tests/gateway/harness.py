@@ -17,14 +17,16 @@ from actors.backend.breaker import BreakerSettings
 from actors.backend.probe import HealthSettings
 from actors.backend.settings import BackendSettings, BackendTimeouts
 from actors.ledger.actor import LedgerSettings
-from actors.router.actor import ModelSettings, RoutingSettings
+from actors.router.actor import RoutingSettings
 from actors.router.rules import VirtualModelSettings
+from gateway.cache.settings import CachePolicy, CacheSettings
 from gateway.http.state import STATE, GatewayState
 from gateway.mock.server import MOCK_STATE, MockSettings, MockState, create_mock_app
 from gateway.process.config import (
     AuthSettings,
     ConnectionSettings,
     GatewayConfig,
+    GatewayModel,
     LimitSettings,
     LoggingSettings,
     MetricsSettings,
@@ -117,6 +119,7 @@ class ModelPlan:
     fallbacks: tuple[str, ...] = ()
     context_fallback: str | None = None
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    cache: CachePolicy | None = None
 
 
 @asynccontextmanager
@@ -131,6 +134,7 @@ async def deployment(
     connections: ConnectionSettings | None = None,
     auth: AuthSettings | None = None,
     usage: LedgerSettings | None = None,
+    cache: CacheSettings | None = None,
 ) -> AsyncIterator[Deployment]:
     started: list[RunningServer] = []
     mocks: dict[str, list[Mock]] = {}
@@ -154,8 +158,9 @@ async def deployment(
                     )
                 )
             models.append(
-                ModelSettings(
+                GatewayModel(
                     name=plan.name,
+                    cache=plan.cache,
                     aliases=plan.aliases,
                     context_window=plan.context_window,
                     backends=tuple(backends),
@@ -175,6 +180,7 @@ async def deployment(
             metrics=metrics or MetricsSettings(),
             connections=connections or ConnectionSettings(),
             usage=usage,
+            cache=cache or CacheSettings(),
         )
         gateway = await start_gateway(config)
         try:

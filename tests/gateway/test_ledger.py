@@ -95,6 +95,8 @@ async def test_a_burst_is_recorded_exactly_streams_included(tmp_path: Path) -> N
             "errors": 0,
             "avg_latency_ms": summary["usage"][0]["avg_latency_ms"],
             "estimated_requests": 0,  # the mock reports usage, streams included
+            "cached_requests": 0,
+            "saved_tokens": 0,
         }
     ]
     records = rows(ledger)

@@ -1,0 +1,203 @@
+"""The response cache at the edge: after routing (the served model is part of the key),
+before admission and any lease.
+
+    plan     whether the request is cacheable: the served model's policy, the request's
+             determinism, the client's Cache-Control (`no-cache`: skip the lookup and refresh
+             the entry; `no-store`: neither read nor write)
+    serve    a hit answered in the request's wire format, or the request forwarded as usual
+             and its complete answer stored; identical misses wait for the first one's answer
+
+The answer says which: `x-citadel-cache: hit | miss | bypass`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from actors.limiter.local import Subject
+from actors.router.actor import RouteDecision
+from gateway.cache.answer import CachedAnswer, Kind
+from gateway.cache.capture import StreamCapture
+from gateway.cache.fingerprint import fingerprint, is_deterministic, namespace_of
+from gateway.http.state import STATE, GatewayState
+from gateway.upstream.exchange import Exchange
+from gateway.upstream.forward import forward
+from gateway.upstream.relay import SSE_HEADERS
+
+CACHE_HEADER = "x-citadel-cache"
+HIT, MISS, BYPASS = "hit", "miss", "bypass"
+_KINDS: dict[str, Kind] = {"/v1/chat/completions": "chat", "/v1/completions": "text"}
+
+
+@dataclass(frozen=True, slots=True)
+class CachePlan:
+    key: str  # the tenant's namespace and the request's fingerprint
+    model: str  # the served model, public name
+    kind: Kind
+    ttl: float
+    read: bool  # look it up (not under no-cache)
+
+
+def plan(
+    state: GatewayState, request: web.Request, exchange: Exchange, decision: RouteDecision
+) -> CachePlan | None:
+    """The request's cache plan, or None when the cache is not involved (then, for a model
+    with a cache, the answer says `bypass`)."""
+    policy = state.cache_policies.get(decision.model)
+    if policy is None or not policy.enabled or state.cache is None:
+        return None
+    _, call = exchange.route
+    kind = _KINDS.get(call.path)
+    if kind is None:
+        return None  # embeddings: not cached
+    directives = _cache_control(request)
+    body = _body(call.raw)
+    if (
+        "no-store" in directives
+        or body is None
+        or (policy.requests == "deterministic" and not is_deterministic(body))
+    ):
+        _bypass(state, exchange, decision.model)
+        return None
+    namespace = namespace_of(exchange.key_id, shared=policy.namespace == "shared")
+    key = f"{namespace}:{fingerprint(body, call.path, decision.model)}"
+    ttl = policy.ttl or state.config.cache.ttl
+    return CachePlan(key, decision.model, kind, ttl, read="no-cache" not in directives)
+
+
+async def serve(
+    request: web.Request,
+    exchange: Exchange,
+    plan: CachePlan,
+    subjects: tuple[Subject, ...],
+    tokens: tuple[int, int],
+) -> web.StreamResponse:
+    """Answer from the cache, or forward the request and store its complete answer."""
+    state = request.app[STATE]
+    cache = state.cache
+    assert cache is not None  # plan() returns no plan without one
+    metrics = cache.metrics
+    leads = False
+    if plan.read:
+        found = await cache.get(plan.key)
+        if isinstance(found, CachedAnswer):
+            metrics.lookups.labels(plan.model, HIT).inc()
+            return await _answer(request, exchange, plan, found, subjects, tokens)
+        if found is not None:  # unavailable: as if uncached
+            metrics.lookups.labels(plan.model, "unavailable").inc()
+            _bypass(state, exchange, None)
+            await exchange.admit(subjects, *tokens)
+            return await forward(request, exchange)
+        if cache.settings.coalesce:
+            flight = cache.follow(plan.key)
+            if flight is not None:
+                answer = await _wait(flight, cache.settings.coalesce_wait)
+                if answer is not None:
+                    metrics.lookups.labels(plan.model, HIT).inc()
+                    metrics.coalesced.labels(plan.model).inc()
+                    return await _answer(request, exchange, plan, answer, subjects, tokens)
+            else:
+                leads = True
+    metrics.lookups.labels(plan.model, MISS if plan.read else BYPASS).inc()
+    exchange.cache_status = MISS if plan.read else BYPASS
+    answer = None
+    try:
+        await exchange.admit(subjects, *tokens)
+        _, call = exchange.route
+        capture = None
+        if call.stream:
+            capture = exchange.capture = StreamCapture(plan.kind, cache.settings.max_entry_bytes)
+        response = await forward(request, exchange)
+        # A complete answer only: the try ended OK (a stream reached [DONE], no error event
+        # and no cut; the assembly below checks the same again, from the bytes).
+        if exchange.answered:
+            answer = _answer_of(plan, response, capture)
+            if answer is not None:
+                cache.put(plan.key, answer, plan.ttl, plan.model)
+        return response
+    finally:
+        if leads:
+            cache.landed(plan.key, answer)
+
+
+async def _answer(
+    request: web.Request,
+    exchange: Exchange,
+    plan: CachePlan,
+    answer: CachedAnswer,
+    subjects: tuple[Subject, ...],
+    tokens: tuple[int, int],
+) -> web.StreamResponse:
+    """A hit: admitted like any request (it counts against requests per minute, and against
+    tokens only with cache.charge_hits), answered in the request's own format."""
+    state = request.app[STATE]
+    charged = state.config.cache.charge_hits
+    await exchange.admit(subjects, *(tokens if charged else (0, 0)))
+    exchange.answered_from_cache(answer.tokens, charged=charged)
+    assert state.cache is not None  # a hit came from it
+    saved = state.cache.metrics.saved_tokens
+    saved.labels(plan.model, "prompt").inc(answer.tokens[0])
+    saved.labels(plan.model, "completion").inc(answer.tokens[1])
+    _, call = exchange.route
+    headers = {
+        "x-request-id": exchange.request_id,
+        "x-citadel-model": plan.model,
+        "x-citadel-backend": "cache",
+    }
+    if not call.stream:
+        return web.Response(
+            body=answer.json_body(plan.model), content_type="application/json", headers=headers
+        )
+    response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
+    await response.prepare(request)
+    exchange.first_byte_at = time.perf_counter()
+    await response.write(answer.stream_body(plan.model, include_usage=call.add_usage))
+    await response.write_eof()
+    return response
+
+
+def _answer_of(
+    plan: CachePlan, response: web.StreamResponse, capture: StreamCapture | None
+) -> CachedAnswer | None:
+    if capture is not None:
+        return capture.answer()
+    if isinstance(response, web.Response) and isinstance(response.body, bytes):
+        return CachedAnswer.from_json(plan.kind, response.body)
+    return None
+
+
+async def _wait(flight: asyncio.Future[CachedAnswer | None], timeout: float) -> CachedAnswer | None:
+    """The leader's answer, or None if it had none or took longer than `timeout` (then this
+    request goes upstream itself). Shielded: a follower that leaves cancels nothing."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await asyncio.shield(flight)
+    except TimeoutError:
+        return None
+
+
+def _bypass(state: GatewayState, exchange: Exchange, model: str | None) -> None:
+    exchange.cache_status = BYPASS
+    if model is not None and state.cache is not None:
+        state.cache.metrics.lookups.labels(model, BYPASS).inc()
+
+
+def _cache_control(request: web.Request) -> frozenset[str]:
+    value = request.headers.get("cache-control")
+    if not value:
+        return frozenset()
+    return frozenset(part.strip().lower() for part in value.split(",")[:16])
+
+
+def _body(raw: bytes) -> dict[str, Any] | None:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
