@@ -107,8 +107,21 @@ async def reload_config(request: web.Request) -> web.Response:
     return web.json_response(report.as_dict())
 
 
+async def cache(request: web.Request) -> web.Response:
+    """The response cache: its backend, whether its store answers, what this process holds
+    (memory), and each model's policy."""
+    state = request.app[STATE]
+    await authenticate_admin(state, request)
+    view: dict[str, object] = state.cache.describe() if state.cache is not None else {}
+    view["models"] = {
+        name: policy.model_dump(mode="json") for name, policy in state.cache_policies.items()
+    }
+    return web.json_response(view)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/admin/actors", actors)
     app.router.add_post("/admin/actors/{path:.+}/restart", restart_actor)
     app.router.add_get("/admin/backends", backends)
+    app.router.add_get("/admin/cache", cache)
     app.router.add_post("/admin/reload", reload_config)

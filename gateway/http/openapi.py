@@ -129,6 +129,9 @@ def document() -> dict[str, Any]:
                 )
             },
             "/admin/backends": {"get": _operation("Every replica's state", security=admin)},
+            "/admin/cache": {
+                "get": _operation("The response cache and its policies", security=admin)
+            },
             "/admin/reload": {"post": _operation("Reload the configuration", security=admin)},
             "/admin/keys": {
                 "get": _operation("Every key (never a secret)", security=admin),

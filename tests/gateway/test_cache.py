@@ -24,6 +24,7 @@ from tests.gateway.harness import (
     READ_TIMEOUT_S,
     Deployment,
     ModelPlan,
+    bounded_client,
     deployment,
 )
 from tests.gateway.test_ledger import rows
@@ -318,3 +319,19 @@ async def test_an_answer_larger_than_an_entry_may_be_is_not_stored() -> None:
         await ask(client, max_tokens=64)
         await stored(gw)
         assert (await ask(client, max_tokens=64))[0] == "miss"
+
+
+async def test_the_admin_api_shows_the_cache_and_its_policies() -> None:
+    async with cached() as gw, sdk(gw) as client, bounded_client() as http:
+        await ask(client)
+        await stored(gw)
+        url = gw.url + "/admin/cache"
+        async with http.get(url, headers={"Authorization": f"Bearer {KEY_A[1]}"}) as refused:
+            assert refused.status == 403
+        async with http.get(url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as response:
+            view = await response.json()
+        assert view["backend"] == "memory"
+        assert view["available"] is True
+        assert view["entries"] == 1
+        assert view["bytes"] > 0
+        assert view["models"]["m"]["namespace"] == "key"

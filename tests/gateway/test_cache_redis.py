@@ -13,7 +13,7 @@ import redis.asyncio as redis
 from gateway.cache.settings import CachePolicy, CacheSettings
 from tests.gateway.harness import Deployment, ModelPlan, deployment
 from tests.gateway.redis_harness import SHARED_REDIS, private_redis
-from tests.gateway.test_cache import ask, keys, sdk, stored, upstream_requests
+from tests.gateway.test_cache import KEY_A, ask, keys, sdk, stored, upstream_requests
 from tests.gateway.test_metrics import scrape
 
 UNAVAILABLE = (("model", "m"), ("result", "unavailable"))
@@ -56,7 +56,8 @@ async def test_entries_expire_in_redis_with_their_ttl() -> None:
         await stored(gw)
         client_redis = redis.Redis.from_url(SHARED_REDIS)
         try:
-            found = [k async for k in client_redis.scan_iter("citadel:cache:v1:key:*")]
+            ours = f"citadel:cache:v1:key:{KEY_A[0]}:*"
+            found = [k async for k in client_redis.scan_iter(ours)]
             ttls = [await client_redis.pttl(k) for k in found]
         finally:
             await client_redis.aclose()

@@ -244,3 +244,35 @@ async def test_reload_needs_an_admin_key(tmp_path: Path) -> None:
             headers = {"Authorization": f"Bearer {API_KEY}"}
             async with http.post(f"{gateway.url}/admin/reload", headers=headers) as response:
                 assert response.status == 403
+
+
+async def test_a_reload_turns_a_models_cache_on_and_off(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    async with mock_service(model="m", ttft=0.0) as upstream:
+        write_config(path, [upstream.url], [API_KEY])
+        async with (
+            gateway_from(path) as gateway,
+            bounded_client() as http,
+            openai.AsyncOpenAI(
+                base_url=gateway.url + "/v1", api_key=API_KEY, max_retries=0,
+                timeout=READ_TIMEOUT_S,
+            ) as client,
+        ):  # fmt: skip
+            cache = gateway.runner.app[STATE].cache
+            assert cache is not None
+
+            async def cache_says() -> str | None:
+                raw = await client.chat.completions.with_raw_response.create(
+                    model="m", messages=CHAT, temperature=0
+                )
+                await cache.flush()
+                return raw.headers.get("x-citadel-cache")
+
+            assert await cache_says() is None
+            write_config(path, [upstream.url], [API_KEY], cache={"default": True})
+            await reload(http, gateway.url)
+            assert [await cache_says() for _ in range(2)] == ["miss", "hit"]
+            write_config(path, [upstream.url], [API_KEY])
+            await reload(http, gateway.url)
+            assert await cache_says() is None
+            assert upstream.state.stats.requests == 3
