@@ -254,7 +254,12 @@ async def test_a_replica_killed_under_load_fails_only_streams_past_their_first_b
     pair = [start(fleet.installed, "llama-cpp", fleet.log_dir, f"doomed{i}") for i in range(2)]
     server = await start_gateway(gateway_config([model("smol-cpp", pair)], tmp_path))
     try:
-        body = {"model": "smol-cpp", "messages": HELLO, "max_tokens": 400, "stream": True}
+        # ignore_eos (llama-server's own field, passed through): the model may otherwise say
+        # "Hello" and stop before the kill, and a finished stream has nothing left to fail.
+        body = {
+            "model": "smol-cpp", "messages": HELLO, "max_tokens": 400, "stream": True,
+            "ignore_eos": True,
+        }  # fmt: skip
         opened = await asyncio.gather(
             *(_stream_until_first_token(http, server.url, body) for _ in range(4))
         )
