@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: test test-deps test-real real-servers lint demo bench bench-workers bench-actors \
-	bench-real bench-deps mutation clean
+	bench-real bench-cache bench-vectors bench-deps mutation clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,14 @@ bench: $(STAMP) bench-deps
 
 bench-workers: $(STAMP) bench-deps
 	$(BIN)/python -m ops.bench.workers
+
+# The response cache: a hit against a miss and the upstream; the lookup's own cost.
+bench-cache: $(STAMP) bench-deps
+	$(BIN)/python -m ops.bench.cache
+
+# The semantic cache's candidate vector stores: latency and recall at 10k and 100k entries.
+bench-vectors: $(STAMP)
+	$(BIN)/python -m ops.bench.vectors
 
 bench-actors: $(STAMP)
 	$(BIN)/python -m ops.bench.actors

@@ -19,7 +19,6 @@ import json
 import os
 import secrets
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,8 +36,8 @@ from gateway.cache.fingerprint import fingerprint
 from gateway.cache.metrics import CacheMetrics
 from gateway.cache.settings import CacheSettings
 from gateway.cache.store import ResponseCache
-from ops.bench.run import WRK_SCRIPT, Load, free_port, pinned, wait_listening
-from ops.bench.run import wrk as run_wrk
+from ops.bench.rounds import measure, print_medians
+from ops.bench.run import WRK_SCRIPT, free_port, pinned, wait_listening
 
 SECRET = "c" * 43
 PROMPT = "Summarise the following notes. " + "The quarterly figures were steady. " * 56
@@ -151,24 +150,10 @@ def main() -> None:
         for name in ("memory", "redis"):
             targets[f"gateway, cache in {name}: misses"] = (ports[name], misses)
             targets[f"gateway, cache in {name}: hits"] = (ports[name], hits)
-        for port, script in targets.values():
-            run_wrk(port, 10, 2, script, load_cpu)  # warm-up (and the hits' one entry stored)
-        results: dict[str, list[tuple[Load, Load]]] = {name: [] for name in targets}
-        for round_number in range(args.rounds):
-            for name, (port, script) in targets.items():
-                single = run_wrk(port, 1, args.duration, script, load_cpu)
-                hundred = run_wrk(port, 100, args.duration, script, load_cpu)
-                results[name].append((single, hundred))
-                print(f"round {round_number + 1}: measured {name}", file=sys.stderr)
+        # The warm-up also stores the hits' one entry.
+        results = measure(targets, args.rounds, args.duration, load_cpu)
     print(f"{args.rounds} rounds of {args.duration}s; medians; a 2 KB deterministic prompt")
-    print("| target | c=1 p50 ms | c=1 p99 ms | c=100 req/s | errors |")
-    print("|---|---:|---:|---:|---:|")
-    for name, measured in results.items():
-        p50 = statistics.median(single.p50_ms for single, _ in measured)
-        p99 = statistics.median(single.p99_ms for single, _ in measured)
-        rps = statistics.median(hundred.rps for _, hundred in measured)
-        errors = sum(single.errors + hundred.errors for single, hundred in measured)
-        print(f"| {name} | {p50:.3f} | {p99:.3f} | {rps:,.0f} | {errors} |")
+    print_medians(results, "target")
     in_memory = uvloop.run(lookup_cost(CacheSettings(), 20_000))
     in_redis = uvloop.run(lookup_cost(CacheSettings(backend="redis", redis_url=args.redis), 5_000))
     print(f"\n- the lookup on a miss (parse, fingerprint, get), in memory: {in_memory:.1f} µs")

@@ -17,7 +17,6 @@ import json
 import os
 import secrets
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,8 +26,8 @@ from pathlib import Path
 import yaml
 
 from actors.auth.keys import hash_secret
-from ops.bench.run import CHAT, WRK_SCRIPT, Load, free_port, pinned, wait_listening
-from ops.bench.run import wrk as run_wrk
+from ops.bench.rounds import measure, print_medians
+from ops.bench.run import CHAT, WRK_SCRIPT, free_port, pinned, wait_listening
 
 SECRET = "b" * 43
 LIMITS: dict[str, object] = {
@@ -78,7 +77,6 @@ def main() -> None:
         "limits in the process": (free_port(), LIMITS, None),
         "limits in Redis": (free_port(), LIMITS, args.redis),
     }
-    results: dict[str, list[tuple[Load, Load]]] = {name: [] for name in targets}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         work = Path(tmp)
         script = work / "chat.lua"
@@ -99,23 +97,10 @@ def main() -> None:
             stack.callback(process.wait)
             stack.callback(process.terminate)
             wait_listening(port, process)
-        for port, _, _ in targets.values():
-            run_wrk(port, 10, 2, script, load_cpu)  # warm-up
-        for round_number in range(args.rounds):
-            for name, (port, _, _) in targets.items():
-                single = run_wrk(port, 1, args.duration, script, load_cpu)
-                hundred = run_wrk(port, 100, args.duration, script, load_cpu)
-                results[name].append((single, hundred))
-                print(f"round {round_number + 1}: measured {name}", file=sys.stderr)
+        wrk_targets = {name: (port, script) for name, (port, _, _) in targets.items()}
+        results = measure(wrk_targets, args.rounds, args.duration, load_cpu)
     print(f"{args.rounds} rounds of {args.duration}s; medians")
-    print("| key | c=1 p50 ms | c=1 p99 ms | c=100 req/s | errors |")
-    print("|---|---|---|---|---|")
-    for name, measured in results.items():
-        p50 = statistics.median(single.p50_ms for single, _ in measured)
-        p99 = statistics.median(single.p99_ms for single, _ in measured)
-        rps = statistics.median(hundred.rps for _, hundred in measured)
-        errors = sum(single.errors + hundred.errors for single, hundred in measured)
-        print(f"| {name} | {p50:.3f} | {p99:.3f} | {rps:.0f} | {errors} |")
+    print_medians(results, "key")
 
 
 if __name__ == "__main__":
