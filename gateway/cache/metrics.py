@@ -39,6 +39,14 @@ class CacheMetrics:
             ["model", "kind"],
             registry=registry,
         )
+        self.semantic = Counter(
+            "citadel_cache_semantic_lookups",
+            "Semantic lookups (after an exact miss) by result: hit, miss, guarded (similar "
+            "enough, but a number, a negation or the word order differs), unavailable (the "
+            "embedding failed or was slow).",
+            ["model", "result"],
+            registry=registry,
+        )
         self.errors = Counter(
             "citadel_cache_errors",
             "Calls to the cache's store that failed or ran past cache.timeout, by operation.",

@@ -9,6 +9,25 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+class SemanticPolicy(BaseModel):
+    """Similar questions answered from the cache: the embedding of the system prompt and the
+    last user message, compared with earlier ones of the same tenant, model and parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    embedding_model: str = Field(description="one of the gateway's models that serves embeddings")
+    threshold: float = Field(
+        0.95, gt=0, le=1, description="the cosine similarity a cached question must reach"
+    )
+    max_turns: int = Field(
+        1, ge=1, le=64, description="longer conversations (user messages) are not cached"
+    )
+    timeout: float = Field(
+        0.5, gt=0, le=10, description="seconds the embedding and the search may take"
+    )
+    max_entries: int = Field(10_000, ge=1, description="questions indexed, per worker")
+
+
 class CachePolicy(BaseModel):
     """Which requests of a model are answered from the cache."""
 
@@ -25,6 +44,9 @@ class CachePolicy(BaseModel):
         "key",
         description="key: an answer is served only to the key it was produced for; shared: "
         "to every key allowed to use the model",
+    )
+    semantic: SemanticPolicy | None = Field(
+        None, description="also answer similar questions (chat completions)"
     )
 
     @model_validator(mode="before")

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from gateway.cache.answer import CachedAnswer
 from gateway.cache.backends import BoundedMemoryCache, open_backend
 from gateway.cache.metrics import CacheMetrics
+from gateway.cache.semantic import SemanticIndex
 from gateway.cache.settings import CacheSettings
 
 log = structlog.get_logger("gateway.cache")
@@ -49,6 +50,7 @@ class ResponseCache:
         self._down = False
         self._flights: dict[str, asyncio.Future[CachedAnswer | None]] = {}
         self._stores: set[asyncio.Task[None]] = set()
+        self.semantic = SemanticIndex(metrics)
 
     async def get(self, key: str) -> CachedAnswer | Unavailable | None:
         if self._down and time.monotonic() < self._down_until:
@@ -133,6 +135,7 @@ class ResponseCache:
             "available": not self._down,
             "in_flight": len(self._flights),
             "pending_stores": len(self._stores),
+            "semantic_entries": self.semantic.entries(),
         }
         if isinstance(self.backend, BoundedMemoryCache):
             view.update(

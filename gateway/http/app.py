@@ -19,7 +19,7 @@ from actors.tree import AUTH, LEDGER, LIMITER, ROUTER, LiveLayout, TreeLayout, g
 from gateway.cache.metrics import CacheMetrics
 from gateway.cache.store import ResponseCache
 from gateway.http import admin, admin_keys, admin_usage, handlers, health, openapi
-from gateway.http.caching import CACHE_HEADER
+from gateway.http.caching import CACHE_HEADER, SIMILARITY_HEADER
 from gateway.http.errors import (
     GatewayError,
     InternalError,
@@ -110,6 +110,8 @@ async def add_exchange_headers(request: web.Request, response: web.StreamRespons
         response.headers.update(exchange.rate_headers)
     if exchange.cache_status is not None:
         response.headers[CACHE_HEADER] = exchange.cache_status
+        if exchange.cache_similarity is not None:
+            response.headers[SIMILARITY_HEADER] = f"{exchange.cache_similarity:.4f}"
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

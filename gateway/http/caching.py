@@ -25,12 +25,15 @@ from actors.router.actor import RouteDecision
 from gateway.cache.answer import CachedAnswer, Kind
 from gateway.cache.capture import StreamCapture
 from gateway.cache.fingerprint import fingerprint, is_deterministic, namespace_of
+from gateway.cache.question import question_of
+from gateway.cache.semantic import SemanticPlan
 from gateway.http.state import STATE, GatewayState
 from gateway.upstream.exchange import Exchange
 from gateway.upstream.forward import forward
 from gateway.upstream.relay import SSE_HEADERS
 
 CACHE_HEADER = "x-citadel-cache"
+SIMILARITY_HEADER = "x-citadel-cache-similarity"  # a semantic hit's cosine similarity
 HIT, MISS, BYPASS = "hit", "miss", "bypass"
 _KINDS: dict[str, Kind] = {"/v1/chat/completions": "chat", "/v1/completions": "text"}
 
@@ -42,6 +45,7 @@ class CachePlan:
     kind: Kind
     ttl: float
     read: bool  # look it up (not under no-cache)
+    semantic: SemanticPlan | None = None  # similar questions too, after an exact miss
 
 
 def plan(
@@ -68,7 +72,16 @@ def plan(
     namespace = namespace_of(exchange.key_id, shared=policy.namespace == "shared")
     key = f"{namespace}:{fingerprint(body, call.path, decision.model)}"
     ttl = policy.ttl or state.config.cache.ttl
-    return CachePlan(key, decision.model, kind, ttl, read="no-cache" not in directives)
+    semantic = None
+    if policy.semantic is not None and kind == "chat":
+        question = question_of(body, policy.semantic.max_turns)
+        if question is not None:
+            text, rest = question
+            embedder = policy.semantic.embedding_model
+            partition = f"{namespace}:{embedder}:{fingerprint(rest, call.path, decision.model)}"
+            semantic = SemanticPlan(partition, text, policy.semantic)
+    read = "no-cache" not in directives
+    return CachePlan(key, decision.model, kind, ttl, read, semantic)
 
 
 async def serve(
@@ -84,11 +97,23 @@ async def serve(
     assert cache is not None  # plan() returns no plan without one
     metrics = cache.metrics
     leads = False
+    vector = None
     if plan.read:
         found = await cache.get(plan.key)
         if isinstance(found, CachedAnswer):
             metrics.lookups.labels(plan.model, HIT).inc()
             return await _answer(request, exchange, plan, found, subjects, tokens)
+        if found is None and plan.semantic is not None:
+            similar = await cache.semantic.find(state.router, plan.model, plan.semantic)
+            vector = similar.vector
+            if similar.match is not None:
+                answer = await cache.get(similar.match.key)
+                if isinstance(answer, CachedAnswer):
+                    metrics.lookups.labels(plan.model, HIT).inc()
+                    metrics.semantic.labels(plan.model, HIT).inc()
+                    exchange.cache_similarity = similar.match.similarity
+                    return await _answer(request, exchange, plan, answer, subjects, tokens)
+                metrics.semantic.labels(plan.model, MISS).inc()  # its answer expired
         if found is not None:  # unavailable: as if uncached
             metrics.lookups.labels(plan.model, "unavailable").inc()
             _bypass(state, exchange, None)
@@ -120,6 +145,8 @@ async def serve(
             answer = _answer_of(plan, response, capture)
             if answer is not None:
                 cache.put(plan.key, answer, plan.ttl, plan.model)
+                if vector is not None and plan.semantic is not None:
+                    cache.semantic.remember(plan.model, plan.semantic, vector, plan.key, plan.ttl)
         return response
     finally:
         if leads:

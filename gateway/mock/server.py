@@ -251,7 +251,7 @@ async def embeddings(request: web.Request) -> web.Response:
     dimensions = int(body.get("dimensions") or state.settings.embedding_dimensions)
     data = []
     for index, item in enumerate(items):
-        vector = embedding(json.dumps(item), dimensions)
+        vector = embedding(item if isinstance(item, str) else json.dumps(item), dimensions)
         value: Any = vector
         if body.get("encoding_format") == "base64":
             value = base64.b64encode(pack_float32(vector)).decode()

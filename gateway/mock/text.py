@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import struct
 from typing import Any
 
@@ -59,15 +60,17 @@ def count_tokens(value: Any) -> int:
 
 
 def embedding(text: str, dimensions: int) -> list[float]:
-    """A unit vector derived from the text's hash."""
-    values: list[float] = []
-    counter = 0
-    while len(values) < dimensions:
-        block = hashlib.sha256(f"{counter}:{text}".encode()).digest()
-        values.extend((b - 127.5) / 127.5 for b in block)
-        counter += 1
-    values = values[:dimensions]
-    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    """A unit vector of the text's words (feature hashing, case and punctuation ignored): texts
+    with the same words embed alike and texts sharing most of them are close, as a real
+    embedding model's paraphrases are (the semantic cache's fast tests rely on it)."""
+    values = [0.0] * dimensions
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        digest = hashlib.sha256(word.encode()).digest()
+        index = int.from_bytes(digest[:4], "big") % dimensions
+        values[index] += 1.0 if digest[4] & 1 else -1.0
+    if not any(values):
+        values[0] = 1.0
+    norm = math.sqrt(sum(v * v for v in values))
     return [round(v / norm, 6) for v in values]
 
 

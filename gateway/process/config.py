@@ -244,6 +244,20 @@ class GatewayConfig(BaseModel):
             has_store=auth.key_store is not None,
         )
 
+    @model_validator(mode="after")
+    def _embedding_models_exist(self) -> GatewayConfig:
+        """A semantic cache embeds with one of the gateway's own models."""
+        known = {name for m in self.models for name in (m.name, *m.aliases)}
+        for model in self.models:
+            policy = model.cache or self.cache.default
+            semantic = policy.semantic if policy.enabled else None
+            if semantic is not None and semantic.embedding_model not in known:
+                raise ValueError(
+                    f"models: {model.name}: cache.semantic.embedding_model "
+                    f"{semantic.embedding_model!r} is not a configured model"
+                )
+        return self
+
     def router_settings(self) -> RouterSettings:
         return RouterSettings(models=self.models, virtual_models=self.virtual_models)
 

@@ -84,6 +84,7 @@ class Exchange:
         "attempts",
         "backend",
         "blame",
+        "cache_similarity",
         "cache_status",
         "cached_tokens",
         "call",
@@ -146,6 +147,7 @@ class Exchange:
         # The response cache (gateway.http.caching): x-citadel-cache, what a hit saved (and
         # whether tokens-per-minute is charged for it), and a stream's events to store.
         self.cache_status: str | None = None
+        self.cache_similarity: float | None = None  # a semantic hit's
         self.cached_tokens: tuple[int, int] | None = None
         self.charge_cached = False
         self.capture: StreamCapture | None = None

@@ -1,0 +1,77 @@
+"""The semantic cache: similar questions answered with a cached answer.
+
+A cacheable chat request's question (system prompt and last user message) is embedded by the
+model's `semantic.embedding_model` and compared with the questions already answered in its
+partition: the same tenant, served model and embedding model, and exactly the same everything
+else (parameters, tools, earlier turns). A match needs the similarity threshold and the
+near-miss guard (gateway.cache.question); its answer is the exact cache's entry it points to,
+so an answer is stored once and an expired one is a miss. Any failure, or a call past
+`semantic.timeout`, is a miss: the request goes upstream as if uncached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from actors.kernel import ActorRef
+from gateway.cache.embedder import embed
+from gateway.cache.metrics import CacheMetrics
+from gateway.cache.question import same_question
+from gateway.cache.settings import SemanticPolicy
+from gateway.cache.vectors import Match, MemoryVectors
+
+
+@dataclass(frozen=True, slots=True)
+class SemanticPlan:
+    partition: str
+    text: str  # what is embedded
+    policy: SemanticPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    vector: list[float] | None  # the question's embedding, to index its answer under
+    match: Match | None  # a cached question it may share an answer with
+
+
+class SemanticIndex:
+    """The questions answered so far, one vector index per served model (in this process)."""
+
+    def __init__(self, metrics: CacheMetrics) -> None:
+        self._metrics = metrics
+        self._indexes: dict[str, MemoryVectors] = {}
+
+    async def find(self, router: ActorRef, model: str, plan: SemanticPlan) -> Found:
+        policy = plan.policy
+        lookups = self._metrics.semantic
+        try:
+            async with asyncio.timeout(policy.timeout):
+                vector = await embed(router, policy.embedding_model, plan.text, policy.timeout)
+                if vector is None:
+                    lookups.labels(model, "unavailable").inc()
+                    return Found(None, None)
+                index = self._indexes.get(model)
+                match = await index.nearest(plan.partition, vector) if index else None
+        except TimeoutError:
+            lookups.labels(model, "unavailable").inc()
+            return Found(None, None)
+        if match is None or match.similarity < policy.threshold:
+            lookups.labels(model, "miss").inc()
+            return Found(vector, None)
+        if not same_question(plan.text, match.text):
+            lookups.labels(model, "guarded").inc()
+            return Found(vector, None)
+        return Found(vector, match)
+
+    def remember(
+        self, model: str, plan: SemanticPlan, vector: list[float], key: str, ttl: float
+    ) -> None:
+        index = self._indexes.get(model)
+        if index is None:
+            index = self._indexes[model] = MemoryVectors(plan.policy.max_entries)
+        index.max_entries = plan.policy.max_entries
+        index.add(plan.partition, vector, key, plan.text, ttl)
+
+    def entries(self) -> dict[str, int]:
+        return {model: len(index) for model, index in self._indexes.items()}
