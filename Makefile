@@ -22,12 +22,16 @@ test: $(STAMP) test-deps
 # The real-server tier: llama-cpp-python's server and llama.cpp's llama-server, built once
 # per machine into a cache outside the checkout (the first build takes 10-30 minutes).
 REAL_SERVERS ?= $(HOME)/.cache/citadel-gateway/real-servers
+# A real embedding model (all-MiniLM-L6-v2 on torch, CPU) for the semantic cache's tests.
+EMBEDDINGS ?= $(HOME)/.cache/citadel-gateway/embedding-server
 
 real-servers:
 	PYTHON=$(PYTHON) ops/real_servers/install "$(REAL_SERVERS)"
+	PYTHON=$(PYTHON) ops/real_servers/install_embeddings "$(EMBEDDINGS)"
 
 test-real: $(STAMP) real-servers
-	CITADEL_REAL_SERVERS="$(REAL_SERVERS)" $(BIN)/python -m pytest -m real tests/real
+	CITADEL_REAL_SERVERS="$(REAL_SERVERS)" CITADEL_EMBEDDINGS="$(EMBEDDINGS)" \
+		$(BIN)/python -m pytest -m real tests/real
 
 # The Redis tests start private redis-servers (outages are never staged on the shared one).
 test-deps:

@@ -130,3 +130,42 @@ def start(installed: Installed, kind: str, log_dir: Path, name: str) -> RealServ
         if "address already in use" not in log.read_text(errors="replace").lower():
             break
     raise RuntimeError(f"{kind} did not start; its log: {log}\n{log.read_text()[-2000:]}")
+
+
+EMBEDDINGS_DIR_ENV = "CITADEL_EMBEDDINGS"
+DEFAULT_EMBEDDINGS_DIR = Path.home() / ".cache" / "citadel-gateway" / "embedding-server"
+EMBEDDING_NAME = "minilm"  # the name the embedding server answers to
+EMBEDDING_SERVER = Path(__file__).with_name("embedding_server.py")
+
+
+def embeddings_python() -> str:
+    """The embedding venv's python (ops/real_servers/install_embeddings), or an error that
+    says how to install it."""
+    home = Path(os.environ.get(EMBEDDINGS_DIR_ENV) or DEFAULT_EMBEDDINGS_DIR)
+    manifest = home / "embeddings.json"
+    if not manifest.exists():
+        raise RuntimeError(
+            f"the real embedding server is not installed ({manifest} is missing): run "
+            "`make real-servers` (or `make test-real`, which installs it first)"
+        )
+    return str(json.loads(manifest.read_text())["python"])
+
+
+def start_embeddings(python: str, log_dir: Path) -> RealServer:
+    """all-MiniLM-L6-v2 behind /v1/embeddings, once it answers /health."""
+    for _ in range(3):
+        port = _free_port()
+        log = log_dir / "embeddings.log"
+        command = [python, str(EMBEDDING_SERVER), "--port", str(port), "--name", EMBEDDING_NAME]
+        with log.open("wb") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        server = RealServer("openai-compatible", process, port, log)
+        deadline = time.monotonic() + START_TIMEOUT
+        while process.poll() is None and time.monotonic() < deadline:
+            if _ready(server):
+                return server
+            time.sleep(0.2)
+        server.stop()
+        if "address already in use" not in log.read_text(errors="replace").lower():
+            break
+    raise RuntimeError(f"the embedding server did not start; its log: {log}")
