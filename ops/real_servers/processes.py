@@ -16,6 +16,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,13 +114,16 @@ def _ready(server: RealServer) -> bool:
 
 def start(installed: Installed, kind: str, log_dir: Path, name: str) -> RealServer:
     """Start one server and wait until it answers its probe."""
+    return _launch(kind, lambda port: _command(installed, kind, port), log_dir / f"{name}.log")
+
+
+def _launch(kind: str, command: Callable[[int], list[str]], log: Path) -> RealServer:
+    """Run `command(port)` on a free port until it answers its probe; another port if the
+    one found free was taken before the server bound it."""
     for _ in range(3):
         port = _free_port()
-        log = log_dir / f"{name}.log"
         with log.open("wb") as out:
-            process = subprocess.Popen(
-                _command(installed, kind, port), stdout=out, stderr=subprocess.STDOUT
-            )
+            process = subprocess.Popen(command(port), stdout=out, stderr=subprocess.STDOUT)
         server = RealServer(kind, process, port, log)
         deadline = time.monotonic() + START_TIMEOUT
         while process.poll() is None and time.monotonic() < deadline:
@@ -153,19 +157,9 @@ def embeddings_python() -> str:
 
 def start_embeddings(python: str, log_dir: Path) -> RealServer:
     """all-MiniLM-L6-v2 behind /v1/embeddings, once it answers /health."""
-    for _ in range(3):
-        port = _free_port()
-        log = log_dir / "embeddings.log"
-        command = [python, str(EMBEDDING_SERVER), "--port", str(port), "--name", EMBEDDING_NAME]
-        with log.open("wb") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        server = RealServer("openai-compatible", process, port, log)
-        deadline = time.monotonic() + START_TIMEOUT
-        while process.poll() is None and time.monotonic() < deadline:
-            if _ready(server):
-                return server
-            time.sleep(0.2)
-        server.stop()
-        if "address already in use" not in log.read_text(errors="replace").lower():
-            break
-    raise RuntimeError(f"the embedding server did not start; its log: {log}")
+    script = str(EMBEDDING_SERVER)
+    return _launch(
+        "openai-compatible",
+        lambda port: [python, script, "--port", str(port), "--name", EMBEDDING_NAME],
+        log_dir / "embeddings.log",
+    )
