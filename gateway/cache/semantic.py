@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from actors.kernel import ActorRef
 from gateway.cache.embedder import embed
 from gateway.cache.metrics import CacheMetrics
+from gateway.cache.pgvectors import PgVectors, Unreachable
 from gateway.cache.question import same_question
-from gateway.cache.settings import SemanticPolicy
+from gateway.cache.settings import SemanticPolicy, VectorStoreSettings
 from gateway.cache.vectors import Match, MemoryVectors
 
 
@@ -38,9 +39,19 @@ class Found:
 class SemanticIndex:
     """The questions answered so far, one vector index per served model (in this process)."""
 
-    def __init__(self, metrics: CacheMetrics) -> None:
+    def __init__(
+        self, metrics: CacheMetrics, settings: VectorStoreSettings, *, timeout: float,
+        retry_after: float,
+    ) -> None:  # fmt: skip
         self._metrics = metrics
         self._indexes: dict[str, MemoryVectors] = {}
+        self.shared: PgVectors | None = None
+        if settings.backend == "pgvector":
+            assert settings.postgres_url is not None  # the settings' validator
+            self.shared = PgVectors(
+                settings.postgres_url, timeout=timeout, retry_after=retry_after,
+                ef_search=settings.ef_search,
+            )  # fmt: skip
 
     async def find(self, router: ActorRef, model: str, plan: SemanticPlan) -> Found:
         policy = plan.policy
@@ -51,9 +62,12 @@ class SemanticIndex:
                 if vector is None:
                     lookups.labels(model, "unavailable").inc()
                     return Found(None, None)
-                index = self._indexes.get(model)
-                match = await index.nearest(plan.partition, vector) if index else None
-        except TimeoutError:
+                if self.shared is not None:
+                    match = await self.shared.nearest(f"{model}:{plan.partition}", vector)
+                else:
+                    index = self._indexes.get(model)
+                    match = await index.nearest(plan.partition, vector) if index else None
+        except (TimeoutError, Unreachable):
             lookups.labels(model, "unavailable").inc()
             return Found(None, None)
         if match is None or match.similarity < policy.threshold:
@@ -67,11 +81,22 @@ class SemanticIndex:
     def remember(
         self, model: str, plan: SemanticPlan, vector: list[float], key: str, ttl: float
     ) -> None:
+        if self.shared is not None:
+            self.shared.add(f"{model}:{plan.partition}", vector, key, plan.text, ttl)
+            return
         index = self._indexes.get(model)
         if index is None:
             index = self._indexes[model] = MemoryVectors(plan.policy.max_entries)
         index.max_entries = plan.policy.max_entries
         index.add(plan.partition, vector, key, plan.text, ttl)
+
+    async def flush(self) -> None:
+        if self.shared is not None:
+            await self.shared.flush()
+
+    async def close(self) -> None:
+        if self.shared is not None:
+            await self.shared.close()
 
     def entries(self) -> dict[str, int]:
         return {model: len(index) for model, index in self._indexes.items()}

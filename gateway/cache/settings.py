@@ -59,6 +59,27 @@ class CachePolicy(BaseModel):
 OFF = CachePolicy(enabled=False)
 
 
+class VectorStoreSettings(BaseModel):
+    """Where the semantic cache's questions live: in each worker (memory), or in PostgreSQL
+    with pgvector, shared by every gateway on it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["memory", "pgvector"] = "memory"
+    postgres_url: str | None = Field(None, description="postgresql://…, for backend: pgvector")
+    ef_search: int = Field(
+        100, ge=1, le=1000, description="HNSW candidates per search: recall against latency"
+    )
+
+    @model_validator(mode="after")
+    def _pgvector_needs_url(self) -> VectorStoreSettings:
+        if self.backend == "pgvector":
+            url = urlsplit(self.postgres_url or "")
+            if url.scheme not in ("postgresql", "postgres"):
+                raise ValueError("backend: pgvector needs a postgresql:// postgres_url")
+        return self
+
+
 class CacheSettings(BaseModel):
     """Where cached answers live. Memory is per worker process; Redis is shared by every worker
     and gateway machine that points at it (its own `maxmemory` policy bounds it there)."""
@@ -68,6 +89,9 @@ class CacheSettings(BaseModel):
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str | None = Field(None, description="redis://host:port/db, for backend: redis")
     default: CachePolicy = Field(OFF, description="the policy of models without their own")
+    vectors: VectorStoreSettings = Field(
+        VectorStoreSettings(), description="the semantic cache's questions"
+    )
     ttl: float = Field(3600.0, gt=0, description="seconds an answer is kept")
     max_entries: int = Field(10_000, ge=1, description="answers kept in memory, per worker")
     max_bytes: int = Field(

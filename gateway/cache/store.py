@@ -50,7 +50,10 @@ class ResponseCache:
         self._down = False
         self._flights: dict[str, asyncio.Future[CachedAnswer | None]] = {}
         self._stores: set[asyncio.Task[None]] = set()
-        self.semantic = SemanticIndex(metrics)
+        self.semantic = SemanticIndex(
+            metrics, settings.vectors, timeout=settings.timeout * 4,
+            retry_after=settings.retry_after,
+        )  # fmt: skip
 
     async def get(self, key: str) -> CachedAnswer | Unavailable | None:
         if self._down and time.monotonic() < self._down_until:
@@ -151,6 +154,7 @@ class ResponseCache:
         """Until the stores pending now have ended (each within its deadline)."""
         if self._stores:
             await asyncio.wait(list(self._stores))
+        await self.semantic.flush()
 
     async def close(self) -> None:
         """Let pending stores finish (within their deadline), then close the connections."""
@@ -158,6 +162,7 @@ class ResponseCache:
             await asyncio.wait(list(self._stores), timeout=self.settings.timeout * 4)
         for task in list(self._stores):
             task.cancel()
+        await self.semantic.close()
         client = getattr(self.backend, "client", None)
         if isinstance(client, Redis):
             # aiocache 0.12 closes it with redis-py's deprecated close(); aclose() is current.

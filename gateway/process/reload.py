@@ -56,6 +56,7 @@ RESTART_ONLY: tuple[tuple[str, ...], ...] = (
     ("cache", "redis_url"),
     ("cache", "max_entries"),
     ("cache", "max_bytes"),
+    ("cache", "vectors"),
     ("logging", "level"),
     ("logging", "format"),
     ("connections", "idle_timeout"),

@@ -27,6 +27,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import uvloop
 import yaml
 from prometheus_client import CollectorRegistry
@@ -36,6 +37,7 @@ from gateway.cache.fingerprint import fingerprint
 from gateway.cache.metrics import CacheMetrics
 from gateway.cache.settings import CacheSettings
 from gateway.cache.store import ResponseCache
+from gateway.cache.vectors import MemoryVectors
 from ops.bench.rounds import measure, print_medians
 from ops.bench.run import WRK_SCRIPT, free_port, pinned, wait_listening
 
@@ -104,6 +106,21 @@ async def lookup_cost(settings: CacheSettings, calls: int) -> float:
         await cache.close()
 
 
+async def semantic_search_cost(entries: int, calls: int) -> float:
+    """Milliseconds per search of one partition of `entries` 384-d questions (the embedding
+    call comes on top: a round trip to the embedding model, and its compute)."""
+    rng = np.random.default_rng(3)
+    index = MemoryVectors(max_entries=entries)
+    vectors = rng.standard_normal((entries, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    for number, vector in enumerate(vectors):
+        index.add("p", vector.tolist(), f"k{number}", "q", ttl=3600)
+    started = time.perf_counter()
+    for number in range(calls):
+        assert await index.nearest("p", vectors[number % entries].tolist()) is not None
+    return (time.perf_counter() - started) / calls * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0)
@@ -158,6 +175,9 @@ def main() -> None:
     in_redis = uvloop.run(lookup_cost(CacheSettings(backend="redis", redis_url=args.redis), 5_000))
     print(f"\n- the lookup on a miss (parse, fingerprint, get), in memory: {in_memory:.1f} µs")
     print(f"- the lookup on a miss, in Redis (one round trip): {in_redis:.1f} µs")
+    for entries in (1_000, 10_000):
+        search = uvloop.run(semantic_search_cost(entries, 500))
+        print(f"- a semantic search of {entries:,} questions, in memory: {search:.2f} ms")
 
 
 if __name__ == "__main__":

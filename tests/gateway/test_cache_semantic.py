@@ -15,7 +15,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from gateway.cache.settings import CachePolicy, SemanticPolicy
+from gateway.cache.settings import CachePolicy, CacheSettings, SemanticPolicy
 from gateway.mock.faults import Fault
 from gateway.process.config import ConfigError, parse_config
 from tests.gateway.harness import Deployment, ModelPlan, deployment
@@ -24,13 +24,13 @@ from tests.gateway.test_metrics import scrape
 
 
 @asynccontextmanager
-async def semantic(**policy: Any) -> AsyncIterator[Deployment]:
+async def semantic(cache: CacheSettings | None = None, **policy: Any) -> AsyncIterator[Deployment]:
     settings = SemanticPolicy(**{"embedding_model": "embed", "threshold": 0.9, **policy})
     plans = [
         ModelPlan("m", cache=CachePolicy(semantic=settings), mock={"ttft": 0.0}),
         ModelPlan("embed", mock={"ttft": 0.0}),
     ]
-    async with deployment(plans, auth=keys()) as gw:
+    async with deployment(plans, auth=keys(), cache=cache) as gw:
         yield gw
 
 
