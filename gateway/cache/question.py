@@ -21,10 +21,13 @@ _NEGATIONS = frozenset(
 )
 
 
-def question_of(body: dict[str, Any], max_turns: int) -> tuple[str, dict[str, Any]] | None:
-    """(the text to embed, the rest of the request: every other field and the earlier turns),
-    or None when the request is not a question the semantic cache takes: not a chat, more
-    user turns than `max_turns`, a last message that is not the user's, content not text."""
+def question_of(
+    body: dict[str, Any], max_turns: int, *, with_system: bool = True
+) -> tuple[str, dict[str, Any]] | None:
+    """(the text to embed, the rest of the request: every other field and the earlier turns,
+    and the system prompt unless `with_system`), or None when the request is not a question
+    the semantic cache takes: not a chat, more user turns than `max_turns`, a last message
+    that is not the user's, content not text."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return None
@@ -38,7 +41,7 @@ def question_of(body: dict[str, Any], max_turns: int) -> tuple[str, dict[str, An
     for message in messages[:-1]:
         if not isinstance(message, dict):
             return None
-        if message.get("role") in _SYSTEM_ROLES:
+        if with_system and message.get("role") in _SYSTEM_ROLES:
             text = _text(message.get("content"))
             if text is None:
                 return None

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+import structlog
+
 from actors.kernel import ActorRef
 from gateway.cache.embedder import embed
 from gateway.cache.metrics import CacheMetrics
@@ -21,6 +23,8 @@ from gateway.cache.pgvectors import PgVectors, Unreachable
 from gateway.cache.question import same_question
 from gateway.cache.settings import SemanticPolicy, VectorStoreSettings
 from gateway.cache.vectors import Match, MemoryVectors
+
+log = structlog.get_logger("gateway.cache.semantic")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,7 @@ class SemanticIndex:
     ) -> None:  # fmt: skip
         self._metrics = metrics
         self._indexes: dict[str, MemoryVectors] = {}
+        self._failing: set[str] = set()  # embedding models whose last call failed
         self.shared: PgVectors | None = None
         if settings.backend == "pgvector":
             assert settings.postgres_url is not None  # the settings' validator
@@ -61,13 +66,19 @@ class SemanticIndex:
                 vector = await embed(router, policy.embedding_model, plan.text, policy.timeout)
                 if vector is None:
                     lookups.labels(model, "unavailable").inc()
+                    self._embedding_failed(policy.embedding_model)
                     return Found(None, None)
+                self._embedding_works(policy.embedding_model)
                 if self.shared is not None:
                     match = await self.shared.nearest(f"{model}:{plan.partition}", vector)
                 else:
                     index = self._indexes.get(model)
                     match = await index.nearest(plan.partition, vector) if index else None
-        except (TimeoutError, Unreachable):
+        except TimeoutError:
+            lookups.labels(model, "unavailable").inc()
+            self._embedding_failed(policy.embedding_model)
+            return Found(None, None)
+        except Unreachable:  # logged by the store, once per outage
             lookups.labels(model, "unavailable").inc()
             return Found(None, None)
         if match is None or match.similarity < policy.threshold:
@@ -77,6 +88,17 @@ class SemanticIndex:
             lookups.labels(model, "guarded").inc()
             return Found(vector, None)
         return Found(vector, match)
+
+    def _embedding_failed(self, embedding_model: str) -> None:
+        """Logged once per outage of the embedding model, not once per request."""
+        if embedding_model not in self._failing:
+            self._failing.add(embedding_model)
+            log.warning("semantic_embedding_unavailable", embedding_model=embedding_model)
+
+    def _embedding_works(self, embedding_model: str) -> None:
+        if embedding_model in self._failing:
+            self._failing.discard(embedding_model)
+            log.info("semantic_embedding_available", embedding_model=embedding_model)
 
     def remember(
         self, model: str, plan: SemanticPlan, vector: list[float], key: str, ttl: float

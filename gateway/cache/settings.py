@@ -19,6 +19,11 @@ class SemanticPolicy(BaseModel):
     threshold: float = Field(
         0.95, gt=0, le=1, description="the cosine similarity a cached question must reach"
     )
+    embed: Literal["system_and_question", "question"] = Field(
+        "system_and_question",
+        description="what is compared by meaning: the system prompt and the last user "
+        "message, or the last user message only (the system prompt then matches exactly)",
+    )
     max_turns: int = Field(
         1, ge=1, le=64, description="longer conversations (user messages) are not cached"
     )

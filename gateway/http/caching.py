@@ -74,7 +74,8 @@ def plan(
     ttl = policy.ttl or state.config.cache.ttl
     semantic = None
     if policy.semantic is not None and kind == "chat":
-        question = question_of(body, policy.semantic.max_turns)
+        with_system = policy.semantic.embed == "system_and_question"
+        question = question_of(body, policy.semantic.max_turns, with_system=with_system)
         if question is not None:
             text, rest = question
             embedder = policy.semantic.embedding_model

@@ -5,6 +5,7 @@ Cache-Control, coalesced, and only complete answers stored."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +19,8 @@ from actors.auth.keys import KeyScopes, new_key
 from actors.ledger.actor import LedgerSettings
 from gateway.cache.settings import CachePolicy, CacheSettings
 from gateway.mock.faults import Fault, FaultMode
-from gateway.process.config import AuthSettings, ConfiguredKey
+from gateway.process.config import AuthSettings, ConfiguredKey, LoggingSettings
+from gateway.process.observability import BufferedLineLogger
 from tests.gateway.harness import (
     ADMIN_KEY,
     READ_TIMEOUT_S,
@@ -53,10 +55,13 @@ async def cached(
     settings: CacheSettings | None = None,
     scopes: KeyScopes | None = None,
     usage: LedgerSettings | None = None,
+    logging: LoggingSettings | None = None,
     **mock: Any,
 ) -> AsyncIterator[Deployment]:
     plan = ModelPlan("m", cache=policy or CachePolicy(), mock={"ttft": 0.0, **mock})
-    async with deployment([plan], auth=keys(scopes), cache=settings, usage=usage) as gw:
+    async with deployment(
+        [plan], auth=keys(scopes), cache=settings, usage=usage, logging=logging
+    ) as gw:
         yield gw
 
 
@@ -335,3 +340,26 @@ async def test_the_admin_api_shows_the_cache_and_its_policies() -> None:
         assert view["entries"] == 1
         assert view["bytes"] > 0
         assert view["models"]["m"]["namespace"] == "key"
+
+
+async def test_the_access_log_says_hit_miss_or_bypass_and_the_tokens_saved(
+    capfd: pytest.CaptureFixture[str], production_logging: BufferedLineLogger
+) -> None:
+    async with cached(logging=LoggingSettings(access_log=True)) as gw, sdk(gw) as client:
+        await ask(client, headers={"X-Request-ID": "cache-miss"})
+        await stored(gw)
+        await ask(client, headers={"X-Request-ID": "cache-hit"})
+        await ask(client, temperature=0.5, headers={"X-Request-ID": "cache-bypass"})
+    production_logging.flush()
+    lines = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line[:1] == "{"]
+    access = {
+        line["request_id"]: line
+        for line in lines
+        if line.get("event") == "request" and line["request_id"].startswith("cache-")
+    }
+    assert {rid: line["cache"] for rid, line in access.items()} == {
+        "cache-miss": "miss", "cache-hit": "hit", "cache-bypass": "bypass"
+    }  # fmt: skip
+    assert access["cache-hit"]["backend"] == "cache"
+    assert access["cache-hit"]["saved_tokens"] == access["cache-miss"]["prompt_tokens"] + 8
+    assert access["cache-miss"]["saved_tokens"] is None

@@ -6,6 +6,7 @@ Real paraphrases, with a real embedding model: tests/real/test_real_semantic.py.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from gateway.cache.settings import CachePolicy, CacheSettings, SemanticPolicy
 from gateway.mock.faults import Fault
 from gateway.process.config import ConfigError, parse_config
+from gateway.process.observability import BufferedLineLogger
 from tests.gateway.harness import Deployment, ModelPlan, deployment
 from tests.gateway.test_cache import KEY_B, keys, sdk, stored
 from tests.gateway.test_metrics import scrape
@@ -127,7 +129,9 @@ async def test_conversations_longer_than_max_turns_are_not_looked_up() -> None:
         assert gw.mocks["embed"][0].state.stats.requests == 0
 
 
-async def test_an_embedding_model_that_fails_or_hangs_is_a_miss_not_an_error() -> None:
+async def test_an_embedding_model_that_fails_or_hangs_is_a_miss_not_an_error(
+    capfd: pytest.CaptureFixture[str], production_logging: BufferedLineLogger
+) -> None:
     async with semantic(timeout=0.3) as gw, sdk(gw) as client:
         embedder = gw.mocks["embed"][0].state
         embedder.set_fault(Fault(mode="error", status=500))
@@ -141,6 +145,28 @@ async def test_an_embedding_model_that_fails_or_hangs_is_a_miss_not_an_error() -
         assert text
         assert time.monotonic() - started < 3  # the deadline (0.3 s), not the hang
         assert (await semantic_results(gw)).get("unavailable") == 2.0
+        embedder.set_fault(Fault())
+        await ask(client, user("What is the capital of Italy?"))
+    production_logging.flush()
+    events = [
+        json.loads(line).get("event")
+        for line in capfd.readouterr().out.splitlines()
+        if line[:1] == "{"
+    ]
+    # Logged once per outage, not once per request.
+    assert events.count("semantic_embedding_unavailable") == 1
+    assert events.count("semantic_embedding_available") == 1
+
+
+async def test_only_the_question_may_be_compared_by_meaning() -> None:
+    def asked(system: str, question: str) -> list[ChatCompletionMessageParam]:
+        return [{"role": "system", "content": system}, *user(question)]
+
+    async with semantic(embed="question") as gw, sdk(gw) as client:
+        await ask(client, asked("Be brief.", "What is the capital of France?"))
+        await stored(gw)
+        assert (await ask(client, asked("Be brief.", "what is the capital of FRANCE")))[0] == "hit"
+        assert (await ask(client, asked("Be kind.", "what is the capital of FRANCE")))[0] == "miss"
 
 
 def test_the_embedding_model_must_be_configured() -> None:
