@@ -11,6 +11,7 @@ from pathlib import Path
 import structlog
 
 from actors.ledger.actor import LedgerSettings
+from gateway.cache.settings import CachePolicy, CacheSettings
 from gateway.mock.server import MockSettings, create_mock_app
 from gateway.process.config import AuthSettings, GatewayConfig
 from gateway.process.defaults import (
@@ -36,6 +37,9 @@ def demo_config(listen: str = "127.0.0.1:8000", state: Path | None = None) -> Ga
             key_store=str(state / "keys.db") if state else None,
         ),
         usage=LedgerSettings(path=str(state / "usage.db")) if state else None,
+        # Deterministic requests (temperature 0, or a seed) cached in memory: send one twice
+        # and the second says x-citadel-cache: hit.
+        cache=CacheSettings(default=CachePolicy()),
     )
 
 
@@ -64,6 +68,12 @@ API key: {DEMO_API_KEY}    admin key: {DEMO_ADMIN_KEY}
        -H "Content-Type: application/json" \\
        -d '{{"model": "phi-3-mini", "stream": true,
             "messages": [{{"role": "user", "content": "Hi"}}]}}'
+
+  # Deterministic requests are cached: run this twice, the second says x-citadel-cache: hit
+  curl -si {url}/v1/chat/completions -H "Authorization: Bearer {DEMO_API_KEY}" \
+       -H "Content-Type: application/json" \
+       -d '{{"model": "phi-3-mini", "temperature": 0,
+            "messages": [{{"role": "user", "content": "Hi"}}]}}' | grep -i x-citadel-cache
 
   curl {url}/admin/actors -H "Authorization: Bearer {DEMO_ADMIN_KEY}"
   curl {url}/metrics
