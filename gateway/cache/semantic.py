@@ -22,7 +22,7 @@ from gateway.cache.metrics import CacheMetrics
 from gateway.cache.pgvectors import PgVectors, Unreachable
 from gateway.cache.question import same_question
 from gateway.cache.settings import SemanticPolicy, VectorStoreSettings
-from gateway.cache.vectors import Match, MemoryVectors
+from gateway.cache.vectors import Match, MemoryVectors, VectorStore
 
 log = structlog.get_logger("gateway.cache.semantic")
 
@@ -61,22 +61,20 @@ class SemanticIndex:
     async def find(self, router: ActorRef, model: str, plan: SemanticPlan) -> Found:
         policy = plan.policy
         lookups = self._metrics.semantic
+        vector = None
         try:
             async with asyncio.timeout(policy.timeout):
                 vector = await embed(router, policy.embedding_model, plan.text, policy.timeout)
                 if vector is None:
-                    lookups.labels(model, "unavailable").inc()
-                    self._embedding_failed(policy.embedding_model)
-                    return Found(None, None)
+                    raise TimeoutError("no embedding")  # failed: the same as too slow
                 self._embedding_works(policy.embedding_model)
-                if self.shared is not None:
-                    match = await self.shared.nearest(f"{model}:{plan.partition}", vector)
-                else:
-                    index = self._indexes.get(model)
-                    match = await index.nearest(plan.partition, vector) if index else None
+                store = self._store(model, policy, create=False)
+                partition = f"{model}:{plan.partition}"
+                match = await store.nearest(partition, vector) if store is not None else None
         except TimeoutError:
             lookups.labels(model, "unavailable").inc()
-            self._embedding_failed(policy.embedding_model)
+            if vector is None:
+                self._embedding_failed(policy.embedding_model)
             return Found(None, None)
         except Unreachable:  # logged by the store, once per outage
             lookups.labels(model, "unavailable").inc()
@@ -88,6 +86,17 @@ class SemanticIndex:
             lookups.labels(model, "guarded").inc()
             return Found(vector, None)
         return Found(vector, match)
+
+    def _store(self, model: str, policy: SemanticPolicy, *, create: bool) -> VectorStore | None:
+        """The shared store, or this process's index of the model's questions."""
+        if self.shared is not None:
+            return self.shared
+        index = self._indexes.get(model)
+        if index is None and create:
+            index = self._indexes[model] = MemoryVectors(policy.max_entries)
+        if index is not None:
+            index.max_entries = policy.max_entries  # a reload may have changed it
+        return index
 
     def _embedding_failed(self, embedding_model: str) -> None:
         """Logged once per outage of the embedding model, not once per request."""
@@ -103,14 +112,9 @@ class SemanticIndex:
     def remember(
         self, model: str, plan: SemanticPlan, vector: list[float], key: str, ttl: float
     ) -> None:
-        if self.shared is not None:
-            self.shared.add(f"{model}:{plan.partition}", vector, key, plan.text, ttl)
-            return
-        index = self._indexes.get(model)
-        if index is None:
-            index = self._indexes[model] = MemoryVectors(plan.policy.max_entries)
-        index.max_entries = plan.policy.max_entries
-        index.add(plan.partition, vector, key, plan.text, ttl)
+        store = self._store(model, plan.policy, create=True)
+        assert store is not None  # created
+        store.add(f"{model}:{plan.partition}", vector, key, plan.text, ttl)
 
     async def flush(self) -> None:
         if self.shared is not None:

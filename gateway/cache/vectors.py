@@ -15,6 +15,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +36,16 @@ class _Partition:
     @property
     def size(self) -> int:
         return len(self.keys)
+
+
+class VectorStore(Protocol):
+    """What the semantic cache needs of a vector store: this module's, per process, or
+    PostgreSQL's (gateway.cache.pgvectors), shared."""
+
+    async def nearest(self, partition: str, vector: list[float]) -> Match | None: ...
+
+    def add(self, partition: str, vector: list[float], key: str, text: str, ttl: float) -> None:
+        """Index `vector` (a question's, `text`) for the answer stored under `key`."""
 
 
 @dataclass(frozen=True, slots=True)
