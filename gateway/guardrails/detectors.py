@@ -30,18 +30,56 @@ class Detector:
     pattern: re.Pattern[str]
     max_length: int  # the longest text a match can be: a stream's window holds this much
     valid: Callable[[str], bool] = lambda text: True
-    # A cheap test (substring searches, in C) that a text may hold a match at all: most
-    # prompts have no "@" and no key prefix, and the pattern's scan is skipped for them.
-    may_hold: Callable[[str], bool] = lambda text: True
+    # A cheap test (substring searches and the text's digit count, in C) that a text may hold
+    # a match at all: most prompts have no "@", no key prefix and few digits, and the
+    # pattern's scan (tens of microseconds for 2 KB) is skipped for them.
+    may_hold: Callable[[str, int], bool] = lambda text, digits: True
+    # Matches are runs of digits and separators (cards, phones, IPv4): the pattern runs only
+    # over the text's digit clusters (`clusters`), found once for every such detector.
+    in_clusters: bool = False
+    needs_cluster: bool = False  # a match holds a digit cluster (an IBAN's account number)
 
-    def find(self, text: str) -> list[Span]:
-        if not self.may_hold(text):
+    def find(
+        self,
+        text: str,
+        digits: int | None = None,
+        clusters: list[tuple[int, int]] | None = None,
+    ) -> list[Span]:
+        if not self.may_hold(text, count_digits(text) if digits is None else digits):
             return []
+        if self.needs_cluster and clusters is not None and not clusters:
+            return []
+        if not self.in_clusters:
+            matches = list(self.pattern.finditer(text))
+        else:
+            end = len(text)
+            matches = [
+                match
+                for start, stop in (digit_clusters(text) if clusters is None else clusters)
+                # Two characters past the cluster: what the pattern's look-ahead reads.
+                for match in self.pattern.finditer(text, start, min(end, stop + 2))
+            ]
         return [
             Span(match.start(), match.end(), self.name)
-            for match in self.pattern.finditer(text)
+            for match in matches
             if self.valid(match.group())
         ]
+
+
+_NO_DIGITS = str.maketrans("", "", "0123456789")
+
+
+def count_digits(text: str) -> int:
+    return len(text) - len(text.translate(_NO_DIGITS))
+
+
+# A run of at least 7 characters of digits and the separators cards, phone numbers and IPv4
+# addresses use, starting with a digit, "(" or "+" and ending with a digit.
+_CLUSTER = re.compile(r"[\d(+][\d .()+-]{5,}\d")
+
+
+def digit_clusters(text: str) -> list[tuple[int, int]]:
+    return [match.span() for match in _CLUSTER.finditer(text)]
 
 
 def luhn(text: str) -> bool:
@@ -93,7 +131,7 @@ EMAIL = Detector(
         r"[A-Za-z]{2,24}" + _NOT_WORD_AFTER
     ),
     max_length=320,
-    may_hold=lambda text: "@" in text,
+    may_hold=lambda text, digits: "@" in text,
 )
 PHONE = Detector(
     "phone",
@@ -105,6 +143,8 @@ PHONE = Detector(
     ),
     max_length=24,
     valid=phone,
+    in_clusters=True,
+    may_hold=lambda text, digits: digits >= 9,
 )
 CARD = Detector(
     "payment_card",
@@ -112,6 +152,8 @@ CARD = Detector(
     re.compile(r"(?<![\d-])\d{4}(?:[ -]?\d{3,4}){2,3}(?:[ -]?\d{1,4})?(?![\d-])"),
     max_length=23,
     valid=luhn,
+    in_clusters=True,
+    may_hold=lambda text, digits: digits >= 13,
 )
 IBAN = Detector(
     "iban",
@@ -119,6 +161,8 @@ IBAN = Detector(
     re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9])"),
     max_length=42,
     valid=iban,
+    may_hold=lambda text, digits: digits >= 4,  # 2 check digits and a numeric bank code
+    needs_cluster=True,
 )
 IPV4 = Detector(
     "ip_address",
@@ -126,6 +170,8 @@ IPV4 = Detector(
     re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.]*\d)"),
     max_length=15,
     valid=ip_address,
+    in_clusters=True,
+    may_hold=lambda text, digits: digits >= 4 and "." in text,
 )
 IPV6 = Detector(
     "ip_address",
@@ -133,7 +179,7 @@ IPV6 = Detector(
     re.compile(r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![0-9A-Fa-f:])"),
     max_length=39,
     valid=lambda text: text.count(":") >= 2 and text != "::" and ip_address(text),
-    may_hold=lambda text: "::" in text or text.count(":") >= 2,
+    may_hold=lambda text, digits: "::" in text or text.count(":") >= 2,
 )
 _KEY_PREFIXES = ("sk-", "AKIA", "gh", "github_pat_", "xox", "AIza", "eyJ")
 API_KEY = Detector(
@@ -152,7 +198,7 @@ API_KEY = Detector(
         r")(?![A-Za-z0-9_-])"
     ),
     max_length=1024,
-    may_hold=lambda text: any(prefix in text for prefix in _KEY_PREFIXES),
+    may_hold=lambda text, digits: any(prefix in text for prefix in _KEY_PREFIXES),
 )
 PRIVATE_KEY = Detector(
     "private_key",
@@ -162,7 +208,7 @@ PRIVATE_KEY = Detector(
         r"-----END (?:[A-Z]+ )?PRIVATE KEY-----"
     ),
     max_length=16384 + 80,
-    may_hold=lambda text: "PRIVATE KEY-----" in text,
+    may_hold=lambda text, digits: "PRIVATE KEY-----" in text,
 )
 
 BUILT_IN: tuple[Detector, ...] = (PRIVATE_KEY, API_KEY, EMAIL, IBAN, CARD, IPV4, IPV6, PHONE)
@@ -172,8 +218,10 @@ def find_all(text: str, detectors: tuple[Detector, ...] = BUILT_IN) -> list[Span
     """Every detector's spans, without overlaps: where two overlap, the one found first in
     `detectors`' order wins (a key is not also a phone number), then the earliest."""
     taken: list[Span] = []
+    digits = count_digits(text)
+    clusters = digit_clusters(text) if digits >= 4 else []
     for detector in detectors:
-        for span in detector.find(text):
+        for span in detector.find(text, digits, clusters):
             if all(span.end <= other.start or span.start >= other.end for other in taken):
                 taken.append(span)
     return sorted(taken, key=lambda span: span.start)

@@ -29,7 +29,10 @@ PEM = (
 )
 FOUND: dict[str, tuple[Detector, list[str]]] = {
     "email": (EMAIL, ["ada@example.com", "first.last+tag@mail.example.co.uk", "x_y@a-b.io"]),
-    "phone": (PHONE, ["+44 20 7946 0958", "(212) 555-0143", "+1-202-555-0173", "030 1234 5678"]),
+    "phone": (
+        PHONE,
+        ["+44 20 7946 0958", "(212) 555-0143", "+1-202-555-0173", "030 1234 5678", "08-123 45 67"],
+    ),
     "card": (CARD, ["4111 1111 1111 1111", "5500-0000-0000-0004", "378282246310005"]),
     "iban": (
         IBAN,
@@ -113,3 +116,13 @@ def test_plain_prose_has_nothing_to_find() -> None:
         "25 ms at 1,000 requests per second, on 2 cores. See section 4.1.2 for details."
     )
     assert find_all(prose, BUILT_IN) == []
+
+
+@pytest.mark.parametrize("name", FOUND)
+def test_the_shortcuts_of_find_all_drop_no_example(name: str) -> None:
+    """find_all skips a detector's scan when the text cannot hold its match (no "@", too few
+    digits, no digit cluster): none of the examples may be skipped."""
+    detector, examples = FOUND[name]
+    for example in examples:
+        text = f"Contact: {example}, thanks."
+        assert [text[s.start : s.end] for s in find_all(text, (detector,))] == [example], example
