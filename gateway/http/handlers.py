@@ -16,6 +16,7 @@ from gateway.http.asks import ask
 from gateway.http.auth import allowed_models, authenticate, require_model
 from gateway.http.body import later_continue, read_body
 from gateway.http.errors import InvalidRequest, NotFound
+from gateway.http.guarding import guard_input
 from gateway.http.limiter import subjects_of
 from gateway.http.schemas import (
     ChatCompletionRequest,
@@ -110,6 +111,9 @@ async def _forward(
     refuse_unservable(decision, call)
     model_limits = state.model_limits.get(decision.model, NO_LIMITS)
     subjects = subjects_of(principal, decision.model, model_limits)
+    rules = state.input_rules.get(decision.model)
+    if rules:
+        guard_input(state, exchange, decision.model, rules)
     cache_plan = caching.plan(state, request, exchange, decision)
     if cache_plan is not None:
         return await caching.serve(request, exchange, cache_plan, subjects, tokens)

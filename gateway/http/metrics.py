@@ -108,6 +108,12 @@ class GatewayMetrics:
             ["kind"],
             registry=registry,
         )
+        self.guardrail_hits = Counter(
+            "citadel_guardrail_hits",
+            "Guardrail rules that matched, by rule id, direction, action and served model.",
+            ["rule", "direction", "action", "model"],
+            registry=registry,
+        )
         self.auth_failures = Counter(
             "citadel_auth_failures",
             "Requests refused for a missing or wrong key.",

@@ -14,6 +14,7 @@ from actors.limiter.local import LimitSpec
 from actors.tree import LiveLayout
 from gateway.cache.settings import CachePolicy
 from gateway.cache.store import ResponseCache
+from gateway.guardrails.engine import CompiledRule, input_rules
 from gateway.http.metrics import GatewayMetrics
 from gateway.process.config import GatewayConfig
 
@@ -73,6 +74,7 @@ class GatewayState:
     canonical: dict[str, str] = field(default_factory=dict)  # id, alias or virtual -> model
     virtual: frozenset[str] = frozenset()  # the virtual models' names
     cache_policies: dict[str, CachePolicy] = field(default_factory=dict)  # model -> policy
+    input_rules: dict[str, tuple[CompiledRule, ...]] = field(default_factory=dict)  # model ->
 
     def __post_init__(self) -> None:
         self.use(self.config)
@@ -94,6 +96,11 @@ class GatewayState:
             m.name: m.cache or config.cache.default
             for m in config.models
             if (m.cache or config.cache.default).enabled
+        }
+        self.input_rules = {
+            m.name: rules
+            for m in config.models
+            if (rules := input_rules(config.guardrails, m.guardrails))
         }
         if self.cache is not None:
             self.cache.settings = config.cache  # its backend and bounds: restart only

@@ -31,6 +31,7 @@ from actors.limiter.actor import LimiterSettings
 from actors.router.actor import ModelSettings, RouterSettings
 from actors.router.rules import VirtualModelSettings
 from gateway.cache.settings import CachePolicy, CacheSettings
+from gateway.guardrails.settings import Policy
 
 CONFIG_ENV = "CITADEL_CONFIG"
 
@@ -200,6 +201,7 @@ class GatewayModel(ModelSettings):
     cache: CachePolicy | None = Field(
         None, description="which of its requests are cached (default: cache.default)"
     )
+    guardrails: tuple[str, ...] = Field((), description="the guardrail policies it applies")
 
 
 class GatewayConfig(BaseModel):
@@ -217,6 +219,7 @@ class GatewayConfig(BaseModel):
     workers: int = Field(1, ge=1, le=256, description="gateway processes sharing the port")
     usage: LedgerSettings | None = Field(None, description="the usage ledger (SQLite)")
     cache: CacheSettings = Field(CacheSettings(), description="the response cache")
+    guardrails: tuple[Policy, ...] = Field((), description="named guardrail policies")
 
     @field_validator("listen")
     @classmethod
@@ -243,6 +246,17 @@ class GatewayConfig(BaseModel):
             cache_ttl=auth.cache_ttl,
             has_store=auth.key_store is not None,
         )
+
+    @model_validator(mode="after")
+    def _guardrails_exist(self) -> GatewayConfig:
+        names = [policy.name for policy in self.guardrails]
+        if len(names) != len(set(names)):
+            raise ValueError("guardrails: each policy name may appear once")
+        for model in self.models:
+            for name in model.guardrails:
+                if name not in names:
+                    raise ValueError(f"models: {model.name}: no guardrail policy named {name!r}")
+        return self
 
     @model_validator(mode="after")
     def _embedding_models_exist(self) -> GatewayConfig:

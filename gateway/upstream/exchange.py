@@ -93,6 +93,7 @@ class Exchange:
         "decision",
         "error_status",
         "first_byte_at",
+        "guardrails",
         "key_id",
         "model",
         "rate_headers",
@@ -151,6 +152,7 @@ class Exchange:
         self.cached_tokens: tuple[int, int] | None = None
         self.charge_cached = False
         self.capture: StreamCapture | None = None
+        self.guardrails: tuple[str, ...] = ()  # the ids of the guardrail rules that fired
 
     @property
     def state(self) -> GatewayState:
@@ -293,6 +295,7 @@ class Exchange:
             completion_tokens=self.usage[1] if self.usage else None,
             usage_estimated=self.usage_estimated or None,
             cache=self.cache_status,
+            guardrails=list(self.guardrails) or None,
             saved_tokens=sum(self.cached_tokens) if self.cached_tokens else None,
             latency_ms=round(elapsed * 1000, 3),
         )

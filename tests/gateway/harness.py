@@ -20,6 +20,7 @@ from actors.ledger.actor import LedgerSettings
 from actors.router.actor import RoutingSettings
 from actors.router.rules import VirtualModelSettings
 from gateway.cache.settings import CachePolicy, CacheSettings
+from gateway.guardrails.settings import Policy
 from gateway.http.state import STATE, GatewayState
 from gateway.mock.server import MOCK_STATE, MockSettings, MockState, create_mock_app
 from gateway.process.config import (
@@ -120,6 +121,7 @@ class ModelPlan:
     context_fallback: str | None = None
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     cache: CachePolicy | None = None
+    guardrails: tuple[str, ...] = ()
 
 
 @asynccontextmanager
@@ -135,6 +137,7 @@ async def deployment(
     auth: AuthSettings | None = None,
     usage: LedgerSettings | None = None,
     cache: CacheSettings | None = None,
+    guardrails: tuple[Policy, ...] = (),
 ) -> AsyncIterator[Deployment]:
     started: list[RunningServer] = []
     mocks: dict[str, list[Mock]] = {}
@@ -161,6 +164,7 @@ async def deployment(
                 GatewayModel(
                     name=plan.name,
                     cache=plan.cache,
+                    guardrails=plan.guardrails,
                     aliases=plan.aliases,
                     context_window=plan.context_window,
                     backends=tuple(backends),
@@ -181,6 +185,7 @@ async def deployment(
             connections=connections or ConnectionSettings(),
             usage=usage,
             cache=cache or CacheSettings(),
+            guardrails=guardrails,
         )
         gateway = await start_gateway(config)
         try:

@@ -1,0 +1,87 @@
+"""Guardrail policies in the YAML: named sets of rules, referenced by models.
+
+```yaml
+guardrails:
+  - name: pii
+    rules:
+      - {id: no-cards, detector: payment_card, direction: input, action: block}
+      - {id: emails, detector: email, direction: input, action: redact}
+      - {id: internal, regex: "PROJECT-[0-9]{4}", direction: input, action: log}
+models:
+  - name: mixtral-8x7b
+    guardrails: [pii]
+```
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gateway.guardrails.detectors import BUILT_IN
+
+DETECTORS = sorted({detector.name for detector in BUILT_IN})
+_RULE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+class Rule(BaseModel):
+    """One detector (built-in, an operator's regex, or a word list), where it applies and
+    what happens on a match. Its id is what logs and metrics show: never the matched text."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    detector: str | None = Field(None, description=f"a built-in: {', '.join(DETECTORS)}")
+    regex: str | None = Field(None, description="an operator's pattern (Python syntax)")
+    words: tuple[str, ...] = Field((), description="words matched whole, case ignored")
+    # Output rules (answers and streams) are not built yet: refused rather than ignored.
+    direction: Literal["input"] = "input"
+    action: Literal["block", "redact", "log"] = "log"
+    placeholder: str | None = Field(None, max_length=64, description="what redact writes")
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, rule_id: str) -> str:
+        if not _RULE_ID.fullmatch(rule_id):
+            raise ValueError("1-64 of letters, digits and ._:-")
+        return rule_id
+
+    @field_validator("detector")
+    @classmethod
+    def _known_detector(cls, detector: str | None) -> str | None:
+        if detector is not None and detector not in DETECTORS:
+            raise ValueError(f"unknown detector {detector!r}: one of {', '.join(DETECTORS)}")
+        return detector
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, regex: str | None) -> str | None:
+        if regex is not None:
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                raise ValueError(f"not a valid regex: {exc}") from None
+        return regex
+
+    @model_validator(mode="after")
+    def _one_detector(self) -> Rule:
+        given = [self.detector is not None, self.regex is not None, bool(self.words)]
+        if sum(given) != 1:
+            raise ValueError("a rule has exactly one of detector, regex or words")
+        return self
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    rules: tuple[Rule, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Policy:
+        ids = [rule.id for rule in self.rules]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"guardrails {self.name}: each rule id may appear once")
+        return self

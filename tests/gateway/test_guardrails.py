@@ -1,0 +1,147 @@
+"""Input guardrails with the official SDK: a model's policy blocks, redacts or logs what its
+rules match in the prompt, before anything reaches the model service; the rule's id is
+counted and logged, never the text it matched."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from gateway.guardrails.settings import Policy, Rule
+from gateway.process.config import ConfigError, LoggingSettings, parse_config
+from gateway.process.observability import BufferedLineLogger
+from tests.gateway.harness import API_KEY, READ_TIMEOUT_S, Deployment, ModelPlan, deployment
+from tests.gateway.test_metrics import scrape
+
+POLICY = Policy(
+    name="pii",
+    rules=(
+        Rule(id="no-cards", detector="payment_card", action="block"),
+        Rule(id="emails", detector="email", action="redact"),
+        Rule(id="code-names", words=("bluebird", "nightjar"), action="redact"),
+        Rule(id="tickets", regex=r"TICKET-\d{4}", action="log"),
+    ),
+)
+EMAIL = "ada.lovelace@example.com"
+
+
+@asynccontextmanager
+async def guarded(logging: LoggingSettings | None = None) -> AsyncIterator[Deployment]:
+    plans = [ModelPlan("m", guardrails=("pii",), mock={"ttft": 0.0}), ModelPlan("open")]
+    async with deployment(plans, guardrails=(POLICY,), logging=logging) as gw:
+        yield gw
+
+
+@asynccontextmanager
+async def sdk(gw: Deployment) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(
+        base_url=f"{gw.url}/v1", api_key=API_KEY, max_retries=0, timeout=READ_TIMEOUT_S
+    ) as client:
+        yield client
+
+
+def user(text: str) -> list[ChatCompletionMessageParam]:
+    return [{"role": "user", "content": text}]
+
+
+def sent_upstream(gw: Deployment, model: str = "m") -> str:
+    body = gw.mocks[model][0].state.stats.last_body
+    return json.dumps(body)
+
+
+async def hits(gw: Deployment) -> dict[tuple[str, str], float]:
+    return {
+        (dict(labels)["rule"], dict(labels)["action"]): value
+        for (name, labels), value in (await scrape(gw)).items()
+        if name == "citadel_guardrail_hits_total"
+    }
+
+
+async def test_a_block_rule_refuses_the_request_before_the_model_sees_it() -> None:
+    async with guarded() as gw, sdk(gw) as client:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.chat.completions.create(
+                model="m", messages=user("my card is 4111 1111 1111 1111, charge it")
+            )
+        error = refused.value.body
+        assert isinstance(error, dict)
+        assert error["code"] == "content_policy_violation"
+        assert "no-cards" in error["message"]
+        assert "4111" not in json.dumps(error)
+        assert gw.mocks["m"][0].state.stats.requests == 0
+        assert (await hits(gw)) == {("no-cards", "block"): 1.0}
+
+
+async def test_redact_rules_rewrite_the_prompt_and_the_rest_goes_through() -> None:
+    async with guarded() as gw, sdk(gw) as client:
+        messages: list[ChatCompletionMessageParam] = [
+            {"role": "system", "content": "Project Bluebird is confidential."},
+            {"role": "user", "content": [{"type": "text", "text": f"Mail {EMAIL} today."}]},
+        ]
+        reply = await client.chat.completions.create(model="m", messages=messages)
+        assert reply.choices[0].message.content
+        upstream = sent_upstream(gw)
+        assert EMAIL not in upstream
+        assert "Bluebird" not in upstream
+        assert "Mail [EMAIL] today." in upstream
+        assert "Project [REDACTED] is confidential." in upstream
+        assert (await hits(gw)) == {("emails", "redact"): 1.0, ("code-names", "redact"): 1.0}
+
+
+async def test_a_log_rule_forwards_unchanged_and_logs_only_the_rule_id(
+    capfd: pytest.CaptureFixture[str], production_logging: BufferedLineLogger
+) -> None:
+    async with guarded(LoggingSettings(access_log=True)) as gw, sdk(gw) as client:
+        await client.chat.completions.create(
+            model="m", messages=user("Status of TICKET-4242?"),
+            extra_headers={"X-Request-ID": "guarded-1"},
+        )  # fmt: skip
+        assert "TICKET-4242" in sent_upstream(gw)
+        assert (await hits(gw)) == {("tickets", "log"): 1.0}
+    production_logging.flush()
+    out = capfd.readouterr().out
+    lines = [json.loads(line) for line in out.splitlines() if line[:1] == "{"]
+    access = next(line for line in lines if line.get("request_id") == "guarded-1")
+    assert access["guardrails"] == ["tickets"]
+    assert any(line.get("event") == "guardrail_fired" for line in lines)
+    assert "TICKET-4242" not in out  # the rule's id, never what it matched
+
+
+async def test_completions_and_embeddings_are_guarded_and_other_models_are_not() -> None:
+    async with guarded() as gw, sdk(gw) as client:
+        await client.completions.create(model="m", prompt=f"Write to {EMAIL}")
+        assert EMAIL not in sent_upstream(gw)
+        await client.embeddings.create(model="m", input=[f"{EMAIL}", "plain"])
+        assert EMAIL not in sent_upstream(gw)
+        await client.chat.completions.create(model="open", messages=user(f"Mail {EMAIL}"))
+        assert EMAIL in sent_upstream(gw, "open")
+
+
+def test_a_model_may_only_name_policies_that_exist() -> None:
+    text = """
+models:
+  - name: m
+    backends: [{url: "http://127.0.0.1:9"}]
+    guardrails: [missing]
+"""
+    with pytest.raises(ConfigError, match="no guardrail policy named 'missing'"):
+        parse_config(text)
+
+
+def test_a_rule_has_exactly_one_detector() -> None:
+    with pytest.raises(ValueError, match="exactly one of detector, regex or words"):
+        Rule(id="x", detector="email", regex="a")
+    with pytest.raises(ValueError, match="unknown detector"):
+        Rule(id="x", detector="ssn")
+    with pytest.raises(ValueError, match="not a valid regex"):
+        Rule(id="x", regex="(")
+
+
+def test_output_rules_are_refused_until_they_exist() -> None:
+    with pytest.raises(ValueError, match="direction"):
+        Rule.model_validate({"id": "x", "detector": "email", "direction": "output"})
