@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS usage (
     ttft_ms           REAL,
     usage_estimated   INTEGER NOT NULL DEFAULT 0,
     cached            INTEGER NOT NULL DEFAULT 0,
-    saved_tokens      INTEGER NOT NULL DEFAULT 0
+    saved_tokens      INTEGER NOT NULL DEFAULT 0,
+    guardrails        TEXT
 );
 CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
 """
@@ -38,6 +39,7 @@ _ADDED_COLUMNS = {
     "usage_estimated": "INTEGER NOT NULL DEFAULT 0",
     "cached": "INTEGER NOT NULL DEFAULT 0",
     "saved_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "guardrails": "TEXT",
 }
 GROUPS = {"key": "key_id", "model": "model", "day": "date(ts, 'unixepoch')"}
 Group = Literal["key", "model", "day"]
@@ -59,6 +61,7 @@ class UsageRecord:
     usage_estimated: bool = False  # the gateway counted the tokens: the upstream reported none
     cached: bool = False  # answered from the response cache: no model spent tokens on it
     saved_tokens: int = 0  # what the cached answer cost when it was produced
+    guardrails: str | None = None  # the ids of the guardrail rules that fired, comma-separated
 
 
 # The columns in the record's field order (a ledger from an earlier version has its added

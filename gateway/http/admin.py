@@ -119,9 +119,23 @@ async def cache(request: web.Request) -> web.Response:
     return web.json_response(view)
 
 
+async def guardrails(request: web.Request) -> web.Response:
+    """The guardrail policies in force, and which models apply which."""
+    state = request.app[STATE]
+    await authenticate_admin(state, request)
+    config = state.config
+    return web.json_response(
+        {
+            "policies": [policy.model_dump(mode="json") for policy in config.guardrails],
+            "models": {m.name: list(m.guardrails) for m in config.models if m.guardrails},
+        }
+    )
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/admin/actors", actors)
     app.router.add_post("/admin/actors/{path:.+}/restart", restart_actor)
     app.router.add_get("/admin/backends", backends)
     app.router.add_get("/admin/cache", cache)
+    app.router.add_get("/admin/guardrails", guardrails)
     app.router.add_post("/admin/reload", reload_config)

@@ -129,6 +129,9 @@ def document() -> dict[str, Any]:
                 )
             },
             "/admin/backends": {"get": _operation("Every replica's state", security=admin)},
+            "/admin/guardrails": {
+                "get": _operation("The guardrail policies in force", security=admin)
+            },
             "/admin/cache": {
                 "get": _operation("The response cache and its policies", security=admin)
             },

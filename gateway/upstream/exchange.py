@@ -351,4 +351,5 @@ def _usage_record(endpoint: str, exchange: Exchange, elapsed: float) -> UsageRec
         usage_estimated=exchange.usage_estimated,
         cached=exchange.cached_tokens is not None,
         saved_tokens=sum(exchange.cached_tokens) if exchange.cached_tokens else 0,
+        guardrails=",".join(exchange.guardrails) or None,
     )

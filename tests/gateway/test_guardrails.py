@@ -7,15 +7,26 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from actors.ledger.actor import LedgerSettings
 from gateway.guardrails.settings import Policy, Rule
 from gateway.process.config import ConfigError, LoggingSettings, parse_config
 from gateway.process.observability import BufferedLineLogger
-from tests.gateway.harness import API_KEY, READ_TIMEOUT_S, Deployment, ModelPlan, deployment
+from tests.gateway.harness import (
+    ADMIN_KEY,
+    API_KEY,
+    READ_TIMEOUT_S,
+    Deployment,
+    ModelPlan,
+    bounded_client,
+    deployment,
+)
+from tests.gateway.test_ledger import rows
 from tests.gateway.test_metrics import scrape
 
 POLICY = Policy(
@@ -31,9 +42,11 @@ EMAIL = "ada.lovelace@example.com"
 
 
 @asynccontextmanager
-async def guarded(logging: LoggingSettings | None = None) -> AsyncIterator[Deployment]:
+async def guarded(
+    logging: LoggingSettings | None = None, usage: LedgerSettings | None = None
+) -> AsyncIterator[Deployment]:
     plans = [ModelPlan("m", guardrails=("pii",), mock={"ttft": 0.0}), ModelPlan("open")]
-    async with deployment(plans, guardrails=(POLICY,), logging=logging) as gw:
+    async with deployment(plans, guardrails=(POLICY,), logging=logging, usage=usage) as gw:
         yield gw
 
 
@@ -145,3 +158,26 @@ def test_a_rule_has_exactly_one_detector() -> None:
 def test_output_rules_are_refused_until_they_exist() -> None:
     with pytest.raises(ValueError, match="direction"):
         Rule.model_validate({"id": "x", "detector": "email", "direction": "output"})
+
+
+async def test_the_ledger_and_the_admin_api_say_which_rules_are_in_force_and_fired(
+    tmp_path: Path,
+) -> None:
+    ledger = tmp_path / "usage.db"
+    async with guarded(usage=LedgerSettings(path=str(ledger), flush_interval=0.05)) as gw:
+        async with sdk(gw) as client:
+            await client.chat.completions.create(
+                model="m", messages=user(f"TICKET-1234 for {EMAIL}")
+            )
+        async with bounded_client() as http:
+            url = gw.url + "/admin/guardrails"
+            async with http.get(url, headers={"Authorization": f"Bearer {API_KEY}"}) as refused:
+                assert refused.status in (401, 403)
+            async with http.get(url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as r:
+                view = await r.json()
+    assert view["models"] == {"m": ["pii"]}
+    assert [rule["id"] for rule in view["policies"][0]["rules"]] == [
+        "no-cards", "emails", "code-names", "tickets"
+    ]  # fmt: skip
+    (record,) = rows(ledger)
+    assert set(record["guardrails"].split(",")) == {"emails", "tickets"}
