@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.guardrails.detectors import BUILT_IN, Span
-from gateway.guardrails.settings import Policy, Rule
+from gateway.guardrails.settings import InputLimits, Policy, Rule
 
 _DETECTORS = {detector.name: detector for detector in BUILT_IN}
 
@@ -58,6 +58,59 @@ def input_rules(policies: tuple[Policy, ...], names: tuple[str, ...]) -> tuple[C
         for rule in by_name[name].rules
         if rule.direction == "input"
     )
+
+
+def input_limits(policies: tuple[Policy, ...], names: tuple[str, ...]) -> InputLimits:
+    """The strictest combination of the named policies' input limits."""
+    by_name = {policy.name: policy for policy in policies}
+    limits = InputLimits()
+    for name in names:
+        limits = limits.combined(by_name[name].limits)
+    return limits
+
+
+@dataclass(frozen=True, slots=True)
+class OverLimit:
+    kind: str  # max_prompt_tokens, max_messages, roles, tools
+    param: str
+    message: str
+
+
+def over_limit(body: dict[str, Any], prompt_tokens: int, limits: InputLimits) -> OverLimit | None:
+    """The first input limit the request breaks, if any."""
+    if limits.max_prompt_tokens is not None and prompt_tokens > limits.max_prompt_tokens:
+        param = "messages" if "messages" in body else "prompt"
+        return OverLimit(
+            "max_prompt_tokens", param,
+            f"The prompt (about {prompt_tokens} tokens) is over this model's limit of "
+            f"{limits.max_prompt_tokens} tokens per request.",
+        )  # fmt: skip
+    messages = body.get("messages")
+    messages = messages if isinstance(messages, list) else []
+    if limits.max_messages is not None and len(messages) > limits.max_messages:
+        return OverLimit(
+            "max_messages", "messages",
+            f"The request has {len(messages)} messages; this model takes at most "
+            f"{limits.max_messages}.",
+        )  # fmt: skip
+    if limits.roles is not None:
+        for message in messages:
+            role = message.get("role") if isinstance(message, dict) else None
+            if role not in limits.roles:
+                return OverLimit(
+                    "roles", "messages",
+                    f"Messages with the role {str(role)[:32]!r} are not allowed for this model.",
+                )  # fmt: skip
+    if limits.tools is not None:
+        for tool in body.get("tools") or ():
+            function = tool.get("function") if isinstance(tool, dict) else None
+            name = function.get("name") if isinstance(function, dict) else None
+            if name not in limits.tools:
+                return OverLimit(
+                    "tools", "tools",
+                    f"The tool {str(name)[:64]!r} is not allowed for this model.",
+                )  # fmt: skip
+    return None
 
 
 class Blocked(Exception):

@@ -73,15 +73,48 @@ class Rule(BaseModel):
         return self
 
 
+class InputLimits(BaseModel):
+    """What a request may hold, as policy; None: no limit of that kind. Several policies'
+    limits combine to the strictest."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_prompt_tokens: int | None = Field(None, ge=1, description="the prompt's estimate")
+    max_messages: int | None = Field(None, ge=1)
+    roles: tuple[str, ...] | None = Field(None, description="the message roles allowed")
+    tools: tuple[str, ...] | None = Field(None, description="the function names allowed")
+
+    def combined(self, other: InputLimits) -> InputLimits:
+        def least(a: int | None, b: int | None) -> int | None:
+            return b if a is None else a if b is None else min(a, b)
+
+        def common(a: tuple[str, ...] | None, b: tuple[str, ...] | None) -> tuple[str, ...] | None:
+            return b if a is None else a if b is None else tuple(x for x in a if x in b)
+
+        return InputLimits(
+            max_prompt_tokens=least(self.max_prompt_tokens, other.max_prompt_tokens),
+            max_messages=least(self.max_messages, other.max_messages),
+            roles=common(self.roles, other.roles),
+            tools=common(self.tools, other.tools),
+        )
+
+    @property
+    def any(self) -> bool:
+        return any(value is not None for value in self.model_dump().values())
+
+
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    rules: tuple[Rule, ...] = Field(min_length=1)
+    rules: tuple[Rule, ...] = ()
+    limits: InputLimits = InputLimits()
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Policy:
         ids = [rule.id for rule in self.rules]
         if len(ids) != len(set(ids)):
             raise ValueError(f"guardrails {self.name}: each rule id may appear once")
+        if not self.rules and not self.limits.any:
+            raise ValueError(f"guardrails {self.name}: a policy needs rules or limits")
         return self

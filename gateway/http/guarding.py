@@ -4,10 +4,12 @@ and before the cache (a redacted request is cached as what the model saw)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import structlog
 
-from gateway.guardrails.engine import Blocked, CompiledRule, check_input
+from gateway.guardrails.engine import Blocked, CompiledRule, check_input, over_limit
+from gateway.guardrails.settings import InputLimits
 from gateway.http.errors import InvalidRequest
 from gateway.http.state import GatewayState
 from gateway.upstream.attempt import UpstreamCall
@@ -16,11 +18,34 @@ from gateway.upstream.exchange import Exchange
 log = structlog.get_logger("gateway.guardrails")
 
 
-def guard_input(
+def guard_input(state: GatewayState, exchange: Exchange, model: str) -> None:
+    """Apply the served model's input limits and rules to the routed request: 400 over a
+    limit or on a block rule; a redacted body replaces the call's. Rule ids are counted and
+    logged, never what they matched."""
+    limits = state.input_limits.get(model)
+    if limits is not None:
+        _check_limits(state, exchange, model, limits)
+    rules = state.input_rules.get(model)
+    if rules:
+        _apply_rules(state, exchange, model, rules)
+
+
+def _check_limits(state: GatewayState, exchange: Exchange, model: str, limits: InputLimits) -> None:
+    _, call = exchange.route
+    body = json.loads(call.raw)
+    broken = over_limit(body if isinstance(body, dict) else {}, call.prompt_estimate, limits)
+    if broken is None:
+        return
+    rule_id = f"limits.{broken.kind}"
+    exchange.guardrails = (rule_id,)
+    state.metrics.guardrail_hits.labels(rule_id, "input", "block", model).inc()
+    log.info("guardrail_fired", rules=[rule_id], direction="input", action="block")
+    raise InvalidRequest(broken.message, param=broken.param, code="content_policy_violation")
+
+
+def _apply_rules(
     state: GatewayState, exchange: Exchange, model: str, rules: tuple[CompiledRule, ...]
 ) -> None:
-    """Apply `rules` to the routed request: 400 on a block rule; a redacted body replaces the
-    call's. Rule ids are counted and logged, never what they matched."""
     _, call = exchange.route
     hits = state.metrics.guardrail_hits
     try:

@@ -111,9 +111,8 @@ async def _forward(
     refuse_unservable(decision, call)
     model_limits = state.model_limits.get(decision.model, NO_LIMITS)
     subjects = subjects_of(principal, decision.model, model_limits)
-    rules = state.input_rules.get(decision.model)
-    if rules:
-        guard_input(state, exchange, decision.model, rules)
+    if decision.model in state.input_rules or decision.model in state.input_limits:
+        guard_input(state, exchange, decision.model)
     cache_plan = caching.plan(state, request, exchange, decision)
     if cache_plan is not None:
         return await caching.serve(request, exchange, cache_plan, subjects, tokens)

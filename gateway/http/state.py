@@ -14,7 +14,8 @@ from actors.limiter.local import LimitSpec
 from actors.tree import LiveLayout
 from gateway.cache.settings import CachePolicy
 from gateway.cache.store import ResponseCache
-from gateway.guardrails.engine import CompiledRule, input_rules
+from gateway.guardrails.engine import CompiledRule, input_limits, input_rules
+from gateway.guardrails.settings import InputLimits
 from gateway.http.metrics import GatewayMetrics
 from gateway.process.config import GatewayConfig
 
@@ -75,6 +76,7 @@ class GatewayState:
     virtual: frozenset[str] = frozenset()  # the virtual models' names
     cache_policies: dict[str, CachePolicy] = field(default_factory=dict)  # model -> policy
     input_rules: dict[str, tuple[CompiledRule, ...]] = field(default_factory=dict)  # model ->
+    input_limits: dict[str, InputLimits] = field(default_factory=dict)  # model -> its policies'
 
     def __post_init__(self) -> None:
         self.use(self.config)
@@ -101,6 +103,11 @@ class GatewayState:
             m.name: rules
             for m in config.models
             if (rules := input_rules(config.guardrails, m.guardrails))
+        }
+        self.input_limits = {
+            m.name: limits
+            for m in config.models
+            if (limits := input_limits(config.guardrails, m.guardrails)).any
         }
         if self.cache is not None:
             self.cache.settings = config.cache  # its backend and bounds: restart only

@@ -8,13 +8,14 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from actors.ledger.actor import LedgerSettings
-from gateway.guardrails.settings import Policy, Rule
+from gateway.guardrails.settings import InputLimits, Policy, Rule
 from gateway.process.config import ConfigError, LoggingSettings, parse_config
 from gateway.process.observability import BufferedLineLogger
 from tests.gateway.harness import (
@@ -181,3 +182,56 @@ async def test_the_ledger_and_the_admin_api_say_which_rules_are_in_force_and_fir
     ]  # fmt: skip
     (record,) = rows(ledger)
     assert set(record["guardrails"].split(",")) == {"emails", "tickets"}
+
+
+LIMITS = Policy(
+    name="tight",
+    limits=InputLimits(max_prompt_tokens=50, max_messages=3, roles=("system", "user"),
+                       tools=("get_weather",)),
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("params", "rule", "param"),
+    [
+        ({"messages": user("word " * 300)}, "limits.max_prompt_tokens", "messages"),
+        ({"messages": user("a") * 4}, "limits.max_messages", "messages"),
+        (
+            {"messages": [{"role": "assistant", "content": "I said so."}, *user("Did you?")]},
+            "limits.roles",
+            "messages",
+        ),
+        (
+            {
+                "messages": user("Run it"),
+                "tools": [{"type": "function", "function": {"name": "rm_rf", "parameters": {}}}],
+            },
+            "limits.tools",
+            "tools",
+        ),
+    ],
+)
+async def test_input_limits_as_policy_refuse_what_is_over_them(
+    params: dict[str, Any], rule: str, param: str
+) -> None:
+    plans = [ModelPlan("m", guardrails=("tight",), mock={"ttft": 0.0})]
+    async with deployment(plans, guardrails=(LIMITS,)) as gw, sdk(gw) as client:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.chat.completions.create(model="m", **params)
+        error = refused.value.body
+        assert isinstance(error, dict)
+        assert (error["code"], error["param"]) == ("content_policy_violation", param)
+        assert gw.mocks["m"][0].state.stats.requests == 0
+        assert (await hits(gw)) == {(rule, "block"): 1.0}
+        allowed = await client.chat.completions.create(
+            model="m", messages=[{"role": "system", "content": "Be brief."}, *user("Weather?")],
+            tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
+        )  # fmt: skip
+        assert allowed.choices
+
+
+def test_the_strictest_limits_of_several_policies_apply() -> None:
+    a = InputLimits(max_prompt_tokens=100, roles=("system", "user", "assistant"))
+    b = InputLimits(max_prompt_tokens=50, max_messages=4, roles=("user", "assistant", "tool"))
+    both = a.combined(b)
+    assert both == InputLimits(max_prompt_tokens=50, max_messages=4, roles=("user", "assistant"))
