@@ -32,6 +32,7 @@ PREFIX = "sk-citadel-"
 # Matched whole (fullmatch): `^...$` would let a trailing newline through.
 _KEY = re.compile(r"sk-citadel-([0-9a-f]{12})-([A-Za-z0-9_-]{20,128})")
 _ID = re.compile(r"[0-9a-f]{12}")
+_POLICY_NAME = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 Endpoint = Literal["chat.completions", "completions", "embeddings", "models"]
@@ -77,6 +78,11 @@ class KeyScopes(BaseModel):
     expires_at: StrictFloat | None = Field(
         None, gt=0, allow_inf_nan=False, description="unix time after which it is refused"
     )
+    guardrails: tuple[str, ...] = Field(
+        (),
+        max_length=16,
+        description="guardrail policies applied to this key's requests besides its models'",
+    )
     admin: StrictBool = Field(
         False,
         description="may use /admin/*; never a substitute for scopes: an admin key may call "
@@ -94,6 +100,14 @@ class KeyScopes(BaseModel):
     def limits(self) -> LimitSpec:
         """The key's own limits, as the rate limiter takes them (built once per scopes)."""
         return LimitSpec(rpm=self.rpm, tpm=self.tpm, max_concurrent=self.max_concurrent)
+
+    @field_validator("guardrails")
+    @classmethod
+    def _policy_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:
+            if not _POLICY_NAME.fullmatch(name):
+                raise ValueError(f"guardrail policy {name[:64]!r}: 1-64 of letters, digits, ._:-")
+        return names
 
     def allows_model(self, *ids: str) -> bool:
         """Whether any of `ids` (the id the client sent, the model that serves it) is in

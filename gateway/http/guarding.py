@@ -8,26 +8,64 @@ import json
 
 import structlog
 
-from gateway.guardrails.engine import Blocked, CompiledRule, check_input, over_limit
+from gateway.guardrails.engine import (
+    Blocked,
+    CompiledRule,
+    check_input,
+    input_limits,
+    input_rules,
+    over_limit,
+)
 from gateway.guardrails.settings import InputLimits
-from gateway.http.errors import InvalidRequest
+from gateway.http.errors import InvalidRequest, PermissionDenied
 from gateway.http.state import GatewayState
 from gateway.upstream.attempt import UpstreamCall
 from gateway.upstream.exchange import Exchange
 
 log = structlog.get_logger("gateway.guardrails")
+NO_LIMITS = InputLimits()
 
 
-def guard_input(state: GatewayState, exchange: Exchange, model: str) -> None:
-    """Apply the served model's input limits and rules to the routed request: 400 over a
-    limit or on a block rule; a redacted body replaces the call's. Rule ids are counted and
-    logged, never what they matched."""
-    limits = state.input_limits.get(model)
-    if limits is not None:
+def guard_input(
+    state: GatewayState, exchange: Exchange, model: str, key_policies: tuple[str, ...]
+) -> None:
+    """Apply the served model's input limits and rules, and the key's own policies', to the
+    routed request: 400 over a limit or on a block rule; a redacted body replaces the call's.
+    Rule ids are counted and logged, never what they matched."""
+    if key_policies:
+        rules, limits = _with_key_policies(state, model, key_policies)
+    else:
+        rules = state.input_rules.get(model, ())
+        limits = state.input_limits.get(model, NO_LIMITS)
+    if limits.any:
         _check_limits(state, exchange, model, limits)
-    rules = state.input_rules.get(model)
     if rules:
         _apply_rules(state, exchange, model, rules)
+
+
+def _with_key_policies(
+    state: GatewayState, model: str, key_policies: tuple[str, ...]
+) -> tuple[tuple[CompiledRule, ...], InputLimits]:
+    """The model's rules and limits with the key's policies added (compiled once per pair,
+    until the next reload). A key naming a policy the configuration lacks is refused: its
+    policy cannot be enforced, so nothing is sent."""
+    found = state.key_guardrails.get((model, key_policies))
+    if found is not None:
+        return found
+    config = state.config
+    known = {policy.name for policy in config.guardrails}
+    missing = [name for name in key_policies if name not in known]
+    if missing:
+        raise PermissionDenied(
+            f"This API key's guardrail policy {missing[0]!r} is not configured on the gateway.",
+            code="guardrail_policy_missing",
+        )
+    names = (*next(m.guardrails for m in config.models if m.name == model), *key_policies)
+    found = state.key_guardrails[(model, key_policies)] = (
+        input_rules(config.guardrails, names),
+        input_limits(config.guardrails, names),
+    )
+    return found
 
 
 def _check_limits(state: GatewayState, exchange: Exchange, model: str, limits: InputLimits) -> None:

@@ -111,8 +111,9 @@ async def _forward(
     refuse_unservable(decision, call)
     model_limits = state.model_limits.get(decision.model, NO_LIMITS)
     subjects = subjects_of(principal, decision.model, model_limits)
-    if decision.model in state.input_rules or decision.model in state.input_limits:
-        guard_input(state, exchange, decision.model)
+    key_policies = principal.scopes.guardrails
+    if key_policies or decision.model in state.input_rules or decision.model in state.input_limits:
+        guard_input(state, exchange, decision.model, key_policies)
     cache_plan = caching.plan(state, request, exchange, decision)
     if cache_plan is not None:
         return await caching.serve(request, exchange, cache_plan, subjects, tokens)

@@ -77,6 +77,10 @@ class GatewayState:
     cache_policies: dict[str, CachePolicy] = field(default_factory=dict)  # model -> policy
     input_rules: dict[str, tuple[CompiledRule, ...]] = field(default_factory=dict)  # model ->
     input_limits: dict[str, InputLimits] = field(default_factory=dict)  # model -> its policies'
+    # (model, a key's own policies) -> their rules and limits together, compiled once
+    key_guardrails: dict[
+        tuple[str, tuple[str, ...]], tuple[tuple[CompiledRule, ...], InputLimits]
+    ] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.use(self.config)
@@ -104,6 +108,7 @@ class GatewayState:
             for m in config.models
             if (rules := input_rules(config.guardrails, m.guardrails))
         }
+        self.key_guardrails = {}
         self.input_limits = {
             m.name: limits
             for m in config.models

@@ -41,6 +41,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     create.add_argument(
         "--expires-in-days", type=_positive(float), help="refused after this many days (> 0)"
     )
+    create.add_argument(
+        "--guardrails", default="", help="comma-separated guardrail policies for this key"
+    )
     create.add_argument("--admin", action="store_true", help="may use /admin/*")
 
     listing = actions.add_parser("list", parents=[where], help="list keys (never secrets)")
@@ -104,6 +107,7 @@ def _act(store: KeyStore, args: argparse.Namespace) -> int:
                 if args.expires_in_days is None
                 else time.time() + args.expires_in_days * 86400,
                 admin=args.admin,
+                guardrails=tuple(_items(args.guardrails)),
                 **given,
             )
         except ValidationError as exc:

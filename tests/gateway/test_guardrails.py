@@ -14,9 +14,16 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from actors.auth.keys import KeyScopes, new_key
 from actors.ledger.actor import LedgerSettings
 from gateway.guardrails.settings import InputLimits, Policy, Rule
-from gateway.process.config import ConfigError, LoggingSettings, parse_config
+from gateway.process.config import (
+    AuthSettings,
+    ConfigError,
+    ConfiguredKey,
+    LoggingSettings,
+    parse_config,
+)
 from gateway.process.observability import BufferedLineLogger
 from tests.gateway.harness import (
     ADMIN_KEY,
@@ -40,6 +47,7 @@ POLICY = Policy(
     ),
 )
 EMAIL = "ada.lovelace@example.com"
+STRICT_KEY, GHOST_KEY = new_key(), new_key()  # keys with their own policies
 
 
 @asynccontextmanager
@@ -52,9 +60,9 @@ async def guarded(
 
 
 @asynccontextmanager
-async def sdk(gw: Deployment) -> AsyncIterator[openai.AsyncOpenAI]:
+async def sdk(gw: Deployment, key: str = API_KEY) -> AsyncIterator[openai.AsyncOpenAI]:
     async with openai.AsyncOpenAI(
-        base_url=f"{gw.url}/v1", api_key=API_KEY, max_retries=0, timeout=READ_TIMEOUT_S
+        base_url=f"{gw.url}/v1", api_key=key, max_retries=0, timeout=READ_TIMEOUT_S
     ) as client:
         yield client
 
@@ -235,3 +243,30 @@ def test_the_strictest_limits_of_several_policies_apply() -> None:
     b = InputLimits(max_prompt_tokens=50, max_messages=4, roles=("user", "assistant", "tool"))
     both = a.combined(b)
     assert both == InputLimits(max_prompt_tokens=50, max_messages=4, roles=("user", "assistant"))
+
+
+async def test_a_keys_own_policies_add_to_its_models() -> None:
+    strict = Policy(
+        name="strict", rules=(Rule(id="no-ips", detector="ip_address", action="block"),)
+    )
+    scoped = [
+        ConfiguredKey(id=key_id, secret_sha256=sha, scopes=KeyScopes(guardrails=policies))
+        for (key_id, _, sha), policies in ((STRICT_KEY, ("strict",)), (GHOST_KEY, ("ghost",)))
+    ]
+    auth = AuthSettings(api_keys=(API_KEY,), keys=tuple(scoped))
+    plans = [ModelPlan("m", guardrails=("pii",), mock={"ttft": 0.0})]
+    async with deployment(plans, guardrails=(POLICY, strict), auth=auth) as gw:
+        text = f"Ping 10.0.0.7 and mail {EMAIL}"
+        async with sdk(gw) as plain:  # the model's policy only: redacted, not blocked
+            await plain.chat.completions.create(model="m", messages=user(text))
+            assert "10.0.0.7" in sent_upstream(gw)
+            assert EMAIL not in sent_upstream(gw)
+        async with sdk(gw, STRICT_KEY[1]) as strict_client:
+            with pytest.raises(openai.BadRequestError, match="no-ips"):
+                await strict_client.chat.completions.create(model="m", messages=user(text))
+            await strict_client.chat.completions.create(model="m", messages=user(f"Mail {EMAIL}"))
+            assert EMAIL not in sent_upstream(gw)  # the model's rules still apply
+        async with sdk(gw, GHOST_KEY[1]) as ghost:
+            with pytest.raises(openai.PermissionDeniedError, match="ghost"):
+                await ghost.chat.completions.create(model="m", messages=user("hello"))
+        assert gw.mocks["m"][0].state.stats.requests == 2
