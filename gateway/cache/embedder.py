@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any
 
 import aiohttp
 
-from actors.backend.actor import AcquireLease, Outcome, Release
+from actors.backend.actor import AcquireLease, Lease, Outcome, Release
 from actors.kernel import ActorDead, ActorRef, AskTimeout, MailboxFull
 from actors.router.actor import RequestEnded, Route, UnknownModel
 
@@ -58,7 +57,7 @@ async def embed(router: ActorRef, model: str, text: str, deadline: float) -> lis
         router.notify(RequestEnded(decision.model))
 
 
-async def _post(lease: Any, text: str, remaining: float) -> tuple[list[float] | None, Outcome]:
+async def _post(lease: Lease, text: str, remaining: float) -> tuple[list[float] | None, Outcome]:
     body = json.dumps({"model": lease.upstream_model, "input": text}).encode()
     headers = {**lease.headers, "Content-Type": "application/json"}
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import structlog
 from aiocache.base import BaseCache
@@ -82,6 +83,21 @@ class ResponseCache:
         self._stores.add(task)
         task.add_done_callback(self._stores.discard)
 
+    def later(self, work: Callable[[], None]) -> None:
+        """Run `work` (assembling an answer and storing it) after the request's handler has
+        returned, in the cache's own tasks, so that `flush` and `close` wait for it too. With
+        too many pending already, it runs now: its followers must hear from it either way."""
+        if len(self._stores) >= MAX_PENDING_STORES:
+            work()
+            return
+        task = asyncio.ensure_future(self._run(work))
+        self._stores.add(task)
+        task.add_done_callback(self._stores.discard)
+
+    @staticmethod
+    async def _run(work: Callable[[], None]) -> None:
+        work()
+
     async def _store(self, key: str, answer: CachedAnswer, ttl: float, model: str) -> None:
         try:
             async with asyncio.timeout(self.settings.timeout * 4):
@@ -151,8 +167,9 @@ class ResponseCache:
         return view
 
     async def flush(self) -> None:
-        """Until the stores pending now have ended (each within its deadline)."""
-        if self._stores:
+        """Until the stores pending now, and those they start, have ended (each within its
+        deadline)."""
+        while self._stores:
             await asyncio.wait(list(self._stores))
         await self.semantic.flush()
 

@@ -99,7 +99,7 @@ def over_limit(body: dict[str, Any], prompt_tokens: int, limits: InputLimits) ->
             if role not in limits.roles:
                 return OverLimit(
                     "roles", "messages",
-                    f"Messages with the role {str(role)[:32]!r} are not allowed for this model.",
+                    f"Messages with the role {_shown(role)} are not allowed for this model.",
                 )  # fmt: skip
     if limits.tools is not None:
         for tool in body.get("tools") or ():
@@ -108,9 +108,18 @@ def over_limit(body: dict[str, Any], prompt_tokens: int, limits: InputLimits) ->
             if name not in limits.tools:
                 return OverLimit(
                     "tools", "tools",
-                    f"The tool {str(name)[:64]!r} is not allowed for this model.",
+                    f"The tool {_shown(name)} is not allowed for this model.",
                 )  # fmt: skip
     return None
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _shown(name: Any) -> str:
+    """A client's role or tool name, quoted in an error only when it is a plain name (the
+    shape OpenAI allows function names): anything else could be a secret sent by mistake."""
+    return repr(name) if isinstance(name, str) and _PLAIN_NAME.fullmatch(name) else "given"
 
 
 class Blocked(Exception):
@@ -125,10 +134,10 @@ class InputVerdict:
     fired: tuple[CompiledRule, ...]  # the rules that matched, each once
 
 
-def check_input(raw: bytes, rules: tuple[CompiledRule, ...]) -> InputVerdict:
+def check_input(body: dict[str, Any], rules: tuple[CompiledRule, ...]) -> InputVerdict:
     """Run `rules` over the request's texts: Blocked by the first block rule that matches;
-    otherwise the body with every redaction made, and the rules that fired."""
-    body = json.loads(raw)
+    otherwise `body` with every redaction made (in place, and serialised), and the rules
+    that fired."""
     fired: dict[str, CompiledRule] = {}
     changed = False
 

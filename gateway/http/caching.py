@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from gateway.cache.capture import StreamCapture
 from gateway.cache.fingerprint import fingerprint, is_deterministic, namespace_of
 from gateway.cache.question import question_of
 from gateway.cache.semantic import SemanticPlan
+from gateway.cache.store import ResponseCache
 from gateway.http.state import STATE, GatewayState
 from gateway.upstream.exchange import Exchange
 from gateway.upstream.forward import forward
@@ -49,10 +51,15 @@ class CachePlan:
 
 
 def plan(
-    state: GatewayState, request: web.Request, exchange: Exchange, decision: RouteDecision
+    state: GatewayState,
+    request: web.Request,
+    exchange: Exchange,
+    decision: RouteDecision,
+    parsed: dict[str, Any] | None = None,
 ) -> CachePlan | None:
     """The request's cache plan, or None when the cache is not involved (then, for a model
-    with a cache, the answer says `bypass`)."""
+    with a cache, the answer says `bypass`). `parsed`: the request's JSON when the edge
+    already has it (the guardrails parsed it), so it is not parsed twice."""
     policy = state.cache_policies.get(decision.model)
     if policy is None or not policy.enabled or state.cache is None:
         return None
@@ -61,7 +68,7 @@ def plan(
     if kind is None:
         return None  # embeddings: not cached
     directives = _cache_control(request)
-    body = _body(call.raw)
+    body = parsed if parsed is not None else _body(call.raw)
     if (
         "no-store" in directives
         or body is None
@@ -132,7 +139,6 @@ async def serve(
                 leads = True
     metrics.lookups.labels(plan.model, MISS if plan.read else BYPASS).inc()
     exchange.cache_status = MISS if plan.read else BYPASS
-    answer = None
     try:
         await exchange.admit(subjects, *tokens)
         _, call = exchange.route
@@ -141,17 +147,45 @@ async def serve(
             capture = exchange.capture = StreamCapture(plan.kind, cache.settings.max_entry_bytes)
         response = await forward(request, exchange)
         # A complete answer only: the try ended OK (a stream reached [DONE], no error event
-        # and no cut; the assembly below checks the same again, from the bytes).
+        # and no cut; the assembly checks the same again, from the bytes). It is assembled
+        # and stored after this returns, off the request's path.
         if exchange.answered:
-            answer = _answer_of(plan, response, capture)
-            if answer is not None:
-                cache.put(plan.key, answer, plan.ttl, plan.model)
-                if vector is not None and plan.semantic is not None:
-                    cache.semantic.remember(plan.model, plan.semantic, vector, plan.key, plan.ttl)
+            payload = response.body if isinstance(response, web.Response) else None
+            cache.later(_store_answer(cache, plan, payload, capture, vector, leads=leads))
+            leads = False  # its followers hear from the store
         return response
     finally:
         if leads:
+            cache.landed(plan.key, None)
+
+
+def _store_answer(
+    cache: ResponseCache,
+    plan: CachePlan,
+    payload: object,
+    capture: StreamCapture | None,
+    vector: list[float] | None,
+    *,
+    leads: bool,
+) -> Callable[[], None]:
+    """The answer assembled from a stream's events or a JSON body, given to the requests
+    waiting for it, stored, and its question indexed for the semantic cache."""
+
+    def store() -> None:
+        answer = None
+        if capture is not None:
+            answer = capture.answer()
+        elif isinstance(payload, bytes):
+            answer = CachedAnswer.from_json(plan.kind, payload)
+        if leads:
             cache.landed(plan.key, answer)
+        if answer is None:
+            return
+        cache.put(plan.key, answer, plan.ttl, plan.model)
+        if vector is not None and plan.semantic is not None:
+            cache.semantic.remember(plan.model, plan.semantic, vector, plan.key, plan.ttl)
+
+    return store
 
 
 async def _answer(
@@ -168,10 +202,6 @@ async def _answer(
     charged = state.config.cache.charge_hits
     await exchange.admit(subjects, *(tokens if charged else (0, 0)))
     exchange.answered_from_cache(answer.tokens, charged=charged)
-    assert state.cache is not None  # a hit came from it
-    saved = state.cache.metrics.saved_tokens
-    saved.labels(plan.model, "prompt").inc(answer.tokens[0])
-    saved.labels(plan.model, "completion").inc(answer.tokens[1])
     _, call = exchange.route
     headers = {
         "x-request-id": exchange.request_id,
@@ -188,16 +218,6 @@ async def _answer(
     await response.write(answer.stream_body(plan.model, include_usage=call.add_usage))
     await response.write_eof()
     return response
-
-
-def _answer_of(
-    plan: CachePlan, response: web.StreamResponse, capture: StreamCapture | None
-) -> CachedAnswer | None:
-    if capture is not None:
-        return capture.answer()
-    if isinstance(response, web.Response) and isinstance(response.body, bytes):
-        return CachedAnswer.from_json(plan.kind, response.body)
-    return None
 
 
 async def _wait(flight: asyncio.Future[CachedAnswer | None], timeout: float) -> CachedAnswer | None:

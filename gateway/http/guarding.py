@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 import structlog
 
@@ -28,19 +29,24 @@ NO_LIMITS = InputLimits()
 
 def guard_input(
     state: GatewayState, exchange: Exchange, model: str, key_policies: tuple[str, ...]
-) -> None:
+) -> dict[str, Any]:
     """Apply the served model's input limits and rules, and the key's own policies', to the
     routed request: 400 over a limit or on a block rule; a redacted body replaces the call's.
-    Rule ids are counted and logged, never what they matched."""
+    Rule ids are counted and logged, never what they matched. Returns the request's JSON as
+    it goes upstream, parsed once here for the cache too."""
     if key_policies:
         rules, limits = _with_key_policies(state, model, key_policies)
     else:
         rules = state.input_rules.get(model, ())
         limits = state.input_limits.get(model, NO_LIMITS)
+    _, call = exchange.route
+    parsed = json.loads(call.raw)  # validated as a JSON object at the edge
+    body: dict[str, Any] = parsed if isinstance(parsed, dict) else {}
     if limits.any:
-        _check_limits(state, exchange, model, limits)
+        _check_limits(state, exchange, model, limits, body)
     if rules:
-        _apply_rules(state, exchange, model, rules)
+        _apply_rules(state, exchange, model, rules, body)
+    return body
 
 
 def _with_key_policies(
@@ -68,10 +74,15 @@ def _with_key_policies(
     return found
 
 
-def _check_limits(state: GatewayState, exchange: Exchange, model: str, limits: InputLimits) -> None:
+def _check_limits(
+    state: GatewayState,
+    exchange: Exchange,
+    model: str,
+    limits: InputLimits,
+    body: dict[str, Any],
+) -> None:
     _, call = exchange.route
-    body = json.loads(call.raw)
-    broken = over_limit(body if isinstance(body, dict) else {}, call.prompt_estimate, limits)
+    broken = over_limit(body, call.prompt_estimate, limits)
     if broken is None:
         return
     rule_id = f"limits.{broken.kind}"
@@ -82,12 +93,16 @@ def _check_limits(state: GatewayState, exchange: Exchange, model: str, limits: I
 
 
 def _apply_rules(
-    state: GatewayState, exchange: Exchange, model: str, rules: tuple[CompiledRule, ...]
+    state: GatewayState,
+    exchange: Exchange,
+    model: str,
+    rules: tuple[CompiledRule, ...],
+    body: dict[str, Any],
 ) -> None:
     _, call = exchange.route
     hits = state.metrics.guardrail_hits
     try:
-        verdict = check_input(call.raw, rules)
+        verdict = check_input(body, rules)
     except Blocked as blocked:
         exchange.guardrails = (blocked.rule_id,)
         hits.labels(blocked.rule_id, "input", "block", model).inc()

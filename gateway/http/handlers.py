@@ -112,9 +112,10 @@ async def _forward(
     model_limits = state.model_limits.get(decision.model, NO_LIMITS)
     subjects = subjects_of(principal, decision.model, model_limits)
     key_policies = principal.scopes.guardrails
+    body = None  # the request's JSON, once something on the way needs it
     if key_policies or decision.model in state.input_rules or decision.model in state.input_limits:
-        guard_input(state, exchange, decision.model, key_policies)
-    cache_plan = caching.plan(state, request, exchange, decision)
+        body = guard_input(state, exchange, decision.model, key_policies)
+    cache_plan = caching.plan(state, request, exchange, decision, body)
     if cache_plan is not None:
         return await caching.serve(request, exchange, cache_plan, subjects, tokens)
     await exchange.admit(subjects, *tokens)

@@ -99,9 +99,9 @@ class GatewayState:
         self.canonical.update((v.name, v.name) for v in config.virtual_models)
         self.virtual = frozenset(v.name for v in config.virtual_models)
         self.cache_policies = {
-            m.name: m.cache or config.cache.default
+            m.name: policy
             for m in config.models
-            if (m.cache or config.cache.default).enabled
+            if (policy := m.cache or config.cache.default).enabled
         }
         self.input_rules = {
             m.name: rules

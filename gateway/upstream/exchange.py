@@ -273,6 +273,10 @@ class Exchange:
             if self.decision is not None:
                 state.router.notify(RequestEnded(self.decision.model))
             _record(state.metrics, self._endpoint, self, elapsed)
+            if self.cached_tokens is not None and state.cache is not None:
+                saved = state.cache.metrics.saved_tokens
+                saved.labels(self.served_model or "-", "prompt").inc(self.cached_tokens[0])
+                saved.labels(self.served_model or "-", "completion").inc(self.cached_tokens[1])
             if state.ledger is not None and self.served_model is not None:
                 state.ledger.notify(_usage_record(self._endpoint, self, elapsed))
         if self.transcript is not None and self.served_model is not None:

@@ -92,6 +92,7 @@ async def test_after_a_failure_the_store_is_left_alone_for_retry_after() -> None
         settings = in_redis(server.url, retry_after=60)
         async with gateways(settings, 1) as (gw,), sdk(gw) as client:
             await ask(client)
+            await stored(gw)  # the store's write done: the first failure is a lookup's
             await server.stop()
             for _ in range(3):
                 assert (await ask(client))[0] == "bypass"
