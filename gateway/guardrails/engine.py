@@ -1,18 +1,27 @@
-"""Rules at work: compiled once per configuration, run over a request's texts.
+"""Rules at work: compiled once per configuration, run over a request's or an answer's texts.
 
-A rule's matches are found by its detector; `block` refuses the request (naming the rule,
-never the text), `redact` replaces each match with its placeholder (`[EMAIL]`), `log` counts
-and logs the rule id. A request's texts are its messages' contents (every role: all of it
-reaches the model), its prompt, or an embedding request's input.
+A rule's matches are found by its detector; `block` refuses the request or stops the answer
+(naming the rule, never the text), `redact` replaces each match with its placeholder
+(`[EMAIL]`), `log` counts and logs the rule id. A request's texts are its messages' contents
+(every role: all of it reaches the model), its prompt, or an embedding request's input; an
+answer's are its choices' contents (gateway.guardrails.answers).
+
+A `Guard` is what one model (and a key's own policies) applies: the input rules, the output
+rules, the input limits. Each rule is compiled twice: for whole texts (Python's `re`, with
+the detectors' shortcuts) and for streams (the `regex` module, whose partial matches tell
+the sliding window what to hold back: gateway.guardrails.window).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import regex
 
 from gateway.guardrails.detectors import BUILT_IN, Span
 from gateway.guardrails.settings import InputLimits, Policy, Rule
@@ -21,10 +30,28 @@ _DETECTORS = {detector.name: detector for detector in BUILT_IN}
 
 
 @dataclass(frozen=True, slots=True)
+class StreamPattern:
+    """One pattern of a rule as a stream scans it: partial matches at the end of the text
+    seen so far are what may still become a match."""
+
+    pattern: regex.Pattern[str]
+    valid: Callable[[str], bool]
+    max_length: int  # no match is longer: a partial one older than this never completes
+    required: re.Pattern[str] | None = None  # without it in the text, only a trailing run
+    lead: str = ""  # of `lead` may still become a match (gateway.guardrails.detectors)
+    lookahead: int = 2  # characters past a match its look-ahead reads
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledRule:
     rule: Rule
     find: Callable[[str], list[Span]]
     placeholder: str
+    stream: tuple[StreamPattern, ...]
+
+
+def _always(text: str) -> bool:
+    return True
 
 
 def compile_rule(rule: Rule) -> CompiledRule:
@@ -35,97 +62,133 @@ def compile_rule(rule: Rule) -> CompiledRule:
             return [span for detector in detectors for span in detector.find(text)]
 
         placeholder = _DETECTORS[rule.detector].placeholder
+        stream = tuple(
+            StreamPattern(
+                regex.compile(d.pattern.pattern),
+                d.valid,
+                d.max_length,
+                None if d.required is None else re.compile(d.required),
+                d.lead,
+                d.lookahead,
+            )
+            for d in detectors
+        )
     else:
         if rule.regex is not None:
-            pattern = re.compile(rule.regex)
+            source, longest = rule.regex, rule.max_length
+            pattern = re.compile(source)
         else:
             words = "|".join(re.escape(word) for word in rule.words)
-            pattern = re.compile(rf"\b(?:{words})\b", re.IGNORECASE)
+            source, longest = rf"\b(?:{words})\b", max(len(word) for word in rule.words)
+            pattern = re.compile(source, re.IGNORECASE)
 
         def find(text: str) -> list[Span]:
             return [Span(m.start(), m.end(), rule.id) for m in pattern.finditer(text) if m.group()]
 
         placeholder = "[REDACTED]"
-    return CompiledRule(rule, find, rule.placeholder or placeholder)
-
-
-def input_rules(policies: tuple[Policy, ...], names: tuple[str, ...]) -> tuple[CompiledRule, ...]:
-    """The input rules of the named policies, in their order."""
-    by_name = {policy.name: policy for policy in policies}
-    return tuple(
-        compile_rule(rule)
-        for name in names
-        for rule in by_name[name].rules
-        if rule.direction == "input"
-    )
-
-
-def input_limits(policies: tuple[Policy, ...], names: tuple[str, ...]) -> InputLimits:
-    """The strictest combination of the named policies' input limits."""
-    by_name = {policy.name: policy for policy in policies}
-    limits = InputLimits()
-    for name in names:
-        limits = limits.combined(by_name[name].limits)
-    return limits
+        flags = regex.IGNORECASE if rule.words else 0
+        stream = (StreamPattern(regex.compile(source, flags | regex.V0), _always, longest),)
+    return CompiledRule(rule, find, rule.placeholder or placeholder, stream)
 
 
 @dataclass(frozen=True, slots=True)
-class OverLimit:
-    kind: str  # max_prompt_tokens, max_messages, roles, tools
-    param: str
-    message: str
+class Guard:
+    """The guardrails one model applies (with a key's own policies, where it has some)."""
+
+    input: tuple[CompiledRule, ...]
+    output: tuple[CompiledRule, ...]
+    limits: InputLimits
+    # A digest of the output rules: part of a cached answer's key, since what is stored is
+    # the answer as these rules let it out (a reload that changes them misses the old ones).
+    output_digest: str
+
+    @property
+    def any(self) -> bool:
+        return bool(self.input or self.output or self.limits.any)
 
 
-def over_limit(body: dict[str, Any], prompt_tokens: int, limits: InputLimits) -> OverLimit | None:
-    """The first input limit the request breaks, if any."""
-    if limits.max_prompt_tokens is not None and prompt_tokens > limits.max_prompt_tokens:
-        param = "messages" if "messages" in body else "prompt"
-        return OverLimit(
-            "max_prompt_tokens", param,
-            f"The prompt (about {prompt_tokens} tokens) is over this model's limit of "
-            f"{limits.max_prompt_tokens} tokens per request.",
-        )  # fmt: skip
-    messages = body.get("messages")
-    messages = messages if isinstance(messages, list) else []
-    if limits.max_messages is not None and len(messages) > limits.max_messages:
-        return OverLimit(
-            "max_messages", "messages",
-            f"The request has {len(messages)} messages; this model takes at most "
-            f"{limits.max_messages}.",
-        )  # fmt: skip
-    if limits.roles is not None:
-        for message in messages:
-            role = message.get("role") if isinstance(message, dict) else None
-            if role not in limits.roles:
-                return OverLimit(
-                    "roles", "messages",
-                    f"Messages with the role {_shown(role)} are not allowed for this model.",
-                )  # fmt: skip
-    if limits.tools is not None:
-        for tool in body.get("tools") or ():
-            function = tool.get("function") if isinstance(tool, dict) else None
-            name = function.get("name") if isinstance(function, dict) else None
-            if name not in limits.tools:
-                return OverLimit(
-                    "tools", "tools",
-                    f"The tool {_shown(name)} is not allowed for this model.",
-                )  # fmt: skip
-    return None
-
-
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-
-
-def _shown(name: Any) -> str:
-    """A client's role or tool name, quoted in an error only when it is a plain name (the
-    shape OpenAI allows function names): anything else could be a secret sent by mistake."""
-    return repr(name) if isinstance(name, str) and _PLAIN_NAME.fullmatch(name) else "given"
+def guard_of(policies: tuple[Policy, ...], names: tuple[str, ...]) -> Guard:
+    """The rules and limits of the named policies, in their order; the limits combined to
+    the strictest."""
+    by_name = {policy.name: policy for policy in policies}
+    rules = [compile_rule(rule) for name in names for rule in by_name[name].rules]
+    limits = InputLimits()
+    for name in names:
+        limits = limits.combined(by_name[name].limits)
+    output = tuple(compiled for compiled in rules if compiled.rule.on_output)
+    described = json.dumps([c.rule.model_dump(mode="json") for c in output], sort_keys=True)
+    return Guard(
+        input=tuple(compiled for compiled in rules if compiled.rule.on_input),
+        output=output,
+        limits=limits,
+        output_digest=hashlib.sha256(described.encode()).hexdigest()[:16] if output else "",
+    )
 
 
 class Blocked(Exception):
     def __init__(self, rule_id: str) -> None:
         super().__init__(rule_id)
         self.rule_id = rule_id
+
+
+class Findings:
+    """What the rules found over one request's or answer's texts: each rule that fired,
+    once, in the order it first did, and the block rule that fired, if one did."""
+
+    __slots__ = ("blocked", "fired")
+
+    def __init__(self) -> None:
+        self.fired: dict[str, CompiledRule] = {}
+        self.blocked: CompiledRule | None = None
+
+    def hit(self, compiled: CompiledRule) -> None:
+        self.fired.setdefault(compiled.rule.id, compiled)
+        if compiled.rule.action == "block" and self.blocked is None:
+            self.blocked = compiled
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(self.fired)
+
+
+def scan(text: str, rules: tuple[CompiledRule, ...], findings: Findings) -> str:
+    """`text` with every redaction made, the rules that matched noted in `findings`. A
+    block rule's match ends the scan (the caller refuses or stops)."""
+    for compiled in rules:
+        spans = compiled.find(text)
+        if not spans:
+            continue
+        findings.hit(compiled)
+        if compiled.rule.action == "block":
+            return text
+        if compiled.rule.action == "redact":
+            text = redact(text, [(span.start, span.end, compiled.placeholder) for span in spans])
+    return text
+
+
+def mask(text: str, rules: tuple[CompiledRule, ...]) -> str:
+    """`text` with every rule's matches replaced by its placeholder, whatever its action: for
+    a log line, which must never hold what a rule matched."""
+    spans = [
+        (span.start, span.end, compiled.placeholder)
+        for compiled in rules
+        for span in compiled.find(text)
+    ]
+    return redact(text, spans) if spans else text
+
+
+def redact(text: str, spans: list[tuple[int, int, str]]) -> str:
+    """`text` with each (start, end, placeholder) replaced; of overlapping spans, the
+    earliest wins."""
+    out, last = [], 0
+    for start, end, placeholder in sorted(spans):
+        if start < last:
+            continue  # overlapping: already covered
+        out.append(text[last:start])
+        out.append(placeholder)
+        last = end
+    out.append(text[last:])
+    return "".join(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,38 +201,20 @@ def check_input(body: dict[str, Any], rules: tuple[CompiledRule, ...]) -> InputV
     """Run `rules` over the request's texts: Blocked by the first block rule that matches;
     otherwise `body` with every redaction made (in place, and serialised), and the rules
     that fired."""
-    fired: dict[str, CompiledRule] = {}
+    findings = Findings()
     changed = False
 
     def visit(text: str) -> str:
         nonlocal changed
-        for compiled in rules:
-            spans = compiled.find(text)
-            if not spans:
-                continue
-            fired.setdefault(compiled.rule.id, compiled)
-            if compiled.rule.action == "block":
-                raise Blocked(compiled.rule.id)
-            if compiled.rule.action == "redact":
-                text = _redact(text, spans, compiled.placeholder)
-                changed = True
-        return text
+        scanned = scan(text, rules, findings)
+        if findings.blocked is not None:
+            raise Blocked(findings.blocked.rule.id)
+        changed = changed or scanned is not text
+        return scanned
 
     _each_text(body, visit)
     rewritten = json.dumps(body, ensure_ascii=False).encode() if changed else None
-    return InputVerdict(rewritten, tuple(fired.values()))
-
-
-def _redact(text: str, spans: list[Span], placeholder: str) -> str:
-    out, last = [], 0
-    for span in sorted(spans, key=lambda span: span.start):
-        if span.start < last:
-            continue  # overlapping: already covered
-        out.append(text[last : span.start])
-        out.append(placeholder)
-        last = span.end
-    out.append(text[last:])
-    return "".join(out)
+    return InputVerdict(rewritten, tuple(findings.fired.values()))
 
 
 def _each_text(body: dict[str, Any], visit: Callable[[str], str]) -> None:

@@ -6,7 +6,8 @@ guardrails:
     rules:
       - {id: no-cards, detector: payment_card, direction: input, action: block}
       - {id: emails, detector: email, direction: input, action: redact}
-      - {id: internal, regex: "PROJECT-[0-9]{4}", direction: input, action: log}
+      - {id: internal, regex: "PROJECT-[0-9]{4}", direction: both, action: log}
+      - {id: no-keys, detector: api_key, direction: output, action: redact}
 models:
   - name: mixtral-8x7b
     guardrails: [pii]
@@ -36,10 +37,23 @@ class Rule(BaseModel):
     detector: str | None = Field(None, description=f"a built-in: {', '.join(DETECTORS)}")
     regex: str | None = Field(None, description="an operator's pattern (Python syntax)")
     words: tuple[str, ...] = Field((), description="words matched whole, case ignored")
-    # Output rules (answers and streams) are not built yet: refused rather than ignored.
-    direction: Literal["input"] = "input"
+    direction: Literal["input", "output", "both"] = "input"
     action: Literal["block", "redact", "log"] = "log"
     placeholder: str | None = Field(None, max_length=64, description="what redact writes")
+    max_length: int = Field(
+        256,
+        ge=1,
+        le=65536,
+        description="a regex rule's longest match: how much of a stream it may hold back",
+    )
+
+    @property
+    def on_input(self) -> bool:
+        return self.direction != "output"
+
+    @property
+    def on_output(self) -> bool:
+        return self.direction != "input"
 
     @field_validator("id")
     @classmethod

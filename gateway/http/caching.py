@@ -77,7 +77,10 @@ def plan(
         _bypass(state, exchange, decision.model)
         return None
     namespace = namespace_of(exchange.key_id, shared=policy.namespace == "shared")
-    key = f"{namespace}:{fingerprint(body, call.path, decision.model)}"
+    # What is stored is the answer as the output rules let it out: under other rules (a key's
+    # own, a reload), another entry.
+    guarded = f"{exchange.guard.output_digest}:" if exchange.guard is not None else ""
+    key = f"{namespace}:{guarded}{fingerprint(body, call.path, decision.model)}"
     ttl = policy.ttl or state.config.cache.ttl
     semantic = None
     if policy.semantic is not None and kind == "chat":
@@ -86,7 +89,9 @@ def plan(
         if question is not None:
             text, rest = question
             embedder = policy.semantic.embedding_model
-            partition = f"{namespace}:{embedder}:{fingerprint(rest, call.path, decision.model)}"
+            partition = (
+                f"{namespace}:{embedder}:{guarded}{fingerprint(rest, call.path, decision.model)}"
+            )
             semantic = SemanticPlan(partition, text, policy.semantic)
     read = "no-cache" not in directives
     return CachePlan(key, decision.model, kind, ttl, read, semantic)
@@ -147,9 +152,10 @@ async def serve(
             capture = exchange.capture = StreamCapture(plan.kind, cache.settings.max_entry_bytes)
         response = await forward(request, exchange)
         # A complete answer only: the try ended OK (a stream reached [DONE], no error event
-        # and no cut; the assembly checks the same again, from the bytes). It is assembled
+        # and no cut; the assembly checks the same again, from the bytes), and no output
+        # rule withheld it. It is assembled
         # and stored after this returns, off the request's path.
-        if exchange.answered:
+        if exchange.answered and exchange.output_blocked is None:
             payload = response.body if isinstance(response, web.Response) else None
             cache.later(_store_answer(cache, plan, payload, capture, vector, leads=leads))
             leads = False  # its followers hear from the store

@@ -1,5 +1,7 @@
-"""Guardrails at the edge: the served model's input rules over the request, after routing
-and before the cache (a redacted request is cached as what the model saw)."""
+"""Guardrails at the edge: the served model's guard (with the key's own policies) over the
+routed request, after routing and before the cache (a redacted request is cached as what the
+model saw); its output rules over the answer, as it is relayed (gateway.upstream.forward and
+relay, through `exchange.guard`). Rule ids are counted and logged, never what they matched."""
 
 from __future__ import annotations
 
@@ -9,53 +11,43 @@ from typing import Any
 
 import structlog
 
-from gateway.guardrails.engine import (
-    Blocked,
-    CompiledRule,
-    check_input,
-    input_limits,
-    input_rules,
-    over_limit,
-)
-from gateway.guardrails.settings import InputLimits
+from gateway.guardrails.engine import Blocked, Findings, Guard, check_input, guard_of
+from gateway.guardrails.limits import over_limit
 from gateway.http.errors import InvalidRequest, PermissionDenied
 from gateway.http.state import GatewayState
 from gateway.upstream.attempt import UpstreamCall
 from gateway.upstream.exchange import Exchange
 
 log = structlog.get_logger("gateway.guardrails")
-NO_LIMITS = InputLimits()
 
 
-def guard_input(
+def guard_request(
     state: GatewayState, exchange: Exchange, model: str, key_policies: tuple[str, ...]
 ) -> dict[str, Any]:
     """Apply the served model's input limits and rules, and the key's own policies', to the
     routed request: 400 over a limit or on a block rule; a redacted body replaces the call's.
-    Rule ids are counted and logged, never what they matched. Returns the request's JSON as
+    The output rules are left on the exchange for the answer. Returns the request's JSON as
     it goes upstream, parsed once here for the cache too."""
-    if key_policies:
-        rules, limits = _with_key_policies(state, model, key_policies)
-    else:
-        rules = state.input_rules.get(model, ())
-        limits = state.input_limits.get(model, NO_LIMITS)
+    guard = _with_key_policies(state, model, key_policies) if key_policies else state.guards[model]
+    if exchange.transcript is not None:  # before a refusal: its prompt is logged too
+        exchange.transcript.rules = (*guard.input, *guard.output)
     _, call = exchange.route
     parsed = json.loads(call.raw)  # validated as a JSON object at the edge
     body: dict[str, Any] = parsed if isinstance(parsed, dict) else {}
-    if limits.any:
-        _check_limits(state, exchange, model, limits, body)
-    if rules:
-        _apply_rules(state, exchange, model, rules, body)
+    if guard.limits.any:
+        _check_limits(state, exchange, model, guard, body)
+    if guard.input:
+        _apply_rules(state, exchange, model, guard, body)
+    if guard.output and call.path != "/v1/embeddings":  # an answer with texts
+        exchange.guard = guard
     return body
 
 
-def _with_key_policies(
-    state: GatewayState, model: str, key_policies: tuple[str, ...]
-) -> tuple[tuple[CompiledRule, ...], InputLimits]:
-    """The model's rules and limits with the key's policies added (compiled once per pair,
-    until the next reload). A key naming a policy the configuration lacks is refused: its
-    policy cannot be enforced, so nothing is sent."""
-    found = state.key_guardrails.get((model, key_policies))
+def _with_key_policies(state: GatewayState, model: str, key_policies: tuple[str, ...]) -> Guard:
+    """The model's guard with the key's policies added (compiled once per pair, until the
+    next reload). A key naming a policy the configuration lacks is refused: its policy
+    cannot be enforced, so nothing is sent."""
+    found = state.key_guards.get((model, key_policies))
     if found is not None:
         return found
     config = state.config
@@ -67,22 +59,15 @@ def _with_key_policies(
             code="guardrail_policy_missing",
         )
     names = (*next(m.guardrails for m in config.models if m.name == model), *key_policies)
-    found = state.key_guardrails[(model, key_policies)] = (
-        input_rules(config.guardrails, names),
-        input_limits(config.guardrails, names),
-    )
+    found = state.key_guards[(model, key_policies)] = guard_of(config.guardrails, names)
     return found
 
 
 def _check_limits(
-    state: GatewayState,
-    exchange: Exchange,
-    model: str,
-    limits: InputLimits,
-    body: dict[str, Any],
+    state: GatewayState, exchange: Exchange, model: str, guard: Guard, body: dict[str, Any]
 ) -> None:
     _, call = exchange.route
-    broken = over_limit(body, call.prompt_estimate, limits)
+    broken = over_limit(body, call.prompt_estimate, guard.limits)
     if broken is None:
         return
     rule_id = f"limits.{broken.kind}"
@@ -93,16 +78,12 @@ def _check_limits(
 
 
 def _apply_rules(
-    state: GatewayState,
-    exchange: Exchange,
-    model: str,
-    rules: tuple[CompiledRule, ...],
-    body: dict[str, Any],
+    state: GatewayState, exchange: Exchange, model: str, guard: Guard, body: dict[str, Any]
 ) -> None:
     _, call = exchange.route
     hits = state.metrics.guardrail_hits
     try:
-        verdict = check_input(body, rules)
+        verdict = check_input(body, guard.input)
     except Blocked as blocked:
         exchange.guardrails = (blocked.rule_id,)
         hits.labels(blocked.rule_id, "input", "block", model).inc()
@@ -121,3 +102,24 @@ def _apply_rules(
     if verdict.body is not None:
         rewritten: UpstreamCall = dataclasses.replace(call, raw=verdict.body)
         exchange.call = rewritten
+
+
+def report_output(exchange: Exchange, findings: Findings) -> None:
+    """The output rules that fired on an answer: counted, logged (ids only) and added to the
+    exchange's, for the access log and the ledger."""
+    if not findings.fired:
+        return
+    if findings.blocked is not None:
+        exchange.output_blocked = findings.blocked.rule.id
+    model = exchange.served_model or "-"
+    hits = exchange.state.metrics.guardrail_hits
+    for compiled in findings.fired.values():
+        hits.labels(compiled.rule.id, "output", compiled.rule.action, model).inc()
+    ids = findings.ids
+    exchange.guardrails = (*exchange.guardrails, *(i for i in ids if i not in exchange.guardrails))
+    log.info(
+        "guardrail_fired",
+        rules=list(ids),
+        direction="output",
+        action="block" if findings.blocked is not None else None,
+    )

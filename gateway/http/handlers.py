@@ -16,7 +16,7 @@ from gateway.http.asks import ask
 from gateway.http.auth import allowed_models, authenticate, require_model
 from gateway.http.body import later_continue, read_body
 from gateway.http.errors import InvalidRequest, NotFound
-from gateway.http.guarding import guard_input
+from gateway.http.guarding import guard_request
 from gateway.http.limiter import subjects_of
 from gateway.http.schemas import (
     ChatCompletionRequest,
@@ -113,8 +113,8 @@ async def _forward(
     subjects = subjects_of(principal, decision.model, model_limits)
     key_policies = principal.scopes.guardrails
     body = None  # the request's JSON, once something on the way needs it
-    if key_policies or decision.model in state.input_rules or decision.model in state.input_limits:
-        body = guard_input(state, exchange, decision.model, key_policies)
+    if key_policies or decision.model in state.guards:
+        body = guard_request(state, exchange, decision.model, key_policies)
     cache_plan = caching.plan(state, request, exchange, decision, body)
     if cache_plan is not None:
         return await caching.serve(request, exchange, cache_plan, subjects, tokens)

@@ -14,8 +14,7 @@ from actors.limiter.local import LimitSpec
 from actors.tree import LiveLayout
 from gateway.cache.settings import CachePolicy
 from gateway.cache.store import ResponseCache
-from gateway.guardrails.engine import CompiledRule, input_limits, input_rules
-from gateway.guardrails.settings import InputLimits
+from gateway.guardrails.engine import Guard, guard_of
 from gateway.http.metrics import GatewayMetrics
 from gateway.process.config import GatewayConfig
 
@@ -75,12 +74,9 @@ class GatewayState:
     canonical: dict[str, str] = field(default_factory=dict)  # id, alias or virtual -> model
     virtual: frozenset[str] = frozenset()  # the virtual models' names
     cache_policies: dict[str, CachePolicy] = field(default_factory=dict)  # model -> policy
-    input_rules: dict[str, tuple[CompiledRule, ...]] = field(default_factory=dict)  # model ->
-    input_limits: dict[str, InputLimits] = field(default_factory=dict)  # model -> its policies'
-    # (model, a key's own policies) -> their rules and limits together, compiled once
-    key_guardrails: dict[
-        tuple[str, tuple[str, ...]], tuple[tuple[CompiledRule, ...], InputLimits]
-    ] = field(default_factory=dict)
+    guards: dict[str, Guard] = field(default_factory=dict)  # model -> its policies' guardrails
+    # (model, a key's own policies) -> the model's and the key's together, compiled once
+    key_guards: dict[tuple[str, tuple[str, ...]], Guard] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.use(self.config)
@@ -103,17 +99,12 @@ class GatewayState:
             for m in config.models
             if (policy := m.cache or config.cache.default).enabled
         }
-        self.input_rules = {
-            m.name: rules
+        self.guards = {
+            m.name: guard
             for m in config.models
-            if (rules := input_rules(config.guardrails, m.guardrails))
+            if (guard := guard_of(config.guardrails, m.guardrails)).any
         }
-        self.key_guardrails = {}
-        self.input_limits = {
-            m.name: limits
-            for m in config.models
-            if (limits := input_limits(config.guardrails, m.guardrails)).any
-        }
+        self.key_guards = {}
         if self.cache is not None:
             self.cache.settings = config.cache  # its backend and bounds: restart only
 

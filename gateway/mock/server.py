@@ -24,6 +24,8 @@ from gateway.mock.quirks import (
 from gateway.mock.streams import stream
 from gateway.mock.text import count_tokens, embedding, pack_float32, tokens
 
+ECHO_SEPARATOR = "\x1e"  # ASCII's record separator: where an echoed answer's events split
+
 
 class MockSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -44,6 +46,24 @@ class MockSettings(BaseModel):
     linger: float = Field(
         0.0, ge=0, description="seconds between a stream's [DONE] and the end of its body"
     )
+    echo: bool = Field(
+        False,
+        description="answer with the last message's text (a completion's prompt), one event "
+        f"per piece between {ECHO_SEPARATOR!r} characters, or per 4 characters without one",
+    )
+
+
+def echoed(prompt: Any) -> list[str]:
+    """The pieces an echoing service answers with: what the last message says."""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict):
+        content = prompt[-1].get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        prompt = content
+    text = prompt if isinstance(prompt, str) else json.dumps(prompt)
+    if ECHO_SEPARATOR in text:
+        return text.split(ECHO_SEPARATOR)
+    return [text[i : i + 4] for i in range(0, len(text), 4)] or [""]
 
 
 @dataclass
@@ -196,6 +216,9 @@ async def generate(request: web.Request) -> web.StreamResponse:
     length = min(int(max_tokens), settings.length)
     finish = "length" if length < settings.length else "stop"
     words = tokens(json.dumps(prompt_source, sort_keys=True), length)
+    if settings.echo:
+        words = echoed(prompt_source)
+        length, finish = len(words), "stop"
     usage = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": length,

@@ -35,6 +35,7 @@ from actors.ledger.store import UsageRecord
 from actors.limiter.local import Subject
 from actors.router.actor import AllowRetry, RequestEnded, RetryEnded, RouteDecision
 from gateway.cache.capture import StreamCapture
+from gateway.guardrails.engine import Guard
 from gateway.http import limiter
 from gateway.http.asks import ask
 from gateway.http.auth import presented_secrets
@@ -93,9 +94,11 @@ class Exchange:
         "decision",
         "error_status",
         "first_byte_at",
+        "guard",
         "guardrails",
         "key_id",
         "model",
+        "output_blocked",
         "rate_headers",
         "relayed_events",
         "request_id",
@@ -152,7 +155,11 @@ class Exchange:
         self.cached_tokens: tuple[int, int] | None = None
         self.charge_cached = False
         self.capture: StreamCapture | None = None
-        self.guardrails: tuple[str, ...] = ()  # the ids of the guardrail rules that fired
+        # Guardrails (gateway.http.guarding): the guard whose output rules the answer passes,
+        # the ids of the rules that fired, and the block rule that stopped the answer.
+        self.guard: Guard | None = None
+        self.guardrails: tuple[str, ...] = ()
+        self.output_blocked: str | None = None
 
     @property
     def state(self) -> GatewayState:

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from actors.backend.actor import AcquireLease, Lease, Outcome
 from actors.router.actor import AwaitRoom, QueueFull, RouteDecision
+from gateway.guardrails.answers import check_answer
 from gateway.http.asks import ask
 from gateway.http.errors import (
     GatewayError,
@@ -30,6 +31,7 @@ from gateway.http.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
+from gateway.http.guarding import report_output
 from gateway.upstream import failures
 from gateway.upstream.attempt import (
     FREE_RETRY,
@@ -221,6 +223,10 @@ async def _relay_unary(
         raise attempt.fail(error, *failures.blame_of(error, payload))
     attempt.outcome = Outcome.OK
     attempt.usage = usage_of(payload)
+    if exchange.guard is not None:
+        verdict = check_answer(payload, exchange.guard.output)
+        report_output(exchange, verdict.findings)
+        payload = verdict.body if verdict.body is not None else payload
     if exchange.transcript is not None:
         exchange.transcript.keep(payload)
     rewrite = response_rewriter(lease.upstream_model, decision.model)

@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 
 from actors.backend.actor import Outcome
+from gateway.guardrails.answers import StreamGuard
 from gateway.http.errors import (
     GatewayError,
     InvalidRequest,
@@ -25,6 +26,7 @@ from gateway.http.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
+from gateway.http.guarding import report_output
 from gateway.http.state import STATE
 from gateway.upstream import failures, sse
 from gateway.upstream.attempt import Attempt, Outgoing, connection_failure, open_upstream
@@ -214,6 +216,7 @@ async def _pump(
         ),
     )
     touch = watchdog.touch
+    guard = StreamGuard(exchange.guard.output) if exchange.guard is not None else None
     token = state.streams.add(
         lambda: stopper.stop(
             ServiceUnavailable("The gateway is shutting down. Retry the request."),
@@ -230,6 +233,11 @@ async def _pump(
                 if b'"usage"' in events:
                     attempt.usage = usage_of(events) or attempt.usage
                 attempt.events += count(events)
+                if guard is not None:
+                    events = guard.feed(events)
+                    if guard.blocked is not None:
+                        await _stopped(response, attempt, tally, rewrite(events))
+                        return False
                 if transcript is not None:
                     transcript.keep(events)
                 if capture is not None:
@@ -269,6 +277,8 @@ async def _pump(
     finally:
         watchdog.cancel()
         state.streams.discard(token)
+        if guard is not None:
+            report_output(exchange, guard.findings)
     if attempt.error_status is not None:
         return False  # an incomplete stream: ended with an error event (_finish)
     attempt.outcome = Outcome.OK
@@ -330,6 +340,19 @@ async def _finish(
         if tally.call.add_usage:
             events = sse.without_done(events) + tally.usage_event(*attempt.usage) + sse.DONE
     await _write_last(request, response, events)
+
+
+async def _stopped(
+    response: web.StreamResponse, attempt: Attempt, tally: StreamTally, events: bytes
+) -> None:
+    """An output rule blocked the answer: `events` end with the content-filter chunk and
+    the error event. The replica did its job (OK, never a failure against it), and the
+    tokens it spent so far are recorded; its connection is closed, so it stops generating."""
+    attempt.outcome = Outcome.OK
+    if attempt.usage is None:
+        attempt.usage = (tally.call.prompt_estimate, tally.completion_tokens)
+        attempt.usage_estimated = True
+    await _write(response, events)
 
 
 async def _write_last(request: web.Request, response: web.StreamResponse, events: bytes) -> None:

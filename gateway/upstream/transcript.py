@@ -12,6 +12,8 @@ from typing import Any
 
 import structlog
 
+from gateway.guardrails.engine import CompiledRule, mask
+
 log = structlog.get_logger("gateway.upstream.transcript")
 
 # At most this much of a stream is kept to rebuild the completion from.
@@ -21,10 +23,13 @@ STREAM_KEEP = 256 * 1024
 class Transcript:
     """A request's prompt and what was relayed for it, kept only when prompt logging is on."""
 
-    __slots__ = ("_chunks", "_size", "prompt")
+    __slots__ = ("_chunks", "_size", "prompt", "rules")
 
     def __init__(self, prompt: str) -> None:
         self.prompt = prompt
+        # The guardrail rules of the request: whatever they match is masked in the log line,
+        # whatever their action (a `log` rule's match reaches the model, never the log).
+        self.rules: tuple[CompiledRule, ...] = ()
         self._chunks: list[bytes] = []
         self._size = 0
 
@@ -46,6 +51,8 @@ class Transcript:
     def log(self, request_id: str, model: str | None, limit: int) -> None:
         """One log event with the prompt and the completion, each cut at `limit` characters."""
         prompt, completion = self.prompt, self.completion()
+        if self.rules:
+            prompt, completion = mask(prompt, self.rules), mask(completion, self.rules)
         log.info(
             "transcript",
             request_id=request_id,

@@ -164,9 +164,13 @@ def test_a_rule_has_exactly_one_detector() -> None:
         Rule(id="x", regex="(")
 
 
-def test_output_rules_are_refused_until_they_exist() -> None:
+def test_a_rule_applies_to_input_output_or_both() -> None:
+    sides = {d: Rule(id="x", detector="email", direction=d) for d in ("input", "output", "both")}
+    assert [(r.on_input, r.on_output) for r in sides.values()] == [
+        (True, False), (False, True), (True, True)
+    ]  # fmt: skip
     with pytest.raises(ValueError, match="direction"):
-        Rule.model_validate({"id": "x", "detector": "email", "direction": "output"})
+        Rule.model_validate({"id": "x", "detector": "email", "direction": "sideways"})
 
 
 async def test_the_ledger_and_the_admin_api_say_which_rules_are_in_force_and_fired(
