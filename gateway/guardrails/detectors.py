@@ -45,9 +45,6 @@ class Detector:
     # search (which costs an e-mail pattern some 30 µs on every event of a stream).
     required: str | None = None
     lead: str = ""
-    # How many characters past a match its look-ahead reads: a match that close to the end
-    # of a stream's text so far is not final (an IPv4 address followed by ".5" is none).
-    lookahead: int = 1
 
     def find(
         self,
@@ -159,7 +156,6 @@ PHONE = Detector(
     may_hold=lambda text, digits: digits >= 9,
     required=r"\d",
     lead="+(",
-    lookahead=2,
 )
 CARD = Detector(
     "payment_card",
@@ -192,7 +188,6 @@ IPV4 = Detector(
     may_hold=lambda text, digits: digits >= 4 and "." in text,
     required=r"\d\.",
     lead=string.digits,
-    lookahead=3,
 )
 IPV6 = Detector(
     "ip_address",

@@ -39,7 +39,6 @@ class StreamPattern:
     max_length: int  # no match is longer: a partial one older than this never completes
     required: re.Pattern[str] | None = None  # without it in the text, only a trailing run
     lead: str = ""  # of `lead` may still become a match (gateway.guardrails.detectors)
-    lookahead: int = 2  # characters past a match its look-ahead reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +68,6 @@ def compile_rule(rule: Rule) -> CompiledRule:
                 d.max_length,
                 None if d.required is None else re.compile(d.required),
                 d.lead,
-                d.lookahead,
             )
             for d in detectors
         )

@@ -6,7 +6,7 @@ text with partial matching (the `regex` module): a match that reaches the end of
 seen so far, or a prefix of one, may still grow, so the text from its start is held; the
 text before the earliest such start is released, its complete matches redacted (or the
 answer blocked). What is held is therefore only a possible match in progress, never more
-than the longest match a rule can make (plus the characters its look-ahead reads): a card number
+than the longest match a rule can make: a card number
 or a key split across any number of pieces is still caught, and an answer that holds
 nothing like one is released as it arrives, but for its last word (which may be the start
 of an e-mail address).
@@ -48,22 +48,21 @@ class SlidingWindow:
             for stream in compiled.stream:
                 if stream.required is not None and stream.required.search(text) is None:
                     lead = len(text.rstrip(stream.lead))  # no match yet; maybe one coming
-                    if lead < end and end - lead <= stream.max_length + stream.lookahead:
+                    if lead < end and end - lead <= stream.max_length:
                         hold = min(hold, max(lead, start))
                     continue
                 for match in stream.pattern.finditer(text, start, partial=True):
                     begin, stop = match.span()
                     if begin == stop:
                         continue
-                    # Not final either: a complete match so close to the end that its
-                    # look-ahead has not seen what follows, or one (valid or not) that
-                    # more text could still extend ("ada@mail.example" + ".org").
+                    # Not final either: a complete match (valid or not) that more text could
+                    # still extend or undo ("ada@mail.example" + ".org", "1.2.3.4." + "5"):
+                    # the text from its start to the end may be the start of a match.
                     if (
                         match.partial
-                        or stop > end - stream.lookahead
                         or stream.pattern.fullmatch(text, begin, partial=True) is not None
                     ):
-                        if end - begin <= stream.max_length + stream.lookahead:
+                        if end - begin <= stream.max_length:
                             hold = min(hold, begin)  # may still become a match
                         continue
                     if stream.valid(match.group()):

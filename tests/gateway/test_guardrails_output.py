@@ -221,8 +221,32 @@ async def test_a_redacted_answer_is_cached_as_sent_and_a_blocked_one_never() -> 
         for _ in range(2):
             with pytest.raises(openai.APIError):
                 await streamed(client, f"key {SECRET}")
+            withheld = await client.chat.completions.create(
+                model="m", messages=user(f"the key {SECRET}")
+            )
+            assert withheld.choices[0].finish_reason == "content_filter"
         mock = gw.mocks["m"][0].state.stats
-        assert mock.requests == 3  # the answer once (for both formats), the blocked one twice
+        assert mock.requests == 5  # the answer once (for both formats), the blocked ones twice
+
+
+async def test_a_cached_answer_is_only_served_under_the_output_rules_it_passed() -> None:
+    """Keys sharing a cache namespace, one with an output policy of its own: an answer the
+    other key cached unredacted is not served to it."""
+    no_ips = Policy(
+        name="no-ips",
+        rules=(Rule(id="ips", detector="ip_address", direction="output", action="redact"),),
+    )
+    key_id, secret, sha = new_key()
+    scoped = ConfiguredKey(id=key_id, secret_sha256=sha, scopes=KeyScopes(guardrails=("no-ips",)))
+    auth = AuthSettings(api_keys=(API_KEY,), keys=(scoped,))
+    shared = CachePolicy(requests="always", namespace="shared")
+    async with echoing(auth=auth, policies=(OUTPUT, no_ips), cache=shared) as gw:
+        said = "Host 10.0.0.7 is up"
+        async with sdk(gw) as plain, sdk(gw, secret) as strict:
+            for _ in range(2):
+                assert (await streamed(plain, said))[0] == said
+                assert (await streamed(strict, said))[0] == "Host [IP] is up"
+        assert gw.mocks["m"][0].state.stats.requests == 2  # one entry per set of rules
 
 
 async def test_a_reload_brings_new_output_rules(tmp_path: Path) -> None:

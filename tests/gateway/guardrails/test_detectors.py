@@ -59,7 +59,7 @@ NOT_FOUND: dict[str, tuple[Detector, list[str]]] = {
     "phone": (PHONE, ["2026-12-02", "12:30", "1234", "192.168.1.20", "v1.2.3", "3.14159"]),
     "card": (CARD, ["4111 1111 1111 1112", "1234 5678 9012 3456", "2026 1202", "12345678"]),
     "iban": (IBAN, ["DE89 3704 0044 0532 0130 01", "GB00WEST12345698765432", "ISO9001 certified"]),
-    "ipv4": (IPV4, ["999.1.1.1", "1.2.3", "version 1.2.3.4.5", "256.256.256.256"]),
+    "ipv4": (IPV4, ["999.1.1.1", "1.2.3", "version 1.2.3.4.5", "1.2.3.4..5", "256.256.256.256"]),
     "ipv6": (IPV6, ["12:30:45", "a:b", "::", "the ratio 3:2:1"]),
     "api_key": (API_KEY, ["sk-short", "task-list-of-things", "AKIA-not-a-key", "eyJ.eyJ.x"]),
     "private_key": (PRIVATE_KEY, ["-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----"]),

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from gateway.guardrails.answers import StreamGuard, check_answer
-from gateway.guardrails.engine import CompiledRule, Findings, compile_rule, scan
-from gateway.guardrails.settings import DETECTORS, Rule
+from gateway.guardrails.engine import CompiledRule, Findings, compile_rule, guard_of, scan
+from gateway.guardrails.settings import DETECTORS, Policy, Rule
 from gateway.guardrails.window import SlidingWindow
 from tests.gateway.guardrails.test_detectors import FOUND, NOT_FOUND
 
@@ -71,7 +71,7 @@ def test_what_is_held_never_outgrows_the_longest_match() -> None:
         window.push("abcdefgh", findings)  # one endless word
     email = next(r for r in EVERY_DETECTOR if r.rule.id == "email").stream[0].max_length
     api_key = next(r for r in EVERY_DETECTOR if r.rule.id == "api_key").stream[0].max_length
-    assert window.held <= max(email, api_key) + 2
+    assert window.held <= max(email, api_key)
 
 
 def test_a_block_rule_is_found_across_events_and_nothing_of_it_released() -> None:
@@ -84,6 +84,19 @@ def test_a_block_rule_is_found_across_events_and_nothing_of_it_released() -> Non
         assert findings.blocked is not None
         assert findings.blocked.rule.id == "k"
         assert released == "Use ", cut
+
+
+def test_a_rule_for_both_directions_is_an_input_and_an_output_rule() -> None:
+    policy = Policy(
+        name="p",
+        rules=tuple(
+            Rule(id=side, detector="email", direction=side) for side in ("input", "output", "both")
+        ),
+    )
+    guard = guard_of((policy,), ("p",))
+    assert [c.rule.id for c in guard.input] == ["input", "both"]
+    assert [c.rule.id for c in guard.output] == ["output", "both"]
+    assert guard.output_digest != guard_of((policy,), ()).output_digest
 
 
 def test_words_and_operator_regexes_work_across_events() -> None:
