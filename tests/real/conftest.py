@@ -79,7 +79,7 @@ def model(name: str, servers: list[RealServer], **extra: Any) -> dict[str, Any]:
     }
 
 
-def gateway_config(models: list[dict[str, Any]], tmp_path: Path) -> GatewayConfig:
+def gateway_config(models: list[dict[str, Any]], tmp_path: Path, **extra: Any) -> GatewayConfig:
     keys = [
         {"id": "0000000000aa", "secret_sha256": hash_secret(SECRET)},
         {"id": "0000000000bb", "secret_sha256": hash_secret(SECRET), "scopes": {"rpm": 2}},
@@ -92,6 +92,7 @@ def gateway_config(models: list[dict[str, Any]], tmp_path: Path) -> GatewayConfi
             "auth": {"keys": keys, "admin_keys": [ADMIN]},
             "usage": {"path": str(tmp_path / "usage.db"), "flush_interval": 0.05},
             "logging": {"access_log": False},
+            **extra,
         }
     )
 
