@@ -105,6 +105,11 @@ class StreamGuard:
     def blocked(self) -> CompiledRule | None:
         return self.findings.blocked
 
+    @property
+    def held(self) -> int:
+        """Characters held back, over every choice and field."""
+        return sum(window.held for window in self._windows.values())
+
     def feed(self, events: bytes) -> bytes:
         """Complete events in, the events to relay out. Once a block rule matched, the output
         ends with the content-filter chunk and the error event, and the stream must end."""

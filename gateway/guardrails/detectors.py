@@ -45,6 +45,8 @@ class Detector:
     # search (which costs an e-mail pattern some 30 µs on every event of a stream).
     required: str | None = None
     lead: str = ""
+    starts: tuple[str, ...] = ()  # a match begins with one of these: a trailing run that is
+    # no beginning of one (most words, for API keys) can be released at once
 
     def find(
         self,
@@ -219,6 +221,7 @@ API_KEY = Detector(
     may_hold=lambda text, digits: any(prefix in text for prefix in _KEY_PREFIXES),
     required="|".join(re.escape(prefix) for prefix in _KEY_PREFIXES),
     lead=string.ascii_letters + string.digits + "_-",
+    starts=_KEY_PREFIXES,
 )
 PRIVATE_KEY = Detector(
     "private_key",

@@ -23,7 +23,7 @@ from typing import Any
 
 import regex
 
-from gateway.guardrails.detectors import BUILT_IN, Span
+from gateway.guardrails.detectors import BUILT_IN, Span, count_digits, digit_clusters
 from gateway.guardrails.settings import InputLimits, Policy, Rule
 
 _DETECTORS = {detector.name: detector for detector in BUILT_IN}
@@ -39,14 +39,30 @@ class StreamPattern:
     max_length: int  # no match is longer: a partial one older than this never completes
     required: re.Pattern[str] | None = None  # without it in the text, only a trailing run
     lead: str = ""  # of `lead` may still become a match (gateway.guardrails.detectors)
+    starts: tuple[str, ...] = ()  # and only if it begins one of these, when given
+
+
+# A text's matches, given its digit count and digit clusters (gateway.guardrails.detectors),
+# which are found once per text for all of a guard's rules.
+Finder = Callable[[str, int, list[tuple[int, int]]], list[Span]]
 
 
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     rule: Rule
-    find: Callable[[str], list[Span]]
+    finder: Finder
     placeholder: str
     stream: tuple[StreamPattern, ...]
+
+    def find(self, text: str) -> list[Span]:
+        return self.finder(text, *text_shape(text))
+
+
+def text_shape(text: str) -> tuple[int, list[tuple[int, int]]]:
+    """What the digit-shaped detectors' shortcuts need of a text: its digit count and its
+    digit clusters."""
+    digits = count_digits(text)
+    return digits, digit_clusters(text) if digits >= 4 else []
 
 
 def _always(text: str) -> bool:
@@ -57,8 +73,10 @@ def compile_rule(rule: Rule) -> CompiledRule:
     if rule.detector is not None:
         detectors = [d for d in BUILT_IN if d.name == rule.detector]
 
-        def find(text: str) -> list[Span]:
-            return [span for detector in detectors for span in detector.find(text)]
+        def find(text: str, digits: int, clusters: list[tuple[int, int]]) -> list[Span]:
+            return [
+                span for detector in detectors for span in detector.find(text, digits, clusters)
+            ]
 
         placeholder = _DETECTORS[rule.detector].placeholder
         stream = tuple(
@@ -68,6 +86,7 @@ def compile_rule(rule: Rule) -> CompiledRule:
                 d.max_length,
                 None if d.required is None else re.compile(d.required),
                 d.lead,
+                d.starts,
             )
             for d in detectors
         )
@@ -80,7 +99,7 @@ def compile_rule(rule: Rule) -> CompiledRule:
             source, longest = rf"\b(?:{words})\b", max(len(word) for word in rule.words)
             pattern = re.compile(source, re.IGNORECASE)
 
-        def find(text: str) -> list[Span]:
+        def find(text: str, digits: int, clusters: list[tuple[int, int]]) -> list[Span]:
             return [Span(m.start(), m.end(), rule.id) for m in pattern.finditer(text) if m.group()]
 
         placeholder = "[REDACTED]"
@@ -152,8 +171,9 @@ class Findings:
 def scan(text: str, rules: tuple[CompiledRule, ...], findings: Findings) -> str:
     """`text` with every redaction made, the rules that matched noted in `findings`. A
     block rule's match ends the scan (the caller refuses or stops)."""
+    shape = text_shape(text)
     for compiled in rules:
-        spans = compiled.find(text)
+        spans = compiled.finder(text, *shape)
         if not spans:
             continue
         findings.hit(compiled)
@@ -161,16 +181,18 @@ def scan(text: str, rules: tuple[CompiledRule, ...], findings: Findings) -> str:
             return text
         if compiled.rule.action == "redact":
             text = redact(text, [(span.start, span.end, compiled.placeholder) for span in spans])
+            shape = text_shape(text)
     return text
 
 
 def mask(text: str, rules: tuple[CompiledRule, ...]) -> str:
     """`text` with every rule's matches replaced by its placeholder, whatever its action: for
     a log line, which must never hold what a rule matched."""
+    shape = text_shape(text)
     spans = [
         (span.start, span.end, compiled.placeholder)
         for compiled in rules
-        for span in compiled.find(text)
+        for span in compiled.finder(text, *shape)
     ]
     return redact(text, spans) if spans else text
 

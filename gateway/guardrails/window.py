@@ -48,7 +48,12 @@ class SlidingWindow:
             for stream in compiled.stream:
                 if stream.required is not None and stream.required.search(text) is None:
                     lead = len(text.rstrip(stream.lead))  # no match yet; maybe one coming
-                    if lead < end and end - lead <= stream.max_length:
+                    run = text[lead:]
+                    if (
+                        run
+                        and len(run) <= stream.max_length
+                        and (not stream.starts or any(s.startswith(run) for s in stream.starts))
+                    ):
                         hold = min(hold, max(lead, start))
                     continue
                 for match in stream.pattern.finditer(text, start, partial=True):

@@ -65,6 +65,15 @@ def test_only_a_possible_match_in_progress_is_held_back() -> None:
     assert list(findings.fired) == ["email"]
 
 
+def test_a_word_that_cannot_begin_a_key_is_not_held_for_the_key_detector() -> None:
+    keys = (compile_rule(Rule(id="k", detector="api_key", direction="output", action="redact")),)
+    window, findings = SlidingWindow(keys), Findings()
+    assert window.push("The quick", findings) == "The quick"
+    assert window.push(" s", findings) == " "  # "sk-" may follow
+    assert window.push("k", findings) == ""
+    assert window.push("y is blue", findings) == "sky is blue"
+
+
 def test_what_is_held_never_outgrows_the_longest_match() -> None:
     window, findings = SlidingWindow(EVERY_DETECTOR), Findings()
     for _ in range(2000):
