@@ -24,6 +24,7 @@ from typing import Any
 import regex
 
 from gateway.guardrails.detectors import BUILT_IN, Span, count_digits, digit_clusters
+from gateway.guardrails.presidio import PresidioEngines
 from gateway.guardrails.settings import InputLimits, Policy, Rule
 
 _DETECTORS = {detector.name: detector for detector in BUILT_IN}
@@ -52,10 +53,15 @@ class CompiledRule:
     rule: Rule
     finder: Finder
     placeholder: str
-    stream: tuple[StreamPattern, ...]
+    stream: tuple[StreamPattern, ...]  # none: a stream holds back `hold` characters instead
+    hold: int = 0
+    typed: bool = False  # each match's placeholder is its kind ("[PERSON]"): Presidio's
 
     def find(self, text: str) -> list[Span]:
         return self.finder(text, *text_shape(text))
+
+    def label(self, span: Span) -> str:
+        return f"[{span.kind}]" if self.typed else self.placeholder
 
 
 def text_shape(text: str) -> tuple[int, list[tuple[int, int]]]:
@@ -69,7 +75,18 @@ def _always(text: str) -> bool:
     return True
 
 
-def compile_rule(rule: Rule) -> CompiledRule:
+def compile_rule(rule: Rule, engines: PresidioEngines | None = None) -> CompiledRule:
+    """`rule` ready to run; a Presidio rule's analyzer comes from `engines` (loaded there
+    once, reused by later compilations)."""
+    if rule.presidio is not None:
+        detector = rule.presidio
+        finder = (engines or PresidioEngines()).finder(
+            detector.model, detector.language, detector.entities, detector.score_threshold
+        )
+        return CompiledRule(
+            rule, finder, rule.placeholder or "[PII]", (), rule.max_length or 32,
+            typed=rule.placeholder is None,
+        )  # fmt: skip
     if rule.detector is not None:
         detectors = [d for d in BUILT_IN if d.name == rule.detector]
 
@@ -92,7 +109,7 @@ def compile_rule(rule: Rule) -> CompiledRule:
         )
     else:
         if rule.regex is not None:
-            source, longest = rule.regex, rule.max_length
+            source, longest = rule.regex, rule.max_length or 256
             pattern = re.compile(source)
         else:
             words = "|".join(re.escape(word) for word in rule.words)
@@ -124,11 +141,13 @@ class Guard:
         return bool(self.input or self.output or self.limits.any)
 
 
-def guard_of(policies: tuple[Policy, ...], names: tuple[str, ...]) -> Guard:
+def guard_of(
+    policies: tuple[Policy, ...], names: tuple[str, ...], engines: PresidioEngines | None = None
+) -> Guard:
     """The rules and limits of the named policies, in their order; the limits combined to
     the strictest."""
     by_name = {policy.name: policy for policy in policies}
-    rules = [compile_rule(rule) for name in names for rule in by_name[name].rules]
+    rules = [compile_rule(rule, engines) for name in names for rule in by_name[name].rules]
     limits = InputLimits()
     for name in names:
         limits = limits.combined(by_name[name].limits)
@@ -180,7 +199,7 @@ def scan(text: str, rules: tuple[CompiledRule, ...], findings: Findings) -> str:
         if compiled.rule.action == "block":
             return text
         if compiled.rule.action == "redact":
-            text = redact(text, [(span.start, span.end, compiled.placeholder) for span in spans])
+            text = redact(text, [(span.start, span.end, compiled.label(span)) for span in spans])
             shape = text_shape(text)
     return text
 
@@ -190,7 +209,7 @@ def mask(text: str, rules: tuple[CompiledRule, ...]) -> str:
     a log line, which must never hold what a rule matched."""
     shape = text_shape(text)
     spans = [
-        (span.start, span.end, compiled.placeholder)
+        (span.start, span.end, compiled.label(span))
         for compiled in rules
         for span in compiled.finder(text, *shape)
     ]

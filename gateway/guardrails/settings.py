@@ -21,10 +21,29 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.guardrails import presidio
 from gateway.guardrails.detectors import BUILT_IN
 
 DETECTORS = sorted({detector.name for detector in BUILT_IN})
 _RULE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+class PresidioDetector(BaseModel):
+    """Presidio's analyzer as a rule's detector (gateway.guardrails.presidio)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    entities: tuple[str, ...] = Field(min_length=1, description="e.g. PERSON, US_SSN")
+    model: str = Field("en_core_web_lg", description="a spaCy model's name, or its path")
+    language: str = "en"
+    score_threshold: float = Field(0.5, ge=0, le=1)
+
+    @field_validator("entities")
+    @classmethod
+    def _installed(cls, entities: tuple[str, ...]) -> tuple[str, ...]:
+        if not presidio.installed():
+            raise ValueError(presidio.INSTALL_HINT)
+        return entities
 
 
 class Rule(BaseModel):
@@ -37,14 +56,16 @@ class Rule(BaseModel):
     detector: str | None = Field(None, description=f"a built-in: {', '.join(DETECTORS)}")
     regex: str | None = Field(None, description="an operator's pattern (Python syntax)")
     words: tuple[str, ...] = Field((), description="words matched whole, case ignored")
+    presidio: PresidioDetector | None = Field(None, description="Presidio's, where installed")
     direction: Literal["input", "output", "both"] = "input"
     action: Literal["block", "redact", "log"] = "log"
     placeholder: str | None = Field(None, max_length=64, description="what redact writes")
-    max_length: int = Field(
-        256,
+    max_length: int | None = Field(
+        None,
         ge=1,
         le=65536,
-        description="a regex rule's longest match: how much of a stream it may hold back",
+        description="a regex's longest match (256 unless set), or what a Presidio rule holds "
+        "back of a stream (32): how much of a stream the rule may hold back",
     )
 
     @property
@@ -81,9 +102,14 @@ class Rule(BaseModel):
 
     @model_validator(mode="after")
     def _one_detector(self) -> Rule:
-        given = [self.detector is not None, self.regex is not None, bool(self.words)]
+        given = [
+            self.detector is not None,
+            self.regex is not None,
+            bool(self.words),
+            self.presidio is not None,
+        ]
         if sum(given) != 1:
-            raise ValueError("a rule has exactly one of detector, regex or words")
+            raise ValueError("a rule has exactly one of detector, regex, words or presidio")
         return self
 
 

@@ -59,7 +59,9 @@ def _with_key_policies(state: GatewayState, model: str, key_policies: tuple[str,
             code="guardrail_policy_missing",
         )
     names = (*next(m.guardrails for m in config.models if m.name == model), *key_policies)
-    found = state.key_guards[(model, key_policies)] = guard_of(config.guardrails, names)
+    found = state.key_guards[(model, key_policies)] = guard_of(
+        config.guardrails, names, state.presidio
+    )
     return found
 
 

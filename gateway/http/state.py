@@ -15,6 +15,7 @@ from actors.tree import LiveLayout
 from gateway.cache.settings import CachePolicy
 from gateway.cache.store import ResponseCache
 from gateway.guardrails.engine import Guard, guard_of
+from gateway.guardrails.presidio import PresidioEngines
 from gateway.http.metrics import GatewayMetrics
 from gateway.process.config import GatewayConfig
 
@@ -74,6 +75,7 @@ class GatewayState:
     canonical: dict[str, str] = field(default_factory=dict)  # id, alias or virtual -> model
     virtual: frozenset[str] = frozenset()  # the virtual models' names
     cache_policies: dict[str, CachePolicy] = field(default_factory=dict)  # model -> policy
+    presidio: PresidioEngines = field(default_factory=PresidioEngines)  # loaded once, kept
     guards: dict[str, Guard] = field(default_factory=dict)  # model -> its policies' guardrails
     # (model, a key's own policies) -> the model's and the key's together, compiled once
     key_guards: dict[tuple[str, tuple[str, ...]], Guard] = field(default_factory=dict)
@@ -102,7 +104,7 @@ class GatewayState:
         self.guards = {
             m.name: guard
             for m in config.models
-            if (guard := guard_of(config.guardrails, m.guardrails)).any
+            if (guard := guard_of(config.guardrails, m.guardrails, self.presidio)).any
         }
         self.key_guards = {}
         if self.cache is not None:

@@ -156,7 +156,7 @@ models:
 
 
 def test_a_rule_has_exactly_one_detector() -> None:
-    with pytest.raises(ValueError, match="exactly one of detector, regex or words"):
+    with pytest.raises(ValueError, match="exactly one of detector, regex, words or presidio"):
         Rule(id="x", detector="email", regex="a")
     with pytest.raises(ValueError, match="unknown detector"):
         Rule(id="x", detector="ssn")
