@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.guardrails.detectors import _CLUSTER as CLUSTER
 from gateway.guardrails.detectors import (
     API_KEY,
     BUILT_IN,
@@ -17,6 +18,7 @@ from gateway.guardrails.detectors import (
     PHONE,
     PRIVATE_KEY,
     Detector,
+    digit_clusters,
     find_all,
     iban,
     luhn,
@@ -126,3 +128,19 @@ def test_the_shortcuts_of_find_all_drop_no_example(name: str) -> None:
     for example in examples:
         text = f"Contact: {example}, thanks."
         assert [text[s.start : s.end] for s in find_all(text, (detector,))] == [example], example
+
+
+def test_digit_clusters_are_the_same_found_over_bytes_or_characters() -> None:
+    for text in (
+        "Order 1234 shipped on 2026-12-02 to 10.0.0.7, invoice 998877 for 42.50 EUR.",
+        "call +44 (20) 7946-0958 or (212) 555.0143; card 4111 1111 1111 1111",
+        "no digits at all", "1 2 3 4 5 6 7 8", "+(((((((9",
+    ):  # fmt: skip
+        assert digit_clusters(text) == [m.span() for m in CLUSTER.finditer(text)], text
+
+
+def test_digits_of_other_scripts_are_digits_too() -> None:
+    fullwidth = "".join(chr(0xFF10 + digit) for digit in range(10))
+    wide = "4111 1111 1111 1111".translate(str.maketrans("0123456789", fullwidth))
+    text = f"card {wide}, thanks"
+    assert [text[s.start : s.end] for s in CARD.find(text)] == [wide]
