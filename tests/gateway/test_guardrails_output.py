@@ -19,10 +19,11 @@ import yaml
 from actors.auth.keys import KeyScopes, new_key
 from actors.ledger.actor import LedgerSettings
 from gateway.cache.settings import CachePolicy
-from gateway.guardrails.settings import Policy, Rule
+from gateway.guardrails.settings import DETECTORS, Policy, Rule
 from gateway.mock.server import ECHO_SEPARATOR as CUT
 from gateway.process.config import AuthSettings, ConfiguredKey, LoggingSettings
 from gateway.process.observability import BufferedLineLogger
+from tests.gateway.guardrails.test_detectors import FOUND
 from tests.gateway.harness import (
     ADMIN_KEY,
     API_KEY,
@@ -100,6 +101,28 @@ async def test_redact_rewrites_a_whole_answer_and_the_rest_is_unchanged() -> Non
         text = await client.completions.create(model="m", prompt=f"Pay with {CARD}.")
         assert text.choices[0].text == "Pay with [CARD]."
         assert (await hits(gw)) == {("emails", "redact"): 1.0, ("cards", "redact"): 2.0}
+
+
+EVERY_DETECTOR = Policy(
+    name="every",
+    rules=tuple(
+        Rule(id=name, detector=name, direction="output", action="redact") for name in DETECTORS
+    ),
+)
+
+
+@pytest.mark.parametrize("name", FOUND)
+async def test_every_detector_redacts_answers_whole_and_split_mid_match(name: str) -> None:
+    async with echoing(policies=(EVERY_DETECTOR,), model_policies=("every",)) as gw:
+        detector, examples = FOUND[name]
+        async with sdk(gw) as client:
+            for example in examples:
+                middle = len(example) // 2
+                said = f"see {example[:middle]}{CUT}{example[middle:]}{CUT} done"
+                expected = f"see {detector.placeholder} done"
+                assert (await streamed(client, said))[0] == expected, example
+                reply = await client.chat.completions.create(model="m", messages=user(said))
+                assert reply.choices[0].message.content == expected, example
 
 
 async def test_a_card_split_across_events_at_every_position_is_redacted() -> None:
