@@ -4,7 +4,8 @@ root                         one_for_one, intensity 3 / 10 s
 ├── backends                 one_for_one, one BackendActor per replica, jittered backoff
 │   ├── mixtral-8x7b#0
 │   └── …
-├── keystore                 PykkaHost of KeyStoreActor (SQLite), with auth.key_store only
+├── keystore                 PykkaHost of KeyStoreActor (SQLite), or PgKeyStoreActor
+│                            (PostgreSQL: LISTEN/NOTIFY), with auth.key_store only
 ├── auth                     AuthActor
 ├── limiter                  RateLimiterActor (state local, or in Redis)
 ├── ledger_writer            PykkaHost of LedgerWriterActor (SQLite), with usage.ledger only
@@ -24,7 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 
-from actors.auth.actor import AuthActor, AuthSources
+from actors.auth.actor import AuthActor, AuthSources, ForgetAllKeys, ForgetKey
+from actors.auth.pgstore import PgKeyStoreActor
 from actors.auth.store import KeyStoreActor
 from actors.backend.actor import BackendActor
 from actors.backend.breaker import BreakerSettings
@@ -42,6 +44,7 @@ from actors.ledger.actor import LedgerSettings, UsageLedgerActor
 from actors.ledger.store import LedgerWriterActor
 from actors.limiter.actor import LimiterSettings, RateLimiterActor
 from actors.limiter.local import LocalLimits
+from actors.postgres.schema import is_postgres
 from actors.router.actor import ModelSettings, RouterActor, RouterSettings
 from actors.router.balancer import ReplicaLoad
 from actors.router.settings import replica_name
@@ -204,10 +207,22 @@ def gateway_tree(live: LiveLayout, lookup: Callable[[str], ActorRef]) -> ChildSp
         store = lookup(KEYSTORE) if live.key_store is not None else None
         return AuthActor(replace(live.auth, store=store))
 
+    def key_changed(key_id: str | None) -> None:
+        """A key changed in the shared store: AuthActor's cached lookup of it is stale."""
+        try:
+            auth_ref = lookup(AUTH)
+        except LookupError:
+            return  # not started yet: its cache is empty
+        auth_ref.notify(ForgetKey(key_id) if key_id is not None else ForgetAllKeys())
+
     children = [ChildSpec("backends", backends)]
-    if live.key_store is not None:
-        path = live.key_store
-        children.append(ChildSpec("keystore", lambda: PykkaHost(lambda: KeyStoreActor.start(path))))
+    location = live.key_store
+    if location is not None and is_postgres(location):
+        children.append(ChildSpec("keystore", lambda: PgKeyStoreActor(location, key_changed)))
+    elif location is not None:
+        children.append(
+            ChildSpec("keystore", lambda: PykkaHost(lambda: KeyStoreActor.start(location)))
+        )
     children += [
         ChildSpec("auth", auth, mailbox=HOT_MAILBOX),
         ChildSpec(

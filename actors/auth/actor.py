@@ -2,8 +2,9 @@
 
 Keys come from three places: plain keys in the configuration (`auth.api_keys`, and
 `auth.admin_keys` for /admin only), hashed key records in the configuration (`auth.keys`,
-for infrastructure-as-code), and the SQLite key store (`auth.key_store`, managed with
-`citadel-gateway keys` and /admin/keys), reached through KeyStoreActor.
+for infrastructure-as-code), and the key store (`auth.key_store`, managed with
+`citadel-gateway keys` and /admin/keys): a SQLite file (KeyStoreActor) or, for a fleet,
+PostgreSQL (PgKeyStoreActor, whose notifications drop a changed key from the cache at once).
 
 Store lookups are cached in the actor for at most `cache_ttl` seconds, so the hot path does
 not touch SQLite and a revocation anywhere (the CLI, another worker) takes effect within that
@@ -39,6 +40,7 @@ from actors.kernel import (
     AskTimeout,
     MailboxFull,
     SyncActor,
+    ask_settled,
     settle_reply,
 )
 
@@ -87,6 +89,11 @@ class ForgetKey(Ask[None]):
     """Ask: drop a cached lookup (the key was revoked or rotated through this gateway)."""
 
     key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetAllKeys:
+    """Tell: drop every cached lookup (the key store's notifications were down a while)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +211,9 @@ class AuthActor(SyncActor):
             case ForgetKey(key_id=key_id):
                 self._cache.forget(key_id)
                 return None
+            case ForgetAllKeys():
+                self._cache = _Lookups(self._sources.cache_ttl)
+                return None
             case _Looked(key_id=key_id, record=record, secret=secret, address=address):
                 self._cache.put(key_id, record, time.monotonic())
                 return self._verify(record, secret, address, time.monotonic())
@@ -251,7 +261,8 @@ class AuthActor(SyncActor):
 
         async def look_up() -> None:
             try:
-                record = await store.ask(LookupKey(key_id), timeout=STORE_ASK_TIMEOUT)
+                # The SQLite store answers at once; PostgreSQL's defers its reply.
+                record = await ask_settled(store, LookupKey(key_id), timeout=STORE_ASK_TIMEOUT)
                 result = await me.ask(_Looked(key_id, record, secret, address))
             except AuthRefused as refused:
                 settle_reply(reply, error=refused)

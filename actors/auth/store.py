@@ -64,7 +64,7 @@ class KeyStore:
             (key_id,),
         ).fetchone()
         if row is None:
-            _record(_STAND_IN)
+            _record(STAND_IN)
             return None
         return _record(row)
 
@@ -103,7 +103,7 @@ class KeyStore:
 
 
 # A row like a real one (scopes with a name, models and a limit), parsed on a miss.
-_STAND_IN = (
+STAND_IN = (
     "000000000000",
     "0" * 64,
     KeyScopes(name="stand-in", models=("model",), rpm=60).model_dump_json(),

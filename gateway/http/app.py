@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 
 from actors.kernel import ActorSystem
+from actors.postgres.schema import is_postgres, migrate
 from actors.tree import AUTH, LEDGER, LIMITER, ROUTER, LiveLayout, TreeLayout, gateway_tree
 from gateway.cache.metrics import CacheMetrics
 from gateway.cache.store import ResponseCache
@@ -132,6 +133,11 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    if is_postgres(config.auth.key_store):
+        # The schema brought up to date, or the start refused (SchemaTooNew) with the reason.
+        applied = await migrate(str(config.auth.key_store))
+        if applied:
+            log.info("schema_migrated", versions=applied)
     system = ActorSystem()
     sources = config.auth_sources()
     layout = LiveLayout(

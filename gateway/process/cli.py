@@ -10,9 +10,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import asyncpg
 import structlog
 import uvloop
 
+from actors.postgres.schema import VERSION, SchemaTooNew, is_postgres, migrate
 from gateway.process import cli_keys, cli_usage
 from gateway.process.config import ConfigError, GatewayConfig, config_path, load_config, warnings_of
 from gateway.process.observability import configure_logging
@@ -42,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     cli_keys.add_parser(commands)
     cli_usage.add_parser(commands)
 
+    db = commands.add_parser("db", help="the shared PostgreSQL schema")
+    db_actions = db.add_subparsers(dest="action", required=True)
+    db_migrate = db_actions.add_parser("migrate", help="bring the schema up to date")
+    db_migrate.add_argument("--url", help="postgresql://… (default: the config's auth.key_store)")
+    db_migrate.add_argument("--config", help="configuration file (default: $CITADEL_CONFIG)")
+
     demo = commands.add_parser("demo", help="four mock model services and the gateway")
     demo.add_argument("--listen", default="127.0.0.1:8000")
     return parser
@@ -69,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli_keys.run(args)
     if args.command == "usage":
         return cli_usage.run(args)
+    if args.command == "db":
+        return _migrate(args)
     if args.command == "mock-backend":
         configure_logging("info")
         return uvloop.run(_run_mock(args))
@@ -146,3 +156,26 @@ async def _run_mock(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    """`citadel-gateway db migrate`: the versions applied, or why not."""
+    try:
+        url = args.url or load_config(args.config).auth.key_store
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if not is_postgres(url):
+        print("no PostgreSQL: pass --url or set auth.key_store to a postgresql:// URL",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        applied = asyncio.run(migrate(str(url)))
+    except SchemaTooNew as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"cannot migrate: {exc}", file=sys.stderr)
+        return 1
+    print(f"schema at version {VERSION}" + (f" (applied {applied})" if applied else ", up to date"))
+    return 0

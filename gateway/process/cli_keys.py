@@ -1,7 +1,8 @@
 """`citadel-gateway keys create|list|revoke|rotate`: the key store from the shell.
 
-The store is the file named by `--db`, else the configuration's `auth.key_store` (from
-`--config` or $CITADEL_CONFIG). A running gateway sees a change within `auth.cache_ttl`.
+The store is the one named by `--db` (a SQLite file, or a postgresql:// URL), else the
+configuration's `auth.key_store` (from `--config` or $CITADEL_CONFIG). A running gateway sees
+a change within `auth.cache_ttl` (SQLite), or at once (PostgreSQL: every gateway LISTENs).
 """
 
 from __future__ import annotations
@@ -15,17 +16,22 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
+import asyncpg
 from pydantic import ValidationError
 
 from actors.auth.keys import KeyRecord, KeyScopes
+from actors.auth.pgstore import BlockingPgKeyStore
 from actors.auth.store import KeyNotFound, KeyStore
+from actors.postgres.schema import is_postgres
 from gateway.process.config import ConfigError, load_config
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys = commands.add_parser("keys", help="manage API keys in the key store")
     where = argparse.ArgumentParser(add_help=False)
-    where.add_argument("--db", help="the key store file (default: the config's auth.key_store)")
+    where.add_argument(
+        "--db", help="the key store: a file or a postgresql:// URL (default: auth.key_store)"
+    )
     where.add_argument("--config", help="configuration file (default: $CITADEL_CONFIG)")
     actions = keys.add_subparsers(dest="action", required=True)
 
@@ -83,7 +89,13 @@ def run(args: argparse.Namespace) -> int:
     if path is None:
         print("no key store: pass --db or set auth.key_store in the configuration", file=sys.stderr)
         return 2
-    store = KeyStore(path)
+    try:
+        store: KeyStore | BlockingPgKeyStore = (
+            BlockingPgKeyStore(path) if is_postgres(path) else KeyStore(path)
+        )
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"cannot open the key store: {exc}", file=sys.stderr)
+        return 1
     try:
         return _act(store, args)
     except KeyNotFound as exc:
@@ -93,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         store.close()
 
 
-def _act(store: KeyStore, args: argparse.Namespace) -> int:
+def _act(store: KeyStore | BlockingPgKeyStore, args: argparse.Namespace) -> int:
     if args.action == "create":
         try:
             given = {"models": tuple(_items(args.models))} if args.models is not None else {}

@@ -66,7 +66,10 @@ class AuthSettings(BaseModel):
         (), description="keys for /admin/* only; never accepted on the model endpoints"
     )
     keys: tuple[ConfiguredKey, ...] = Field((), description="hashed keys with their scopes")
-    key_store: str | None = Field(None, description="SQLite file of managed keys")
+    key_store: str | None = Field(
+        None,
+        description="managed keys: a SQLite file, or a postgresql:// URL shared by a fleet",
+    )
     failure_limit: int = Field(20, ge=1, description="failed attempts per address per minute")
     cache_ttl: float = Field(
         1.0, gt=0, le=60, description="seconds a key store lookup is cached (revocation delay)"

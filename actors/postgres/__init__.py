@@ -1,0 +1,1 @@
+"""What the PostgreSQL-backed stores share: the schema and its migrations (schema)."""
