@@ -8,7 +8,8 @@ root                         one_for_one, intensity 3 / 10 s
 │                            (PostgreSQL: LISTEN/NOTIFY), with auth.key_store only
 ├── auth                     AuthActor
 ├── limiter                  RateLimiterActor (state local, or in Redis)
-├── ledger_writer            PykkaHost of LedgerWriterActor (SQLite), with usage.ledger only
+├── ledger_writer            PykkaHost of LedgerWriterActor (SQLite), or PgLedgerWriterActor
+│                            (PostgreSQL, spilling to SQLite while it is down), with usage only
 ├── ledger                   UsageLedgerActor (batches; flushed on stop)
 └── router                   RouterActor
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import Any
 
 from actors.auth.actor import AuthActor, AuthSources, ForgetAllKeys, ForgetKey
 from actors.auth.pgstore import PgKeyStoreActor
@@ -41,6 +43,7 @@ from actors.kernel import (
     Supervisor,
 )
 from actors.ledger.actor import LedgerSettings, UsageLedgerActor
+from actors.ledger.pgstore import PgLedgerWriterActor
 from actors.ledger.store import LedgerWriterActor
 from actors.limiter.actor import LimiterSettings, RateLimiterActor
 from actors.limiter.local import LocalLimits
@@ -233,10 +236,13 @@ def gateway_tree(live: LiveLayout, lookup: Callable[[str], ActorRef]) -> ChildSp
     ]
     ledger = live.ledger
     if ledger is not None:  # the writer first: it stops after the ledger has flushed to it
+        writer: Callable[[], Any]
+        if is_postgres(ledger.path):
+            writer = partial(PgLedgerWriterActor, ledger.path, ledger.spill_path())
+        else:
+            writer = partial(PykkaHost, lambda: LedgerWriterActor.start(ledger.path))
         children += [
-            ChildSpec(
-                "ledger_writer", lambda: PykkaHost(lambda: LedgerWriterActor.start(ledger.path))
-            ),
+            ChildSpec("ledger_writer", writer, shutdown_timeout=30.0),
             ChildSpec(
                 "ledger",
                 lambda: UsageLedgerActor(

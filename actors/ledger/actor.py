@@ -1,5 +1,6 @@
 """UsageLedgerActor: collects one usage record per completed request and writes them in
-batches through LedgerWriterActor (SQLite, on its own thread).
+batches through LedgerWriterActor (SQLite, on its own thread) or PgLedgerWriterActor
+(PostgreSQL, shared by a fleet, with a local spill file: actors.ledger.pgstore).
 
 Records arrive as notices and wait in memory until `batch_size` have come or
 `flush_interval` has passed; one batch at a time is written, in a task, never inside a
@@ -10,14 +11,16 @@ nothing. A batch the writer could not write goes back in the buffer and is tried
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from actors.kernel import ActorDead, ActorRef, AskTimeout, SyncActor, settle_reply
+from actors.kernel import ActorDead, ActorRef, AskTimeout, SyncActor, ask_settled, settle_reply
 from actors.ledger.store import Summarize, UsageRecord, WriteBatch
 
 log = structlog.get_logger("actors.ledger.actor")
@@ -29,7 +32,22 @@ MAX_BACKLOG = 1_000_000  # records kept while the writer fails; beyond, the olde
 class LedgerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: str = Field(description="the SQLite file of usage records")
+    path: str = Field(
+        description="usage records: a SQLite file, or a postgresql:// URL shared by a fleet"
+    )
+    spill: str | None = Field(
+        None,
+        description="with PostgreSQL: the local SQLite file records wait in while it is down "
+        "(default: usage-spill.db in $STATE_DIRECTORY, else ~/.local/state/citadel-gateway)",
+    )
+
+    def spill_path(self) -> Path:
+        if self.spill is not None:
+            return Path(self.spill)
+        state = os.environ.get("STATE_DIRECTORY")  # systemd's StateDirectory=
+        base = Path(state.split(":")[0]) if state else Path.home() / ".local/state/citadel-gateway"
+        return base / "usage-spill.db"
+
     batch_size: int = Field(200, ge=1, description="records written in one transaction")
     flush_interval: float = Field(0.5, gt=0, description="seconds a record may wait in memory")
 
@@ -135,7 +153,8 @@ class UsageLedgerActor(SyncActor):
     async def _write(self, batch: list[UsageRecord]) -> list[UsageRecord] | None:
         """Write one batch; the batch back if it could not be written."""
         try:
-            await self._writer.ask(WriteBatch(batch), timeout=WRITE_TIMEOUT)
+            # SQLite's writer answers when the batch is on disk; PostgreSQL's defers its reply.
+            await ask_settled(self._writer, WriteBatch(batch), timeout=WRITE_TIMEOUT)
         except (ActorDead, AskTimeout, OSError, sqlite3.Error) as exc:
             log.error("usage_ledger_write_failed", records=len(batch), error=repr(exc))
             return batch
@@ -171,7 +190,8 @@ class UsageLedgerActor(SyncActor):
         async def summarize() -> None:
             try:
                 await drained
-                settle_reply(reply, result=await writer.ask(message, timeout=WRITE_TIMEOUT))
+                answer = await ask_settled(writer, message, timeout=WRITE_TIMEOUT)
+                settle_reply(reply, result=answer)
             except Exception as exc:  # noqa: BLE001 - to the asker, never a crash of the ledger
                 settle_reply(reply, error=exc)
 

@@ -30,7 +30,9 @@ CREATE TABLE IF NOT EXISTS usage (
     usage_estimated   INTEGER NOT NULL DEFAULT 0,
     cached            INTEGER NOT NULL DEFAULT 0,
     saved_tokens      INTEGER NOT NULL DEFAULT 0,
-    guardrails        TEXT
+    guardrails        TEXT,
+    record_id         TEXT,
+    instance          TEXT
 );
 CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
 """
@@ -40,9 +42,16 @@ _ADDED_COLUMNS = {
     "cached": "INTEGER NOT NULL DEFAULT 0",
     "saved_tokens": "INTEGER NOT NULL DEFAULT 0",
     "guardrails": "TEXT",
+    "record_id": "TEXT",
+    "instance": "TEXT",
 }
-GROUPS = {"key": "key_id", "model": "model", "day": "date(ts, 'unixepoch')"}
-Group = Literal["key", "model", "day"]
+GROUPS = {
+    "key": "key_id",
+    "model": "model",
+    "backend": "backend",
+    "day": "date(ts, 'unixepoch')",
+}
+Group = Literal["key", "model", "backend", "day"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +71,14 @@ class UsageRecord:
     cached: bool = False  # answered from the response cache: no model spent tokens on it
     saved_tokens: int = 0  # what the cached answer cost when it was produced
     guardrails: str | None = None  # the ids of the guardrail rules that fired, comma-separated
+    record_id: str | None = None  # the gateway's own id of the request: unique, never a client's
+    instance: str | None = None  # the gateway process that wrote it (host:pid)
 
 
 # The columns in the record's field order (a ledger from an earlier version has its added
 # columns at the end, in the same order).
-_FIELDS = tuple(field.name for field in fields(UsageRecord))
-_COLUMNS = ", ".join(_FIELDS)
+FIELDS = tuple(field.name for field in fields(UsageRecord))
+_COLUMNS = ", ".join(FIELDS)
 
 
 class LedgerStore:
@@ -87,7 +98,7 @@ class LedgerStore:
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
-                f"INSERT INTO usage ({_COLUMNS}) VALUES ({', '.join('?' * len(_FIELDS))})",
+                f"INSERT INTO usage ({_COLUMNS}) VALUES ({', '.join('?' * len(FIELDS))})",
                 [astuple(record) for record in records],
             )
         return len(records)
@@ -110,32 +121,53 @@ class LedgerStore:
             + (f" WHERE {' AND '.join(where)}" if where else "")
             + (f" GROUP BY {', '.join(by)} ORDER BY {', '.join(by)}" if by else "")
         )
-        rows = []
-        for row in self._db.execute(query, args):
-            groups = dict(zip(by, row[: len(by)], strict=True))
-            requests, prompt, completion, errors, latency, estimated, cached, saved = row[len(by) :]
-            rows.append(
-                {
-                    **groups,
-                    "requests": requests,
-                    "prompt_tokens": prompt or 0,
-                    "completion_tokens": completion or 0,
-                    "total_tokens": (prompt or 0) + (completion or 0),
-                    "errors": errors or 0,
-                    "avg_latency_ms": round(latency or 0.0, 3),
-                    "estimated_requests": estimated or 0,
-                    "cached_requests": cached or 0,
-                    "saved_tokens": saved or 0,
-                }
-            )
-        return rows
+        return [summary_row(by, tuple(row)) for row in self._db.execute(query, args)]
 
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM usage").fetchone()[0])
 
+    # As a spill file (actors.ledger.pgstore): the oldest records first, then forgotten.
+
+    def oldest(self, limit: int) -> list[tuple[int, UsageRecord]]:
+        rows = self._db.execute(
+            f"SELECT rowid, {_COLUMNS} FROM usage ORDER BY rowid LIMIT ?", (limit,)
+        )
+        return [(row[0], UsageRecord(*row[1:])) for row in rows]
+
+    def forget(self, last_rowid: int) -> None:
+        self._db.execute("DELETE FROM usage WHERE rowid <= ?", (last_rowid,))
+
+
+SUMMARY_COLUMNS = (
+    "requests", "prompt_tokens", "completion_tokens", "total_tokens", "errors",
+    "avg_latency_ms", "estimated_requests", "cached_requests", "saved_tokens",
+)  # fmt: skip
+
+
+def summary_row(by: tuple[Group, ...], row: tuple[Any, ...]) -> dict[str, Any]:
+    """One summary row: the groups' values, then COUNT(*), SUM(prompt_tokens),
+    SUM(completion_tokens), the errors, AVG(latency_ms), and the estimated, cached and saved
+    sums, as both stores' queries select them."""
+    groups = dict(zip(by, row[: len(by)], strict=True))
+    requests, prompt, completion, errors, latency, estimated, cached, saved = row[len(by) :]
+    return {
+        **groups,
+        "requests": int(requests),
+        "prompt_tokens": int(prompt or 0),
+        "completion_tokens": int(completion or 0),
+        "total_tokens": int(prompt or 0) + int(completion or 0),
+        "errors": int(errors or 0),
+        "avg_latency_ms": round(float(latency or 0.0), 3),
+        "estimated_requests": int(estimated or 0),
+        "cached_requests": int(cached or 0),
+        "saved_tokens": int(saved or 0),
+    }
+
 
 @dataclass(frozen=True, slots=True)
-class WriteBatch:
+class WriteBatch(Ask[int]):
+    """Ask: write these records; answers how many (once they are durable)."""
+
     records: list[UsageRecord]
 
 

@@ -36,6 +36,33 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
             FOR EACH ROW EXECUTE FUNCTION citadel_key_changed();
         """,
     ),
+    (
+        2,
+        "usage records from every gateway, one per request",
+        """
+        CREATE TABLE usage (
+            record_id         TEXT PRIMARY KEY,
+            instance          TEXT,
+            ts                DOUBLE PRECISION NOT NULL,
+            request_id        TEXT NOT NULL,
+            key_id            TEXT,
+            model             TEXT NOT NULL,
+            backend           TEXT,
+            endpoint          TEXT NOT NULL,
+            prompt_tokens     INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            status            INTEGER NOT NULL,
+            latency_ms        DOUBLE PRECISION NOT NULL,
+            ttft_ms           DOUBLE PRECISION,
+            usage_estimated   BOOLEAN NOT NULL DEFAULT false,
+            cached            BOOLEAN NOT NULL DEFAULT false,
+            saved_tokens      INTEGER NOT NULL DEFAULT 0,
+            guardrails        TEXT
+        );
+        CREATE INDEX usage_ts ON usage (ts);
+        CREATE INDEX usage_key_ts ON usage (key_id, ts);
+        """,
+    ),
 )
 VERSION = MIGRATIONS[-1][0]
 KEYS_CHANNEL = "citadel_keys"

@@ -133,9 +133,10 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    if is_postgres(config.auth.key_store):
+    shared = {config.auth.key_store, config.usage.path if config.usage else None}
+    for url in sorted(u for u in shared if u is not None and is_postgres(u)):
         # The schema brought up to date, or the start refused (SchemaTooNew) with the reason.
-        applied = await migrate(str(config.auth.key_store))
+        applied = await migrate(url)
         if applied:
             log.info("schema_migrated", versions=applied)
     system = ActorSystem()
@@ -166,6 +167,8 @@ async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
         layout=layout,
         config_path=app.get(CONFIG_PATH),
     )
+    if config.instance is not None:
+        state.instance = config.instance
     log.info("actor_tree_started", models=[m.name for m in config.models])
     if state.metrics.sampler is not None:
         state.in_background(_sample_tree(state.metrics.sampler))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +78,8 @@ class GatewayState:
     virtual: frozenset[str] = frozenset()  # the virtual models' names
     cache_policies: dict[str, CachePolicy] = field(default_factory=dict)  # model -> policy
     presidio: PresidioEngines = field(default_factory=PresidioEngines)  # loaded once, kept
+    # This gateway process, in the records it writes to a fleet's shared ledger.
+    instance: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     guards: dict[str, Guard] = field(default_factory=dict)  # model -> its policies' guardrails
     # (model, a key's own policies) -> the model's and the key's together, compiled once
     key_guards: dict[tuple[str, tuple[str, ...]], Guard] = field(default_factory=dict)

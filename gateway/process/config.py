@@ -220,7 +220,14 @@ class GatewayConfig(BaseModel):
     connections: ConnectionSettings = ConnectionSettings()
     shutdown_grace: float = Field(30.0, ge=0, description="seconds in-flight requests may finish")
     workers: int = Field(1, ge=1, le=256, description="gateway processes sharing the port")
-    usage: LedgerSettings | None = Field(None, description="the usage ledger (SQLite)")
+    usage: LedgerSettings | None = Field(
+        None, description="the usage ledger (SQLite, or PostgreSQL for a fleet)"
+    )
+    instance: str | None = Field(
+        None,
+        max_length=128,
+        description="this gateway's name in a fleet's shared records (default: host:pid)",
+    )
     cache: CacheSettings = Field(CacheSettings(), description="the response cache")
     guardrails: tuple[Policy, ...] = Field((), description="named guardrail policies")
 

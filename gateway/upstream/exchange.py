@@ -285,7 +285,8 @@ class Exchange:
                 saved.labels(self.served_model or "-", "prompt").inc(self.cached_tokens[0])
                 saved.labels(self.served_model or "-", "completion").inc(self.cached_tokens[1])
             if state.ledger is not None and self.served_model is not None:
-                state.ledger.notify(_usage_record(self._endpoint, self, elapsed))
+                record = _usage_record(self._endpoint, self, elapsed, state.instance)
+                state.ledger.notify(record)
         if self.transcript is not None and self.served_model is not None:
             self.transcript.log(self.request_id, self.served_model, logging.prompt_log_chars)
         if not logging.access_log:
@@ -344,7 +345,7 @@ def _record(metrics: GatewayMetrics, endpoint: str, exchange: Exchange, elapsed:
         metrics.routed.labels(exchange.model or "-", model, kind).inc()
 
 
-def _usage_record(endpoint: str, exchange: Exchange, elapsed: float) -> UsageRecord:
+def _usage_record(endpoint: str, exchange: Exchange, elapsed: float, instance: str) -> UsageRecord:
     prompt, completion = exchange.usage or (0, 0)
     first = exchange.first_byte_at
     return UsageRecord(
@@ -363,4 +364,6 @@ def _usage_record(endpoint: str, exchange: Exchange, elapsed: float) -> UsageRec
         cached=exchange.cached_tokens is not None,
         saved_tokens=sum(exchange.cached_tokens) if exchange.cached_tokens else 0,
         guardrails=",".join(exchange.guardrails) or None,
+        record_id=exchange.upstream_id,
+        instance=instance,
     )
