@@ -41,12 +41,13 @@ from actors.kernel import (
     PykkaHost,
     Strategy,
     Supervisor,
+    ask_settled,
 )
 from actors.ledger.actor import LedgerSettings, UsageLedgerActor
 from actors.ledger.pgstore import PgLedgerWriterActor
-from actors.ledger.store import LedgerWriterActor
+from actors.ledger.store import Group, LedgerWriterActor, Summarize
 from actors.limiter.actor import LimiterSettings, RateLimiterActor
-from actors.limiter.local import LocalLimits
+from actors.limiter.local import LocalLimits, Subject
 from actors.postgres.schema import is_postgres
 from actors.router.actor import ModelSettings, RouterActor, RouterSettings
 from actors.router.balancer import ReplicaLoad
@@ -218,6 +219,17 @@ def gateway_tree(live: LiveLayout, lookup: Callable[[str], ActorRef]) -> ChildSp
             return  # not started yet: its cache is empty
         auth_ref.notify(ForgetKey(key_id) if key_id is not None else ForgetAllKeys())
 
+    async def spend_of(subject: Subject) -> float:
+        """What a budget's period has spent so far, by the usage ledger (every record
+        written first: the ledger answers a summary once its buffer is on disk)."""
+        assert subject.period is not None
+        kind, _, name = subject.name.partition(":")
+        group: Group = "key" if kind == "key" else "model"
+        rows = await ask_settled(
+            lookup(LEDGER), Summarize((group,), since=subject.period.start), timeout=30
+        )
+        return float(sum(row["total_tokens"] for row in rows if row[group] == name))
+
     children = [ChildSpec("backends", backends)]
     location = live.key_store
     if location is not None and is_postgres(location):
@@ -230,7 +242,9 @@ def gateway_tree(live: LiveLayout, lookup: Callable[[str], ActorRef]) -> ChildSp
         ChildSpec("auth", auth, mailbox=HOT_MAILBOX),
         ChildSpec(
             "limiter",
-            lambda: RateLimiterActor(live.limiter, live.local_limits),
+            lambda: RateLimiterActor(
+                live.limiter, live.local_limits, spend_of if live.ledger is not None else None
+            ),
             mailbox=HOT_MAILBOX,
         ),
     ]

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from actors.limiter.budget import Budget
 from actors.limiter.local import LimitSpec
 
 PREFIX = "sk-citadel-"
@@ -75,6 +76,7 @@ class KeyScopes(BaseModel):
     rpm: StrictInt | None = Field(None, ge=1, description="requests per minute")
     tpm: StrictInt | None = Field(None, ge=1, description="tokens per minute (prompt + completion)")
     max_concurrent: StrictInt | None = Field(None, ge=1, description="requests in flight at once")
+    budget: Budget | None = Field(None, description="tokens per day, week or month")
     expires_at: StrictFloat | None = Field(
         None, gt=0, allow_inf_nan=False, description="unix time after which it is refused"
     )
@@ -99,7 +101,9 @@ class KeyScopes(BaseModel):
     @cached_property
     def limits(self) -> LimitSpec:
         """The key's own limits, as the rate limiter takes them (built once per scopes)."""
-        return LimitSpec(rpm=self.rpm, tpm=self.tpm, max_concurrent=self.max_concurrent)
+        return LimitSpec(
+            rpm=self.rpm, tpm=self.tpm, max_concurrent=self.max_concurrent, budget=self.budget
+        )
 
     @field_validator("guardrails")
     @classmethod

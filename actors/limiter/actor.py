@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import redis.asyncio as redis
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from actors.kernel import Ask, SyncActor, settle_reply
+from actors.kernel import Ask, SyncActor, ask_settled, settle_reply
 from actors.limiter.local import LocalLimits, Subject, Verdict
 from actors.limiter.redis import RedisLimits
 
@@ -48,6 +49,18 @@ class Admit(Ask["Admission"]):
     subjects: tuple[Subject, ...]
     tokens: int
     request_id: str
+    seeds: tuple[tuple[str, float], ...] = ()  # budgets' spend so far, from the ledger
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSpent(Ask["float"]):
+    """Ask: a subject's budget spend in its current period (for /admin/keys)."""
+
+    subject: Subject
+
+
+# What a budget's period has spent so far, by the usage ledger (the tree's; 0 without one).
+SpendOf = Callable[[Subject], Awaitable[float]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +77,7 @@ class _RemoteVerdict:
 
 
 @dataclass(frozen=True, slots=True)
-class _RedisFailed:
+class _RedisFailed(Ask["Admission | None"]):
     """Self-ask: Redis failed; decide `admit` without it (None: a settlement failed)."""
 
     admit: Admit | None
@@ -86,12 +99,18 @@ class RateLimiterActor(SyncActor):
     """Local limits are decided synchronously in the asker's task (a SyncActor); Redis
     admissions are deferred replies, so they overlap."""
 
-    def __init__(self, settings: LimiterSettings, local: LocalLimits | None = None) -> None:
+    def __init__(
+        self,
+        settings: LimiterSettings,
+        local: LocalLimits | None = None,
+        spend_of: SpendOf | None = None,
+    ) -> None:
         """`local` outlives this instance (the tree holds it, as it holds each replica's
         load): a restart must not forget the requests in flight, or a key with
         max_concurrent 3 runs 6 streams after it."""
         self._settings = settings
         self._local = local if local is not None else LocalLimits()
+        self._spend_of = spend_of
         self._client: redis.Redis | None = None
         self._redis: RedisLimits | None = None
         self._down_since: float | None = None
@@ -135,6 +154,8 @@ class RateLimiterActor(SyncActor):
                 if self._redis is not None and time.monotonic() >= self._retry_at:
                     return self._admit_remotely(admit)
                 return self._admit_locally(admit)
+            case BudgetSpent(subject=subject):
+                return self._budget_spent(subject)
             case _RemoteVerdict(verdict=verdict):
                 self._redis_up()
                 return self._counted(Admission(verdict, shared=True))
@@ -153,7 +174,7 @@ class RateLimiterActor(SyncActor):
                 return None
         return super().handle(message)
 
-    def _admit_locally(self, admit: Admit) -> Admission:
+    def _admit_locally(self, admit: Admit) -> Admission | asyncio.Future[Any]:
         """In this process: the embedded default, or Redis is down."""
         if self._redis is not None:
             self.redis_failures += 1
@@ -161,8 +182,71 @@ class RateLimiterActor(SyncActor):
                 return self._counted(
                     Admission(Verdict(False, UNAVAILABLE, "", RETRY_REDIS_AFTER), False)
                 )
-        verdict = self._local.admit(admit.subjects, admit.tokens, time.monotonic())
+        verdict = self._local.admit(
+            admit.subjects, admit.tokens, time.monotonic(), dict(admit.seeds)
+        )
+        if verdict.kind == "seed":
+            return self._seeded_then(admit)
         return self._counted(Admission(verdict, shared=False))
+
+    def _seeded_then(self, admit: Admit) -> asyncio.Future[Any]:
+        """A budget's period this process has not seen: its spend so far read from the
+        ledger (in a task), then the admission asked again with it. The ledger failing
+        refuses (503): a budget is never assumed unspent."""
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        me = self.context.self_ref
+
+        async def seed() -> None:
+            try:
+                seeds = await self._seeds(admit.subjects)
+                result = await ask_settled(me, replace(admit, seeds=seeds), timeout=30)
+            except Exception as exc:  # noqa: BLE001 - to the asker, never a crash
+                log.error("budget_seed_failed", error=repr(exc)[:300])
+                result = Admission(Verdict(False, UNAVAILABLE, "", RETRY_REDIS_AFTER), False)
+            settle_reply(reply, result=result)
+
+        self.context.spawn_task(seed(), name="budget-seed")
+        return reply
+
+    async def _admit_seeded(self, redis_limits: RedisLimits, admit: Admit) -> Verdict:
+        try:
+            seeds = await self._seeds(admit.subjects)
+        except Exception as exc:  # noqa: BLE001 - never assumed unspent: refused, retried
+            log.error("budget_seed_failed", error=repr(exc)[:300])
+            return Verdict(False, UNAVAILABLE, "", RETRY_REDIS_AFTER)
+        return await redis_limits.admit(admit.subjects, admit.tokens, admit.request_id, dict(seeds))
+
+    async def _seeds(self, subjects: tuple[Subject, ...]) -> tuple[tuple[str, float], ...]:
+        """The spend so far of each budget among `subjects`, by the ledger (off the actor's
+        turn: it reads nothing of the actor's state but the callable)."""
+        seeds = []
+        for subject in subjects:
+            if subject.spec.budget is None or subject.period is None:
+                continue
+            spent = await self._spend_of(subject) if self._spend_of is not None else 0.0
+            seeds.append((subject.name, spent))
+        return tuple(seeds)
+
+    def _budget_spent(self, subject: Subject) -> asyncio.Future[Any]:
+        """Deferred: the limiter's figure (Redis's, or this process's), else the ledger's."""
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        redis_limits = self._redis
+
+        async def read() -> None:
+            try:
+                spent = None
+                if redis_limits is not None:
+                    spent = await redis_limits.spent(subject)
+                if spent is None:
+                    spent = self._local.spent(subject)
+                if spent is None:
+                    spent = dict(await self._seeds((subject,))).get(subject.name, 0.0)
+                settle_reply(reply, result=spent)
+            except Exception as exc:  # noqa: BLE001 - to the asker
+                settle_reply(reply, error=exc)
+
+        self.context.spawn_task(read(), name="budget-spent")
+        return reply
 
     def _counted(self, admission: Admission) -> Admission:
         if admission.verdict.allowed:
@@ -186,8 +270,12 @@ class RateLimiterActor(SyncActor):
                     verdict = await redis_limits.admit(
                         admit.subjects, admit.tokens, admit.request_id
                     )
+                    if verdict.kind == "seed":  # a period Redis does not have (yet, or now)
+                        verdict = await self._admit_seeded(redis_limits, admit)
                 except (redis.RedisError, OSError, TimeoutError) as exc:
-                    result = await me.ask(_RedisFailed(admit, exc))
+                    result: Admission | None = await ask_settled(
+                        me, _RedisFailed(admit, exc), timeout=30
+                    )
                 else:
                     result = await me.ask(_RemoteVerdict(verdict))
             except Exception as exc:  # noqa: BLE001 - to the asker, never a crash of the limiter

@@ -10,9 +10,12 @@ pass and are charged together, or none is charged.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from actors.limiter.budget import Budget, Period
 
 WINDOW = 60.0  # seconds: limits are per minute
 
@@ -25,16 +28,23 @@ class LimitSpec(BaseModel):
     rpm: int | None = Field(None, ge=1, description="requests per minute")
     tpm: int | None = Field(None, ge=1, description="tokens per minute")
     max_concurrent: int | None = Field(None, ge=1, description="requests in flight at once")
+    budget: Budget | None = Field(None, description="tokens per day, week or month")
 
     @property
     def any(self) -> bool:
-        return self.rpm is not None or self.tpm is not None or self.max_concurrent is not None
+        return (
+            self.rpm is not None
+            or self.tpm is not None
+            or self.max_concurrent is not None
+            or self.budget is not None
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Subject:
     name: str  # "key:<id>" or "model:<name>"
     spec: LimitSpec
+    period: Period | None = None  # the budget's current period, when the spec has a budget
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,13 +69,14 @@ class Verdict:
 
 
 class _State:
-    __slots__ = ("in_flight", "level", "stamp", "tat")
+    __slots__ = ("in_flight", "level", "spent", "stamp", "tat")
 
     def __init__(self) -> None:
         self.tat = 0.0  # GCRA's theoretical arrival time
         self.level: float | None = None  # tokens in the bucket (None: full)
         self.stamp = 0.0  # when `level` was last brought up to date
         self.in_flight = 0
+        self.spent: dict[str, float] = {}  # the budget's spend, by period id (current, last)
 
 
 def gcra(tat: float, now: float, rpm: int) -> tuple[bool, float, float]:
@@ -117,8 +128,17 @@ class LocalLimits:
             state = self._states[name] = _State()
         return state
 
-    def admit(self, subjects: tuple[Subject, ...], tokens: int, now: float) -> Verdict:
-        verdict = self._admit(subjects, tokens, now)
+    def admit(
+        self,
+        subjects: tuple[Subject, ...],
+        tokens: int,
+        now: float,
+        seeds: dict[str, float] | None = None,
+    ) -> Verdict:
+        """`seeds`: a budget's spend so far in its period (from the ledger), by subject, for
+        periods this process has not seen yet; without one, the verdict asks for it
+        (kind "seed")."""
+        verdict = self._admit(subjects, tokens, now, seeds or {})
         if subjects:  # allowed or not, the client is told what is left (x-ratelimit-*)
             first = subjects[0]
             state = self._state(first.name)
@@ -130,10 +150,25 @@ class LocalLimits:
             verdict = replace(verdict, quota=quota_of(first.spec, state.tat, level, now))
         return verdict
 
-    def _admit(self, subjects: tuple[Subject, ...], tokens: int, now: float) -> Verdict:
-        plans: list[tuple[_State, float, float | None]] = []
+    def _admit(
+        self, subjects: tuple[Subject, ...], tokens: int, now: float, seeds: dict[str, float]
+    ) -> Verdict:
+        plans: list[tuple[_State, float, float | None, float | None]] = []
         for subject in subjects:
             spec, state = subject.spec, self._state(subject.name)
+            spent: float | None = None
+            if spec.budget is not None and subject.period is not None:
+                period = subject.period
+                spent = state.spent.get(period.id)
+                if spent is None:
+                    if subject.name not in seeds:
+                        return Verdict(False, "seed", subject.name)
+                    spent = seeds[subject.name]
+                if spent + tokens > spec.budget.tokens:
+                    # `now` is the monotonic clock; a period ends at a wall-clock time.
+                    wait = max(0.0, period.end - time.time())
+                    return Verdict(False, "budget", subject.name, wait)
+                spent += tokens
             new_tat = state.tat
             if spec.rpm is not None:
                 allowed, new_tat, wait = gcra(state.tat, now, spec.rpm)
@@ -152,11 +187,15 @@ class LocalLimits:
                 level -= need
             if spec.max_concurrent is not None and state.in_flight >= spec.max_concurrent:
                 return Verdict(False, "concurrency", subject.name, 1.0)
-            plans.append((state, new_tat, level))
-        for (state, new_tat, level), subject in zip(plans, subjects, strict=True):
+            plans.append((state, new_tat, level, spent))
+        for (state, new_tat, level, spent), subject in zip(plans, subjects, strict=True):
             state.tat = new_tat
             if level is not None:
                 state.level, state.stamp = level, now
+            if spent is not None and subject.period is not None:
+                if subject.period.id not in state.spent and len(state.spent) > 1:
+                    state.spent = {}  # a new period: the older ones are done with
+                state.spent[subject.period.id] = spent
             if subject.spec.max_concurrent is not None:
                 state.in_flight += 1
         return Verdict(True)
@@ -172,6 +211,17 @@ class LocalLimits:
                 level = refill(state.level, state.stamp, now, spec.tpm)
                 state.level = min(float(spec.tpm), level + min(charged, spec.tpm) - used)
                 state.stamp = now
+            if spec.budget is not None and subject.period is not None:
+                spent = state.spent.get(subject.period.id)
+                if spent is not None:  # the period the request was admitted in
+                    state.spent[subject.period.id] = max(0.0, spent + used - charged)
+
+    def spent(self, subject: Subject) -> float | None:
+        """A budget's spend in its current period, if this process has it."""
+        if subject.period is None:
+            return None
+        state = self._states.get(subject.name)
+        return None if state is None else state.spent.get(subject.period.id)
 
     def in_flight(self) -> dict[str, int]:
         """Requests holding a slot, by subject (those with any)."""

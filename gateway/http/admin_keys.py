@@ -10,6 +10,9 @@ POST   /admin/keys/{id}/rotate        a new key with the same scopes; the old on
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -17,6 +20,8 @@ from actors.auth.actor import ForgetKey
 from actors.auth.keys import KeyRecord, KeyScopes
 from actors.auth.store import CreateKey, KeyNotFound, ListKeys, RevokeKey, RotateKey
 from actors.kernel import ActorRef, Ask
+from actors.limiter.actor import BudgetSpent
+from actors.limiter.local import Subject
 from actors.tree import KEYSTORE
 from gateway.http.asks import Answer, ask
 from gateway.http.auth import authenticate_admin
@@ -43,10 +48,36 @@ async def _ask(store: ActorRef, message: Ask[Answer]) -> Answer:
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    _, store = await _store(request)
-    records: list[KeyRecord] = await _ask(store, ListKeys())
-    config_keys = [key.record() for key in request.app[STATE].config.auth.keys]
-    return web.json_response({"keys": [r.public() for r in (*config_keys, *records)]})
+    """The configured keys (`auth.keys`) and the store's, if there is one."""
+    state = request.app[STATE]
+    records: list[KeyRecord] = []
+    if state.config.auth.key_store is not None:
+        _, store = await _store(request)
+        records = await _ask(store, ListKeys())
+    config_keys = [key.record() for key in state.config.auth.keys]
+    keys = []
+    for record in (*config_keys, *records):
+        shown = record.public()
+        if record.scopes.budget is not None and record.revoked_at is None:
+            shown["budget"] = await _budget_of(state, record)
+        keys.append(shown)
+    return web.json_response({"keys": keys})
+
+
+async def _budget_of(state: GatewayState, record: KeyRecord) -> dict[str, object]:
+    """The key's budget in its current period: spent (the limiter's figure, or the
+    ledger's), remaining, and when it resets."""
+    budget = record.scopes.budget
+    assert budget is not None
+    period = state.budget_clock.period(budget.period, time.time())
+    subject = Subject(f"key:{record.id}", record.scopes.limits, period)
+    spent = await ask(state.limiter, BudgetSpent(subject), "rate limiter", timeout=30)
+    return {
+        **budget.model_dump(),
+        "spent": round(spent),
+        "remaining": max(0, budget.tokens - round(spent)),
+        "resets_at": datetime.fromtimestamp(period.end, UTC).isoformat().replace("+00:00", "Z"),
+    }
 
 
 async def create_key(request: web.Request) -> web.Response:

@@ -108,6 +108,13 @@ class RateLimited(GatewayError):
     default_code = "rate_limit_exceeded"
 
 
+class BudgetExceeded(RateLimited):
+    """A key's or a model's token budget for its period is spent (OpenAI's spent quota)."""
+
+    error_type = "insufficient_quota"
+    default_code = "insufficient_quota"
+
+
 class InternalError(GatewayError):
     status = 500
     error_type = "server_error"

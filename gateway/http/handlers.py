@@ -110,7 +110,7 @@ async def _forward(
     require_model(call.sent_model, decision.model, traits.allowed, state)
     refuse_unservable(decision, call)
     model_limits = state.model_limits.get(decision.model, NO_LIMITS)
-    subjects = subjects_of(principal, decision.model, model_limits)
+    subjects = subjects_of(principal, decision.model, model_limits, state.budget_clock)
     key_policies = principal.scopes.guardrails
     body = None  # the request's JSON, once something on the way needs it
     if key_policies or decision.model in state.guards:

@@ -9,17 +9,21 @@ and the same three for tokens; resets as durations like `1s`, `6m0s`, `120ms`.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from actors.auth.actor import Principal
 from actors.kernel import ActorRef
 from actors.limiter.actor import UNAVAILABLE, Admit, Settle
+from actors.limiter.budget import BudgetClock
 from actors.limiter.local import LimitSpec, Quota, Subject, Verdict
 from gateway.http.asks import ask
-from gateway.http.errors import RateLimited, ServiceUnavailable
+from gateway.http.errors import BudgetExceeded, RateLimited, ServiceUnavailable
 from gateway.http.state import GatewayState
 
 _KIND_TEXT = {
+    "budget": "token budget",
     "requests": "requests per minute",
     "tokens": "tokens per minute",
     "concurrency": "concurrent requests",
@@ -38,13 +42,24 @@ class Admitted:
     headers: dict[str, str] | None  # x-ratelimit-* for the response
 
 
-def subjects_of(principal: Principal, model: str, model_limits: LimitSpec) -> tuple[Subject, ...]:
+def subjects_of(
+    principal: Principal, model: str, model_limits: LimitSpec, clock: BudgetClock
+) -> tuple[Subject, ...]:
+    """The limits a request falls under: its key's, its model's; each budget with its
+    current period (by `clock`, in the configured time zone)."""
     subjects = []
-    if principal.scopes.limits.any:
-        subjects.append(Subject(f"key:{principal.key_id}", principal.scopes.limits))
+    key_limits = principal.scopes.limits
+    if key_limits.any:
+        subjects.append(_subject(f"key:{principal.key_id}", key_limits, clock))
     if model_limits.any:
-        subjects.append(Subject(f"model:{model}", model_limits))
+        subjects.append(_subject(f"model:{model}", model_limits, clock))
     return tuple(subjects)
+
+
+def _subject(name: str, spec: LimitSpec, clock: BudgetClock) -> Subject:
+    if spec.budget is None:
+        return Subject(name, spec)
+    return Subject(name, spec, clock.period(spec.budget.period, time.time()))
 
 
 async def admit(
@@ -70,6 +85,8 @@ async def admit(
                 headers={"Retry-After": "1"},
             )
         who = "this API key" if verdict.subject.startswith("key:") else "this model"
+        if verdict.kind == "budget":
+            raise _budget_spent(subjects, verdict, who)
         wait_ms = max(1, math.ceil(verdict.retry_after * 1000))
         quota = verdict.quota or refused_quota(subjects[0].spec, verdict)
         raise RateLimited(
@@ -107,6 +124,23 @@ def settle(
     else:
         used = 0
     limiter.notify(Settle(admitted.subjects, admitted.charged, used, request_id, admitted.shared))
+
+
+def _budget_spent(subjects: tuple[Subject, ...], verdict: Verdict, who: str) -> BudgetExceeded:
+    """OpenAI's answer to a spent quota (a 429, `insufficient_quota`), with when it resets."""
+    subject = next(s for s in subjects if s.name == verdict.subject)
+    assert subject.spec.budget is not None
+    assert subject.period is not None
+    budget = subject.spec.budget
+    resets = datetime.fromtimestamp(subject.period.end, UTC).isoformat().replace("+00:00", "Z")
+    return BudgetExceeded(
+        f"The token budget of {who} for this {budget.period} ({budget.tokens} tokens) is "
+        f"spent. It resets at {resets}.",
+        headers={
+            "Retry-After": str(max(1, math.ceil(verdict.retry_after))),
+            "x-citadel-budget-reset": resets,
+        },
+    )
 
 
 def refused_quota(spec: LimitSpec, verdict: Verdict) -> Quota:

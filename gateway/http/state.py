@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from actors.kernel import ActorRef, ActorSystem
+from actors.limiter.budget import BudgetClock
 from actors.limiter.local import LimitSpec
 from actors.tree import LiveLayout
 from gateway.cache.settings import CachePolicy
@@ -78,6 +79,7 @@ class GatewayState:
     virtual: frozenset[str] = frozenset()  # the virtual models' names
     cache_policies: dict[str, CachePolicy] = field(default_factory=dict)  # model -> policy
     presidio: PresidioEngines = field(default_factory=PresidioEngines)  # loaded once, kept
+    budget_clock: BudgetClock = field(default_factory=BudgetClock)  # periods, in limits' zone
     # This gateway process, in the records it writes to a fleet's shared ledger.
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     guards: dict[str, Guard] = field(default_factory=dict)  # model -> its policies' guardrails
@@ -100,6 +102,8 @@ class GatewayState:
         }
         self.canonical.update((v.name, v.name) for v in config.virtual_models)
         self.virtual = frozenset(v.name for v in config.virtual_models)
+        if self.budget_clock.zone.key != config.limits.budget_timezone:
+            self.budget_clock = BudgetClock(config.limits.budget_timezone)
         self.cache_policies = {
             m.name: policy
             for m in config.models

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from actors.auth.keys import KeyRecord, KeyScopes
 from actors.auth.pgstore import BlockingPgKeyStore
 from actors.auth.store import KeyNotFound, KeyStore
+from actors.limiter.budget import Budget
 from actors.postgres.schema import is_postgres
 from gateway.process.config import ConfigError, load_config
 
@@ -44,6 +45,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     create.add_argument("--rpm", type=_positive(int), help="requests per minute")
     create.add_argument("--tpm", type=_positive(int), help="tokens per minute")
     create.add_argument("--max-concurrent", type=_positive(int), help="requests in flight at once")
+    create.add_argument(
+        "--budget-tokens", type=_positive(int), help="tokens per --budget-period (a budget)"
+    )
+    create.add_argument(
+        "--budget-period", choices=("day", "week", "month"), default="month",
+        help="the budget's calendar period (limits.budget_timezone)",
+    )  # fmt: skip
     create.add_argument(
         "--expires-in-days", type=_positive(float), help="refused after this many days (> 0)"
     )
@@ -115,6 +123,9 @@ def _act(store: KeyStore | BlockingPgKeyStore, args: argparse.Namespace) -> int:
                 rpm=args.rpm,
                 tpm=args.tpm,
                 max_concurrent=args.max_concurrent,
+                budget=None
+                if args.budget_tokens is None
+                else Budget(tokens=args.budget_tokens, period=args.budget_period),
                 expires_at=None
                 if args.expires_in_days is None
                 else time.time() + args.expires_in_days * 86400,
@@ -157,6 +168,8 @@ def _line(record: KeyRecord) -> str:
         )
         if value is not None
     )  # fmt: skip
+    if scopes.budget is not None:
+        limits = f"{limits} budget={scopes.budget.tokens}/{scopes.budget.period}".strip()
     created = datetime.fromtimestamp(record.created_at, UTC).strftime("%Y-%m-%d %H:%M")
     flags = " admin" if scopes.admin else ""
     return (

@@ -13,6 +13,7 @@ import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 import yaml
 from pydantic import (
@@ -101,6 +102,19 @@ class LimitSettings(LimiterSettings):
     default_max_tokens: int = Field(
         256, ge=1, description="completion tokens charged up front when max_tokens is not sent"
     )
+    budget_timezone: str = Field(
+        "UTC", description="the time zone of budgets' calendar periods (an IANA name)"
+    )
+
+    @field_validator("budget_timezone")
+    @classmethod
+    def _known_zone(cls, zone: str) -> str:
+        try:
+            ZoneInfo(zone)
+        except (ValueError, KeyError, OSError):
+            message = f"unknown time zone {zone!r} (an IANA name, e.g. Europe/Paris)"
+            raise ValueError(message) from None
+        return zone
 
 
 class LoggingSettings(BaseModel):

@@ -17,6 +17,7 @@ from actors.backend.breaker import BreakerSettings
 from actors.backend.probe import HealthSettings
 from actors.backend.settings import BackendSettings, BackendTimeouts
 from actors.ledger.actor import LedgerSettings
+from actors.limiter.local import LimitSpec
 from actors.router.actor import RoutingSettings
 from actors.router.rules import VirtualModelSettings
 from gateway.cache.settings import CachePolicy, CacheSettings
@@ -122,6 +123,7 @@ class ModelPlan:
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     cache: CachePolicy | None = None
     guardrails: tuple[str, ...] = ()
+    limits: LimitSpec = field(default_factory=LimitSpec)  # the whole model's
 
 
 @asynccontextmanager
@@ -138,6 +140,7 @@ async def deployment(
     usage: LedgerSettings | None = None,
     cache: CacheSettings | None = None,
     guardrails: tuple[Policy, ...] = (),
+    limits: LimitSettings | None = None,
 ) -> AsyncIterator[Deployment]:
     started: list[RunningServer] = []
     mocks: dict[str, list[Mock]] = {}
@@ -165,6 +168,7 @@ async def deployment(
                     name=plan.name,
                     cache=plan.cache,
                     guardrails=plan.guardrails,
+                    limits=plan.limits,
                     aliases=plan.aliases,
                     context_window=plan.context_window,
                     backends=tuple(backends),
@@ -179,7 +183,7 @@ async def deployment(
             models=tuple(models),
             virtual_models=virtual_models,
             auth=auth or AuthSettings(api_keys=api_keys, admin_keys=(ADMIN_KEY,)),
-            limits=LimitSettings(max_body_bytes=max_body_bytes),
+            limits=limits or LimitSettings(max_body_bytes=max_body_bytes),
             logging=logging or LoggingSettings(access_log=False),
             metrics=metrics or MetricsSettings(),
             connections=connections or ConnectionSettings(),

@@ -126,8 +126,16 @@ async def test_a_key_created_on_one_gateway_works_on_the_other_and_the_cli_revok
         assert code == 0, err
         assert out.strip() == f"revoked {key_id}"
         assert await refused_by_all_within((a, b), key, limit=0.1) <= 0.1
-        # The CLI lists both stores' keys alike, and rotation works across the fleet.
+        # The CLI creates and lists keys in PostgreSQL as in SQLite (a budget too), and
+        # rotation works across the fleet.
+        code, new, err = await cli(
+            "keys", "create", "--name", "ci", "--budget-tokens", "5000", "--budget-period",
+            "week", "--db", database,
+        )  # fmt: skip
+        assert code == 0, err
+        assert await accepted(b, new.strip())
         code, out, _ = await cli("keys", "list", "--db", database)
+        assert "budget=5000/week" in out
         assert key_id in out
         assert "revoked" in out
         other_id, other = await create_key(b, name="team-b")
