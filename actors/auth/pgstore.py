@@ -34,6 +34,7 @@ from actors.auth.store import (
     RotateKey,
 )
 from actors.kernel import SyncActor, settle_reply
+from actors.postgres.pool import DOWN, close_pool, connection
 from actors.postgres.schema import KEYS_CHANNEL
 
 log = structlog.get_logger("actors.auth.pgstore")
@@ -90,7 +91,7 @@ class PgKeys:
 
     async def rotate(self, key_id: str) -> tuple[KeyRecord, str]:
         """A new key with the same scopes; the old one revoked in the same transaction."""
-        async with _connection(self._db) as db, db.transaction():
+        async with connection(self._db) as db, db.transaction():
             row = await db.fetchrow(
                 f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1 AND revoked_at IS NULL"
                 " FOR UPDATE",
@@ -104,24 +105,6 @@ class PgKeys:
                 timeout=QUERY_TIMEOUT,
             )  # fmt: skip
         return record, key
-
-
-class _connection:
-    """A pool's connection for the block (a plain connection is used as it is)."""
-
-    def __init__(self, db: Any) -> None:
-        self._db = db
-        self._acquired: Any = None
-
-    async def __aenter__(self) -> Any:
-        if isinstance(self._db, asyncpg.Pool):
-            self._acquired = await self._db.acquire()
-            return self._acquired
-        return self._db
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._acquired is not None:
-            await self._db.release(self._acquired)
 
 
 def _record(row: tuple[Any, ...]) -> KeyRecord:
@@ -166,11 +149,7 @@ class PgKeyStoreActor(SyncActor):
     async def _close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            try:
-                async with asyncio.timeout(5):
-                    await pool.close()
-            except TimeoutError:
-                pool.terminate()
+            await close_pool(pool)
 
     def handle(self, message: Any) -> Any:
         match message:
@@ -198,7 +177,7 @@ class PgKeyStoreActor(SyncActor):
                 result = await work(PgKeys(pool))
             except KeyNotFound as missing:
                 settle_reply(reply, error=missing)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DOWN as exc:
                 self.failures += 1
                 log.warning("key_store_query_failed", error=repr(exc)[:300])
                 settle_reply(reply, error=exc)
@@ -215,7 +194,7 @@ class PgKeyStoreActor(SyncActor):
             try:
                 await self._listen_once()
                 wait = RECONNECT[0]
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DOWN as exc:
                 log.warning("key_notifications_down", error=repr(exc)[:300], retry_in=wait)
             self.listening = False
             await asyncio.sleep(wait)

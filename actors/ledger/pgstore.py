@@ -36,6 +36,7 @@ from actors.ledger.store import (
     WriteBatch,
     summary_row,
 )
+from actors.postgres.pool import DOWN, close_pool, connection
 
 log = structlog.get_logger("actors.ledger.pgstore")
 
@@ -67,7 +68,7 @@ def _row(record: UsageRecord) -> tuple[Any, ...]:
 
 async def append(db: Any, records: list[UsageRecord]) -> None:
     """One transaction: all of the batch, or none (a record already there is skipped)."""
-    async with _connection(db) as conn, conn.transaction():
+    async with connection(db) as conn, conn.transaction():
         await conn.executemany(_INSERT, [_row(record) for record in records])
 
 
@@ -92,27 +93,6 @@ async def summary(
     )
     rows = await db.fetch(query, *args, timeout=READ_TIMEOUT)
     return [summary_row(by, tuple(row)) for row in rows]
-
-
-class _connection:
-    """A pool's connection for the block (a plain connection is used as it is)."""
-
-    def __init__(self, db: Any) -> None:
-        self._db = db
-        self._acquired: Any = None
-
-    async def __aenter__(self) -> Any:
-        if isinstance(self._db, asyncpg.Pool):
-            self._acquired = await self._db.acquire()
-            return self._acquired
-        return self._db
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._acquired is not None:
-            await self._db.release(self._acquired)
-
-
-_DOWN = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class PgLedgerWriterActor(SyncActor):
@@ -148,11 +128,7 @@ class PgLedgerWriterActor(SyncActor):
     async def _close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            try:
-                async with asyncio.timeout(5):
-                    await pool.close()
-            except TimeoutError:
-                pool.terminate()
+            await close_pool(pool)
         if self._spill is not None:
             spill, self._spill = self._spill, None
             await self._on_thread(spill.close)
@@ -191,7 +167,7 @@ class PgLedgerWriterActor(SyncActor):
             try:
                 async with asyncio.timeout(WRITE_TIMEOUT):
                     await append(pool, records)
-            except _DOWN as exc:
+            except DOWN as exc:
                 if self.down_since is None:
                     self.down_since = time.time()
                     log.warning("usage_database_down", error=repr(exc)[:300])
@@ -215,7 +191,7 @@ class PgLedgerWriterActor(SyncActor):
             try:
                 await self._replay_batch()
                 wait = 0.0 if self.spilled else REPLAY_EVERY[0]
-            except _DOWN:
+            except DOWN:
                 wait = min(max(wait, REPLAY_EVERY[0]) * 2, REPLAY_EVERY[1])
 
     async def _replay_batch(self) -> None:

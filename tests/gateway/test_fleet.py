@@ -23,7 +23,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from tests.gateway.harness import ADMIN_KEY, READ_TIMEOUT_S, bounded_client, mock_service
 from tests.gateway.redis_harness import SHARED_REDIS
-from tests.gateway.test_keys_postgres import cli, database
+from tests.gateway.test_keys_postgres import accepted, cli, database
 
 __all__ = ["database"]  # the fixture
 CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there"}]
@@ -80,17 +80,6 @@ async def _ready(base: str, process: asyncio.subprocess.Process) -> None:
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.05)
-
-
-async def accepted(base: str, key: str) -> bool:
-    async with openai.AsyncOpenAI(
-        base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=READ_TIMEOUT_S
-    ) as client:
-        try:
-            await client.models.list()
-        except openai.AuthenticationError:
-            return False
-        return True
 
 
 async def spend(base: str, key: str, used: list[int], reserves: list[int]) -> None:

@@ -216,15 +216,22 @@ async def test_a_log_rule_counts_output_and_logs_only_the_rule_id(
     assert CARD not in out, [line for line in out.splitlines() if CARD in line]
 
 
-async def test_a_keys_own_policy_adds_output_rules_for_that_key_only() -> None:
-    no_ips = Policy(
-        name="no-ips",
-        rules=(Rule(id="ips", detector="ip_address", direction="output", action="redact"),),
-    )
+NO_IPS = Policy(
+    name="no-ips",
+    rules=(Rule(id="ips", detector="ip_address", direction="output", action="redact"),),
+)
+
+
+def strict_key() -> tuple[AuthSettings, str]:
+    """API_KEY, and a key of its own with the NO_IPS policy (its secret)."""
     key_id, secret, sha = new_key()
     scoped = ConfiguredKey(id=key_id, secret_sha256=sha, scopes=KeyScopes(guardrails=("no-ips",)))
-    auth = AuthSettings(api_keys=(API_KEY,), keys=(scoped,))
-    async with echoing(auth=auth, policies=(OUTPUT, no_ips)) as gw:
+    return AuthSettings(api_keys=(API_KEY,), keys=(scoped,)), secret
+
+
+async def test_a_keys_own_policy_adds_output_rules_for_that_key_only() -> None:
+    auth, secret = strict_key()
+    async with echoing(auth=auth, policies=(OUTPUT, NO_IPS)) as gw:
         said = f"Host 10.0.0.7{CUT} up, mail {EMAIL}"
         async with sdk(gw) as plain:
             assert (await streamed(plain, said))[0] == "Host 10.0.0.7 up, mail [EMAIL]"
@@ -255,15 +262,9 @@ async def test_a_redacted_answer_is_cached_as_sent_and_a_blocked_one_never() -> 
 async def test_a_cached_answer_is_only_served_under_the_output_rules_it_passed() -> None:
     """Keys sharing a cache namespace, one with an output policy of its own: an answer the
     other key cached unredacted is not served to it."""
-    no_ips = Policy(
-        name="no-ips",
-        rules=(Rule(id="ips", detector="ip_address", direction="output", action="redact"),),
-    )
-    key_id, secret, sha = new_key()
-    scoped = ConfiguredKey(id=key_id, secret_sha256=sha, scopes=KeyScopes(guardrails=("no-ips",)))
-    auth = AuthSettings(api_keys=(API_KEY,), keys=(scoped,))
+    auth, secret = strict_key()
     shared = CachePolicy(requests="always", namespace="shared")
-    async with echoing(auth=auth, policies=(OUTPUT, no_ips), cache=shared) as gw:
+    async with echoing(auth=auth, policies=(OUTPUT, NO_IPS), cache=shared) as gw:
         said = "Host 10.0.0.7 is up"
         async with sdk(gw) as plain, sdk(gw, secret) as strict:
             for _ in range(2):

@@ -80,9 +80,11 @@ async def create_key(gw: Deployment, **scopes: Any) -> tuple[str, str]:
         return body["id"], body["key"]
 
 
-async def accepted(gw: Deployment, key: str) -> bool:
+async def accepted(gw: Deployment | str, key: str) -> bool:
+    """Whether the gateway (or the one at this URL) accepts `key`."""
+    url = gw if isinstance(gw, str) else gw.url
     async with openai.AsyncOpenAI(
-        base_url=f"{gw.url}/v1", api_key=key, max_retries=0, timeout=READ_TIMEOUT_S
+        base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=READ_TIMEOUT_S
     ) as client:
         try:
             await client.models.list()
