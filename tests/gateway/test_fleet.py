@@ -2,7 +2,9 @@
 machine's real PostgreSQL (keys and usage; a fresh database) and Redis (limits and budgets):
 a key created through one is accepted by the other; a budget admits exactly up to its
 tokens across both; every request is one row of the shared ledger; the key, revoked with the
-CLI, is refused by both within 100 ms; SIGTERM stops both cleanly."""
+CLI, is refused by both within 100 ms; SIGTERM stops both cleanly. And SIGTERM to a
+gateway process while its PostgreSQL is down: its records spilled, replayed by the next
+process started on the same spill file."""
 
 from __future__ import annotations
 
@@ -20,9 +22,12 @@ import asyncpg
 import openai
 import yaml
 from openai.types.chat import ChatCompletionMessageParam
+from pgserver.postgres_server import get_server
 
+from actors.ledger.store import LedgerStore
 from tests.gateway.harness import ADMIN_KEY, READ_TIMEOUT_S, bounded_client, mock_service
 from tests.gateway.redis_harness import SHARED_REDIS
+from tests.gateway.test_cache_pgvector import private_postgres
 from tests.gateway.test_keys_postgres import accepted, cli, database, refused_by_all_within
 
 __all__ = ["database"]  # the fixture
@@ -39,13 +44,16 @@ def free_port() -> int:
 
 @asynccontextmanager
 async def gateway_process(
-    tmp_path: Path, name: str, url: str, upstream: str
+    tmp_path: Path, name: str, url: str, upstream: str, *, keys: bool = True
 ) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
+    """`citadel-gateway serve` with its usage in PostgreSQL at `url`, and its keys there too
+    (or, `keys=False`, no keys at all: open model endpoints)."""
     port = free_port()
+    auth = {"admin_keys": [ADMIN_KEY], "key_store": url, "cache_ttl": 30} if keys else {}
     config = {
         "listen": f"127.0.0.1:{port}",
         "instance": name,
-        "auth": {"admin_keys": [ADMIN_KEY], "key_store": url, "cache_ttl": 30},
+        "auth": auth,
         "usage": {"path": url, "spill": str(tmp_path / f"{name}-spill.db"), "flush_interval": 0.05},
         "limits": {"redis_url": SHARED_REDIS},
         "logging": {"format": "json", "access_log": False},
@@ -146,3 +154,55 @@ async def test_two_gateway_processes_share_keys_usage_and_a_budget(
     assert len(rows) == len(used)  # one row per answered request, from both processes
     assert len({row["record_id"] for row in rows}) == len(used)
     assert {row["instance"] for row in rows} == {"gw-a", "gw-b"}
+
+
+async def test_sigterm_during_a_database_outage_spills_and_the_next_process_replays(
+    tmp_path: Path,
+) -> None:
+    """A private PostgreSQL (the test stops it; the machine's is never stopped)."""
+    data = tmp_path / "pg"
+    async with private_postgres(data) as db, mock_service(model="m", ttft=0.0) as upstream:
+        url = db.get_uri()
+        async with gateway_process(tmp_path, "gw", url, upstream.url, keys=False) as (base, gw):
+            assert await send(base, 3) == 3
+            await asyncio.sleep(0.5)  # written (flush_interval 0.05)
+            await asyncio.to_thread(db.cleanup)  # the database is down
+            assert await send(base, 6) == 6
+            gw.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                assert await gw.wait() == 0
+        store = LedgerStore(tmp_path / "gw-spill.db")
+        try:
+            assert store.count() == 6  # spilled at the stop, none dropped
+        finally:
+            store.close()
+        restarted = await asyncio.to_thread(get_server, data, cleanup_mode="stop")
+        try:
+            async with gateway_process(tmp_path, "gw", url, upstream.url, keys=False):
+                async with asyncio.timeout(30):
+                    while len(await usage_rows(url)) < 9:  # noqa: ASYNC110 - another process
+                        await asyncio.sleep(0.1)
+            rows = await usage_rows(url)
+        finally:
+            await asyncio.to_thread(restarted.cleanup)
+    assert len(rows) == 9
+    assert len({row["record_id"] for row in rows}) == 9
+
+
+async def send(base: str, count: int) -> int:
+    answered = 0
+    async with openai.AsyncOpenAI(
+        base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=READ_TIMEOUT_S
+    ) as client:
+        for _ in range(count):
+            await client.chat.completions.create(model="m", messages=CHAT, max_tokens=4)
+            answered += 1
+    return answered
+
+
+async def usage_rows(url: str) -> list[asyncpg.Record]:
+    db = await asyncpg.connect(url, timeout=10)
+    try:
+        return list(await db.fetch("SELECT record_id FROM usage", timeout=10))
+    finally:
+        await db.close()
