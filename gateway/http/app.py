@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from actors.kernel import ActorSystem
 from actors.postgres.schema import is_postgres, migrate
@@ -37,6 +38,7 @@ from gateway.http.state import (
     OpenStreams,
 )
 from gateway.process.config import GatewayConfig
+from gateway.tracing.provider import Tracing
 from gateway.upstream.exchange import EXCHANGE, Exchange
 
 log = structlog.get_logger("gateway")
@@ -75,6 +77,18 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """Request ids, OpenAI-style errors for everything, and the request's one exit: its
     Exchange, which settles whatever the request acquired and writes its records."""
     exchange = request[EXCHANGE] = Exchange(request)
+    # The trace id in every log line of the request (a connection's requests share a task).
+    bound = None if exchange.trace is None else bind_contextvars(trace_id=exchange.trace.trace_id)
+    try:
+        return await _exchange(request, handler, exchange)
+    finally:
+        if bound is not None:
+            reset_contextvars(**bound)
+
+
+async def _exchange(
+    request: web.Request, handler: Handler, exchange: Exchange
+) -> web.StreamResponse:
     with exchange:
         try:
             response = await handler(request)
@@ -101,6 +115,10 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return response
 
 
+TRACE_ASKED = "x-citadel-trace"  # a client's "true": the response names its trace
+TRACE_ID_HEADER = "x-citadel-trace-id"
+
+
 async def add_exchange_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: the admitted request's rate-limit headers and what the response
     cache did, on any response (a stream's included)."""
@@ -109,6 +127,8 @@ async def add_exchange_headers(request: web.Request, response: web.StreamRespons
         return
     if exchange.rate_headers:
         response.headers.update(exchange.rate_headers)
+    if exchange.trace is not None and request.headers.get(TRACE_ASKED, "").lower() == "true":
+        response.headers[TRACE_ID_HEADER] = exchange.trace.trace_id
     if exchange.cache_status is not None:
         response.headers[CACHE_HEADER] = exchange.cache_status
         if exchange.cache_similarity is not None:
@@ -162,6 +182,7 @@ async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
         ledger=system.lookup(LEDGER) if config.usage is not None else None,
         metrics=metrics,
         cache=ResponseCache(config.cache, CacheMetrics(metrics.registry)),
+        tracing=Tracing(config.tracing, metrics.registry) if config.tracing.enabled else None,
         started=int(time.time()),
         streams=OpenStreams(),
         layout=layout,
@@ -179,6 +200,8 @@ async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
         if state.cache is not None:
             await state.cache.close()
+        if state.tracing is not None:
+            await asyncio.to_thread(state.tracing.close)  # exports what is queued
         await system.shutdown()
         log.info("actor_tree_stopped")
 

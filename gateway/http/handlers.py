@@ -84,7 +84,8 @@ async def _route(
     """The model and replicas for the request, recorded on its exchange (the router counts
     it in flight until the exchange's exit)."""
     try:
-        decision = await ask(state.router, Route(call.sent_model, traits), "router")
+        with exchange.step("route"):
+            decision = await ask(state.router, Route(call.sent_model, traits), "router")
     except UnknownModel:
         raise NotFound(
             f"The model '{call.sent_model}' does not exist or you do not have access to it.",
@@ -152,7 +153,8 @@ async def _generate(
     state = request.app[STATE]
     exchange = request[EXCHANGE]
     # Before reading a body from a stranger.
-    principal = await authenticate(state, request, endpoint)
+    with exchange.step("authenticate"):
+        principal = await authenticate(state, request, endpoint)
     exchange.key_id = principal.key_id
     raw = await read_body(request)
     body = parse_request(schema, raw)

@@ -21,6 +21,7 @@ from gateway.guardrails.engine import Guard, guard_of
 from gateway.guardrails.presidio import PresidioEngines
 from gateway.http.metrics import GatewayMetrics
 from gateway.process.config import GatewayConfig
+from gateway.tracing.provider import Tracing
 
 
 class OpenStreams:
@@ -68,6 +69,7 @@ class GatewayState:
     streams: OpenStreams
     layout: LiveLayout
     cache: ResponseCache | None = None  # the response cache (its policies: cache_policies)
+    tracing: Tracing | None = None  # with tracing.enabled (restart to change)
     config_path: str | None = None  # the file a reload re-reads
     reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
     background: set[asyncio.Task[None]] = field(default_factory=set)

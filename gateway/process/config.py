@@ -33,6 +33,7 @@ from actors.router.actor import ModelSettings, RouterSettings
 from actors.router.rules import VirtualModelSettings
 from gateway.cache.settings import CachePolicy, CacheSettings
 from gateway.guardrails.settings import Policy
+from gateway.tracing.settings import TracingSettings
 
 CONFIG_ENV = "CITADEL_CONFIG"
 
@@ -236,6 +237,9 @@ class GatewayConfig(BaseModel):
     workers: int = Field(1, ge=1, le=256, description="gateway processes sharing the port")
     usage: LedgerSettings | None = Field(
         None, description="the usage ledger (SQLite, or PostgreSQL for a fleet)"
+    )
+    tracing: TracingSettings = Field(
+        default_factory=TracingSettings, description="OpenTelemetry traces (off by default)"
     )
     instance: str | None = Field(
         None,

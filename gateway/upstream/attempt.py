@@ -88,6 +88,7 @@ class Attempt:
         "started",
         "ttft",
         "upstream_seconds",
+        "upstream_status",
         "usage",
         "usage_estimated",
     )
@@ -98,6 +99,7 @@ class Attempt:
         self.started = time.monotonic()
         self.ttft: float | None = None
         self.upstream_seconds = 0.0  # waiting on the upstream: for the overhead metric
+        self.upstream_status: int | None = None  # the replica's HTTP status, once it answered
         self.usage: tuple[int, int] | None = None  # (prompt, completion) tokens
         self.usage_estimated = False  # usage counted by the gateway, not reported upstream
         self.events = 0  # stream events relayed: the completion's size when no usage comes
@@ -151,6 +153,7 @@ async def open_upstream(
         upstream = await lease.session.post(
             lease.base_url + call.path, data=out.body, headers=headers, timeout=timeout
         )
+        attempt.upstream_status = upstream.status
         if upstream.status == 200:
             return upstream
         try:

@@ -25,6 +25,7 @@ import random
 import re
 import time
 import uuid
+from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 
 import structlog
@@ -41,11 +42,13 @@ from gateway.http.asks import ask
 from gateway.http.auth import presented_secrets
 from gateway.http.metrics import GatewayMetrics, status_class
 from gateway.http.state import CONFIG, STATE, GatewayState
+from gateway.tracing.request import RequestTrace
 from gateway.upstream.attempt import Attempt, UpstreamCall
 from gateway.upstream.blame import Blame
 from gateway.upstream.transcript import Transcript
 
 access_log = structlog.get_logger("gateway.access")
+_UNTRACED: AbstractContextManager[None] = nullcontext()
 
 CLIENT_GONE = 499  # the status of a request whose client left (nginx's)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
@@ -106,6 +109,7 @@ class Exchange:
         "served_model",
         "started",
         "status",
+        "trace",
         "transcript",
         "upstream_id",
         "upstream_seconds",
@@ -128,6 +132,13 @@ class Exchange:
         self.model: str | None = None  # as the client named it
         self.rate_headers: dict[str, str] | None = None  # x-ratelimit-*, once admitted
         self.transcript: Transcript | None = None  # only with logging.log_prompts
+        state = self._app.get(STATE)
+        tracing = state.tracing if state is not None else None
+        self.trace: RequestTrace | None = None  # only with tracing.enabled
+        if tracing is not None:
+            self.trace = RequestTrace(
+                tracing.tracer, self._method, self._endpoint, self._path, request.headers
+            )
         # What it acquires, each given back at the exit:
         self.decision: RouteDecision | None = None
         self.call: UpstreamCall | None = None
@@ -184,9 +195,14 @@ class Exchange:
             self.route_reason = decision.reason
         self.blame.alone = len(decision.candidates) == 1
 
+    def step(self, name: str) -> AbstractContextManager[None]:
+        """A step of the request (a span when it is traced)."""
+        return _UNTRACED if self.trace is None else self.trace.step(name)
+
     async def admit(self, subjects: tuple[Subject, ...], prompt: int, budget: int) -> None:
         """Charge the request's estimate under its limits, or raise 429 (503)."""
-        admitted = await limiter.admit(self.state, self.request_id, subjects, prompt, budget)
+        with self.step("admit"):
+            admitted = await limiter.admit(self.state, self.request_id, subjects, prompt, budget)
         if admitted is not None:
             self.admitted = admitted
             self.rate_headers = admitted.headers
@@ -197,6 +213,8 @@ class Exchange:
         attempt = self.attempt = Attempt(lease)
         self.backend = lease.backend
         self.attempts += 1
+        if self.trace is not None:
+            self.trace.try_started(lease.backend, lease.base_url, self.attempts)
         return attempt
 
     async def grant_retry(self) -> bool:
@@ -223,6 +241,11 @@ class Exchange:
             self.usage, self.usage_estimated = attempt.usage, attempt.usage_estimated
         self.relayed_events += attempt.events
         self.error_status = attempt.error_status
+        if self.trace is not None:
+            stream = self.call is not None and self.call.stream
+            self.trace.try_ended(
+                attempt.outcome.value, attempt.upstream_status, attempt.events, stream
+            )
         self._answered = attempt.outcome is Outcome.OK
         self._return_retry_grant()
 
@@ -263,6 +286,8 @@ class Exchange:
         self.end_try()
         self._return_retry_grant()
         self.blame.close()
+        if self.trace is not None:
+            self.trace.finish(self.status, self.model, self.served_model, self.usage)
         state = self._app.get(STATE)
         elapsed = time.perf_counter() - self.started
         logging = (state.config if state is not None else self._app[CONFIG]).logging

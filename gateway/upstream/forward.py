@@ -184,6 +184,7 @@ async def _send(
             **lease.headers,
             "Content-Type": "application/json",
             **call.request_id_header(profile.request_id),
+            **(exchange.trace.upstream_headers() if exchange.trace is not None else {}),
         },
         response_headers=response_headers,
     )

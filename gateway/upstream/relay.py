@@ -33,6 +33,7 @@ from gateway.upstream.attempt import Attempt, Outgoing, connection_failure, open
 from gateway.upstream.exchange import CLIENT_GONE, Exchange
 from gateway.upstream.rewrite import response_rewriter
 from gateway.upstream.tokens import StreamTally, usage_of
+from gateway.upstream.watchdog import IdleWatchdog, StreamStop
 
 log = structlog.get_logger("gateway.upstream.relay")
 
@@ -46,53 +47,6 @@ SSE_HEADERS = {
 
 class ClientGone(Exception):
     """Writing to the client failed: it disconnected."""
-
-
-class IdleWatchdog:
-    """Calls `on_idle` when a stream's upstream falls silent for `idle` seconds.
-
-    A chunk only stamps the time; one timer per stream re-arms itself when it finds the stream
-    was active, so the cost per chunk is an attribute store, not a timer reschedule.
-    """
-
-    __slots__ = ("_handle", "_idle", "_loop", "_on_idle", "last")
-
-    def __init__(self, idle: float, on_idle: Callable[[], None]) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._idle = idle
-        self._on_idle = on_idle
-        self.last = self._loop.time()
-        self._handle = self._loop.call_at(self.last + idle, self._check)
-
-    def touch(self) -> None:
-        self.last = self._loop.time()
-
-    def _check(self) -> None:
-        deadline = self.last + self._idle
-        if self._loop.time() >= deadline:
-            self._on_idle()
-        else:
-            self._handle = self._loop.call_at(deadline, self._check)
-
-    def cancel(self) -> None:
-        self._handle.cancel()
-
-
-class StreamStop:
-    """Ends a stream from outside its loop (idle too long, the gateway shutting down): records
-    why, then closes the upstream response, which wakes the pending read with an error that
-    the loop then reports as this reason instead of as a cut."""
-
-    __slots__ = ("_close", "reason")
-
-    def __init__(self, close: Callable[[], None]) -> None:
-        self._close = close
-        self.reason: tuple[GatewayError, Outcome] | None = None
-
-    def stop(self, error: GatewayError, outcome: Outcome) -> None:
-        if self.reason is None:
-            self.reason = (error, outcome)
-            self._close()
 
 
 async def relay_stream(
@@ -139,6 +93,8 @@ async def relay_stream(
         response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **out.response_headers})
         await response.prepare(request)
         exchange.first_byte_at = time.perf_counter()
+        if exchange.trace is not None:
+            exchange.trace.first_token()
         try:
             clean_end = await _pump(request, exchange, attempt, response, upstream, framer, first)
         except ClientGone:

@@ -34,6 +34,7 @@ from gateway.process.config import (
     MetricsSettings,
 )
 from gateway.process.server import RunningServer, start_gateway, start_server
+from gateway.tracing.settings import TracingSettings
 
 API_KEY = "sk-test-0123456789abcdef"
 ADMIN_KEY = "sk-admin-0123456789abcdef"
@@ -141,6 +142,7 @@ async def deployment(
     cache: CacheSettings | None = None,
     guardrails: tuple[Policy, ...] = (),
     limits: LimitSettings | None = None,
+    tracing: TracingSettings | None = None,
 ) -> AsyncIterator[Deployment]:
     started: list[RunningServer] = []
     mocks: dict[str, list[Mock]] = {}
@@ -190,6 +192,7 @@ async def deployment(
             usage=usage,
             cache=cache or CacheSettings(),
             guardrails=guardrails,
+            tracing=tracing or TracingSettings(),
         )
         gateway = await start_gateway(config)
         try:
