@@ -30,7 +30,9 @@ _OPERATIONS = {
 
 
 class RequestTrace:
-    __slots__ = ("_context", "_last_outcome", "_tracer", "_try", "_try_context", "span")
+    __slots__ = (
+        "_context", "_last_outcome", "_tracer", "_try", "_try_context", "recording", "span"
+    )  # fmt: skip
 
     def __init__(
         self, tracer: Tracer, method: str, route: str, path: str, headers: Mapping[str, str]
@@ -44,6 +46,8 @@ class RequestTrace:
             attributes={"http.request.method": method, "http.route": route, "url.path": path},
         )
         self._context = trace.set_span_in_context(self.span)
+        # Not sampled: no child spans at all (the trace id still propagates, unsampled).
+        self.recording = self.span.is_recording()
         self._try: Span | None = None
         self._try_context: Any = None
         self._last_outcome: str | None = None
@@ -58,6 +62,9 @@ class RequestTrace:
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
         """A child span around a step of the request (an exception marks it an error)."""
+        if not self.recording:
+            yield
+            return
         span = self._tracer.start_span(name, context=self._context)
         try:
             yield
@@ -69,6 +76,8 @@ class RequestTrace:
 
     def try_started(self, backend: str, url: str, number: int) -> None:
         """A try's CLIENT span, from the lease to its release."""
+        if not self.recording:
+            return
         where = urlsplit(url)
         attributes: dict[str, Any] = {
             "http.request.method": "POST",
