@@ -64,7 +64,7 @@ async def _run(requests: int, rounds: int) -> None:
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in SETUPS}
     try:
         async with aiohttp.ClientSession() as http:
-            for name, gateway in gateways.items():  # warm-up
+            for gateway in gateways.values():  # warm-up
                 await _round(http, gateway.url, 200)
             for _ in range(rounds):
                 for name, gateway in gateways.items():
