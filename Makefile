@@ -33,9 +33,12 @@ test-real: $(STAMP) real-servers
 	CITADEL_REAL_SERVERS="$(REAL_SERVERS)" CITADEL_EMBEDDINGS="$(EMBEDDINGS)" \
 		$(BIN)/python -m pytest -m real tests/real
 
-# The Redis tests start private redis-servers (outages are never staged on the shared one).
+# The Redis tests start private redis-servers (outages are never staged on the shared one);
+# the admin console's tests drive Debian's Chromium.
 test-deps:
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+	@command -v chromium >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 # Mutation testing of the decision-making modules against the fast tests that cover them
 # (pyproject.toml [tool.mutmut]); the score per module, failing below 85% killed.

@@ -20,7 +20,16 @@ from actors.postgres.schema import is_postgres, migrate
 from actors.tree import AUTH, LEDGER, LIMITER, ROUTER, LiveLayout, TreeLayout, gateway_tree
 from gateway.cache.metrics import CacheMetrics
 from gateway.cache.store import ResponseCache
-from gateway.http import admin, admin_keys, admin_usage, handlers, health, openapi
+from gateway.http import (
+    admin,
+    admin_config,
+    admin_keys,
+    admin_usage,
+    console,
+    handlers,
+    health,
+    openapi,
+)
 from gateway.http.caching import CACHE_HEADER, SIMILARITY_HEADER
 from gateway.http.errors import (
     GatewayError,
@@ -254,6 +263,8 @@ def create_app(config: GatewayConfig, *, config_path: str | None = None) -> web.
     health.add_routes(app)
     admin.add_routes(app)
     admin_keys.add_routes(app)
+    admin_config.add_routes(app)
+    console.add_routes(app)
     admin_usage.add_routes(app)
     openapi.add_routes(app)
     if config.metrics.on_main_port:

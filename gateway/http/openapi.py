@@ -136,6 +136,34 @@ def document() -> dict[str, Any]:
                 "get": _operation("The response cache and its policies", security=admin)
             },
             "/admin/reload": {"post": _operation("Reload the configuration", security=admin)},
+            "/admin/config": {
+                "get": _operation("The configuration in force, secrets out", security=admin)
+            },
+            "/admin/": {
+                "get": _operation(
+                    "The admin console (a page; it signs in with an admin key)",
+                    security=None,
+                    ok={"text/html": {"schema": {"type": "string"}}},
+                )
+            },
+            "/admin/console/{name}": {
+                "get": _operation(
+                    "The console's script and style sheet",
+                    security=None,
+                    ok={
+                        "text/javascript": {"schema": {"type": "string"}},
+                        "text/css": {"schema": {"type": "string"}},
+                    },
+                    parameters=[
+                        {
+                            "name": "name",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "enum": ["console.js", "console.css"]},
+                        }
+                    ],
+                )
+            },
             "/admin/keys": {
                 "get": _operation("Every key (never a secret)", security=admin),
                 "post": _operation("Create a key", security=admin, status="201"),

@@ -111,3 +111,24 @@ async def test_backends_lists_every_replica(gw: Deployment) -> None:
         replicas = (await response.json())["backends"]
     assert [r["name"] for r in replicas] == ["m#0", "m#1"]
     assert {"healthy", "circuit", "in_flight", "latency_s", "url"} <= set(replicas[0])
+
+
+def test_the_configuration_shown_has_no_secret() -> None:
+    from gateway.http.admin_config import REDACTED, redacted
+
+    shown = redacted(
+        {
+            "auth": {"api_keys": ["sk-a", "sk-b"], "admin_keys": [], "key_store": None},
+            "usage": {"path": "postgresql://citadel:hunter2@db.internal/citadel"},
+            "limits": {"redis_url": "redis://:s3cret@redis:6379/0"},
+            "tracing": {"headers": {"x-api-key": "k"}},
+            "models": [{"backends": [{"url": "http://m:8000", "api_key": "tok"}]}],
+            "note": "ada@example.com",
+        }
+    )
+    assert shown["auth"] == {"api_keys": [REDACTED, REDACTED], "admin_keys": [], "key_store": None}
+    assert shown["usage"]["path"] == f"postgresql://citadel:{REDACTED}@db.internal/citadel"
+    assert shown["limits"]["redis_url"] == f"redis://:{REDACTED}@redis:6379/0"
+    assert shown["tracing"]["headers"] == {"x-api-key": REDACTED}
+    assert shown["models"][0]["backends"][0] == {"url": "http://m:8000", "api_key": REDACTED}
+    assert shown["note"] == "ada@example.com"  # no URL: left alone
