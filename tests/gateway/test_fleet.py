@@ -18,7 +18,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import openai
 import yaml
 from openai.types.chat import ChatCompletionMessageParam
@@ -29,6 +28,7 @@ from tests.gateway.harness import ADMIN_KEY, READ_TIMEOUT_S, bounded_client, moc
 from tests.gateway.redis_harness import SHARED_REDIS
 from tests.gateway.test_cache_pgvector import private_postgres
 from tests.gateway.test_keys_postgres import accepted, cli, database, refused_by_all_within
+from tests.gateway.test_ledger_postgres import rows
 
 __all__ = ["database"]  # the fixture
 CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there"}]
@@ -144,16 +144,10 @@ async def test_two_gateway_processes_share_keys_usage_and_a_budget(
         for process in (process_a, process_b):
             async with asyncio.timeout(30):
                 assert await process.wait() == 0
-    db = await asyncpg.connect(database, timeout=10)
-    try:
-        rows = await db.fetch(
-            "SELECT record_id, instance FROM usage WHERE status = 200", timeout=10
-        )
-    finally:
-        await db.close()
-    assert len(rows) == len(used)  # one row per answered request, from both processes
-    assert len({row["record_id"] for row in rows}) == len(used)
-    assert {row["instance"] for row in rows} == {"gw-a", "gw-b"}
+    answered = [row for row in await rows(database) if row["status"] == 200]
+    assert len(answered) == len(used)  # one row per answered request, from both processes
+    assert len({row["record_id"] for row in answered}) == len(used)
+    assert {row["instance"] for row in answered} == {"gw-a", "gw-b"}
 
 
 async def test_sigterm_during_a_database_outage_spills_and_the_next_process_replays(
@@ -180,13 +174,13 @@ async def test_sigterm_during_a_database_outage_spills_and_the_next_process_repl
         try:
             async with gateway_process(tmp_path, "gw", url, upstream.url, keys=False):
                 async with asyncio.timeout(30):
-                    while len(await usage_rows(url)) < 9:  # noqa: ASYNC110 - another process
+                    while len(await rows(url)) < 9:  # noqa: ASYNC110 - another process
                         await asyncio.sleep(0.1)
-            rows = await usage_rows(url)
+            found = await rows(url)
         finally:
             await asyncio.to_thread(restarted.cleanup)
-    assert len(rows) == 9
-    assert len({row["record_id"] for row in rows}) == 9
+    assert len(found) == 9
+    assert len({row["record_id"] for row in found}) == 9
 
 
 async def send(base: str, count: int) -> int:
@@ -198,11 +192,3 @@ async def send(base: str, count: int) -> int:
             await client.chat.completions.create(model="m", messages=CHAT, max_tokens=4)
             answered += 1
     return answered
-
-
-async def usage_rows(url: str) -> list[asyncpg.Record]:
-    db = await asyncpg.connect(url, timeout=10)
-    try:
-        return list(await db.fetch("SELECT record_id FROM usage", timeout=10))
-    finally:
-        await db.close()
