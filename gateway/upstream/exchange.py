@@ -49,6 +49,8 @@ from gateway.upstream.transcript import Transcript
 
 access_log = structlog.get_logger("gateway.access")
 _UNTRACED: AbstractContextManager[None] = nullcontext()
+# Probes and scrapes, every second from every load balancer and Prometheus: not traced.
+_UNTRACED_PATHS = ("/health/", "/metrics")
 
 CLIENT_GONE = 499  # the status of a request whose client left (nginx's)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
@@ -135,7 +137,7 @@ class Exchange:
         state = self._app.get(STATE)
         tracing = state.tracing if state is not None else None
         self.trace: RequestTrace | None = None  # only with tracing.enabled
-        if tracing is not None:
+        if tracing is not None and not self._path.startswith(_UNTRACED_PATHS):
             self.trace = RequestTrace(
                 tracing.tracer, self._method, self._endpoint, self._path, request.headers
             )

@@ -25,7 +25,14 @@ from gateway.process.config import LoggingSettings
 from gateway.process.observability import BufferedLineLogger
 from gateway.process.server import start_server
 from gateway.tracing.settings import TracingSettings
-from tests.gateway.harness import API_KEY, READ_TIMEOUT_S, Deployment, ModelPlan, deployment
+from tests.gateway.harness import (
+    API_KEY,
+    READ_TIMEOUT_S,
+    Deployment,
+    ModelPlan,
+    bounded_client,
+    deployment,
+)
 from tests.gateway.redis_harness import free_port
 from tests.gateway.test_metrics import scrape
 
@@ -91,9 +98,13 @@ async def streamed(gw: Deployment, traceparent: str) -> str:
         return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
 
 
-async def spans_of(found: Receiver, trace_id: str, count: int) -> list[Span]:
+async def spans_of(found: Receiver, trace_id: str) -> list[Span]:
+    """The trace's spans, once its request span has come: it ends last (after its steps and
+    tries), and spans are exported in the order they end."""
     async with asyncio.timeout(10):
-        while len(found.of(trace_id)) < count:  # noqa: ASYNC110 - another thread exports
+        while not any(  # noqa: ASYNC110 - another thread exports
+            span.kind == Span.SPAN_KIND_SERVER for span in found.of(trace_id)
+        ):
             await asyncio.sleep(0.02)
     return found.of(trace_id)
 
@@ -110,7 +121,7 @@ async def test_a_streamed_request_with_a_failed_try_and_a_retry_is_one_span_tree
             first.set_fault(Fault(mode="error", status=503, count=1))
             trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
             assert await streamed(gw, f"00-{trace_id}-{parent}-01")
-            spans = await spans_of(found, trace_id, 6)
+            spans = await spans_of(found, trace_id)
             if sum(span.name.startswith("upstream ") for span in spans) == 2:
                 break
         else:
@@ -191,3 +202,22 @@ async def test_an_unreachable_collector_costs_nothing_but_a_counter() -> None:
                     break
                 await asyncio.sleep(0.1)
     assert exported.get("ok", 0) == 0
+
+
+async def test_probes_and_scrapes_are_not_traced() -> None:
+    plans = [ModelPlan("m", mock={"ttft": 0.0})]
+    async with receiver() as (found, endpoint), deployment(plans, tracing=traced(endpoint)) as gw:
+        async with bounded_client() as http:
+            for path in ("/health/live", "/health/ready", "/metrics"):
+                async with http.get(gw.url + path) as response:
+                    assert response.status == 200
+        async with openai.AsyncOpenAI(
+            base_url=f"{gw.url}/v1", api_key=API_KEY, max_retries=0, timeout=READ_TIMEOUT_S
+        ) as client:
+            await client.chat.completions.create(model="m", messages=CHAT)
+        async with asyncio.timeout(10):
+            while not found.spans:  # noqa: ASYNC110 - another thread exports
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+    assert {span.name for _, span in found.spans} >= {"POST /v1/chat/completions"}
+    assert not [s for _, s in found.spans if s.name.startswith("GET ")]
