@@ -116,8 +116,9 @@ def _serve(config: GatewayConfig, path: str, *, as_worker: bool) -> int:
 
 
 def _unusable_store(config: GatewayConfig) -> str | None:
-    """Why the key store or the ledger cannot be opened, if one cannot: better to refuse to
-    start than to serve every store key a 503 (its actor would die at its first breath)."""
+    """Why the SQLite key store or ledger cannot be opened, if one cannot: better to refuse to
+    start than to serve every store key a 503 (its actor would die at its first breath). (It
+    once opened PostgreSQL URLs as SQLite paths, leaving directories named after them.)"""
     from actors.auth.store import KeyStore
     from actors.ledger.store import LedgerStore
 
@@ -127,6 +128,8 @@ def _unusable_store(config: GatewayConfig) -> str | None:
     if config.usage is not None:
         stores.append(("usage ledger", config.usage.path, LedgerStore))
     for what, path, opener in stores:
+        if is_postgres(path):
+            continue  # PostgreSQL's: checked (and migrated) by the start itself
         try:
             opener(path).close()
         except (OSError, sqlite3.Error) as exc:

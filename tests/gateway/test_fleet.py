@@ -66,15 +66,22 @@ async def gateway_process(
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", "serve", "--config", str(path),
             stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+            cwd=tmp_path,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
         await _ready(base, process)
+        # Nothing written where it runs (a URL once became a SQLite file's path there).
+        assert _named_like_a_url(tmp_path) == []
         yield base, process
     finally:
         if process.returncode is None:
             os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
+
+
+def _named_like_a_url(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("postgres"))
 
 
 async def _ready(base: str, process: asyncio.subprocess.Process) -> None:
