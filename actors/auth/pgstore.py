@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -34,7 +34,7 @@ from actors.auth.store import (
     RotateKey,
 )
 from actors.kernel import SyncActor, settle_reply
-from actors.postgres.pool import DOWN, close_pool, connection
+from actors.postgres.pool import DOWN, BlockingConnection, close_pool, connection
 from actors.postgres.schema import KEYS_CHANNEL
 
 log = structlog.get_logger("actors.auth.pgstore")
@@ -237,35 +237,24 @@ class PgKeyStoreActor(SyncActor):
         }
 
 
-class BlockingPgKeyStore:
-    """The PostgreSQL store with the SQLite KeyStore's blocking methods, for the CLI: one
-    connection on a private event loop."""
+class BlockingPgKeyStore(BlockingConnection):
+    """The PostgreSQL store with the SQLite KeyStore's blocking methods, for the CLI."""
 
     def __init__(self, url: str) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._db = self._run(asyncpg.connect(url, timeout=10))
-        self._keys = PgKeys(self._db)
-
-    def _run(self, work: Coroutine[Any, Any, Any]) -> Any:
-        return self._loop.run_until_complete(work)
+        super().__init__(url)
+        self._keys = PgKeys(self.db)
 
     def create(self, scopes: KeyScopes) -> tuple[KeyRecord, str]:
-        return self._run(self._keys.create(scopes))  # type: ignore[no-any-return]
+        return self.run(self._keys.create(scopes))
 
     def get(self, key_id: str) -> KeyRecord | None:
-        return self._run(self._keys.get(key_id))  # type: ignore[no-any-return]
+        return self.run(self._keys.get(key_id))
 
     def list(self, *, include_revoked: bool = True) -> list[KeyRecord]:
-        return self._run(self._keys.list(include_revoked=include_revoked))  # type: ignore[no-any-return]
+        return self.run(self._keys.list(include_revoked=include_revoked))
 
     def revoke(self, key_id: str) -> KeyRecord:
-        return self._run(self._keys.revoke(key_id))  # type: ignore[no-any-return]
+        return self.run(self._keys.revoke(key_id))
 
     def rotate(self, key_id: str) -> tuple[KeyRecord, str]:
-        return self._run(self._keys.rotate(key_id))  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        try:
-            self._run(self._db.close())
-        finally:
-            self._loop.close()
+        return self.run(self._keys.rotate(key_id))

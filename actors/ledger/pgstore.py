@@ -36,7 +36,7 @@ from actors.ledger.store import (
     WriteBatch,
     summary_row,
 )
-from actors.postgres.pool import DOWN, close_pool, connection
+from actors.postgres.pool import DOWN, BlockingConnection, close_pool, connection
 
 log = structlog.get_logger("actors.ledger.pgstore")
 
@@ -226,20 +226,10 @@ class PgLedgerWriterActor(SyncActor):
         }
 
 
-class BlockingPgLedger:
-    """The PostgreSQL ledger's summary for the CLI: one connection on a private loop."""
-
-    def __init__(self, url: str) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._db = self._loop.run_until_complete(asyncpg.connect(url, timeout=10))
+class BlockingPgLedger(BlockingConnection):
+    """The PostgreSQL ledger's summary for the CLI."""
 
     def summary(
         self, by: tuple[Group, ...], since: float | None = None, until: float | None = None
     ) -> list[dict[str, Any]]:
-        return self._loop.run_until_complete(summary(self._db, by, since, until))
-
-    def close(self) -> None:
-        try:
-            self._loop.run_until_complete(self._db.close())
-        finally:
-            self._loop.close()
+        return self.run(summary(self.db, by, since, until))

@@ -11,7 +11,7 @@ give a key its budget back.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -32,6 +32,11 @@ class Period:
     id: str  # "day:2026-12-03", "week:2026-11-30", "month:2026-12": part of the state's key
     start: float  # unix time
     end: float
+
+    @property
+    def ends_at(self) -> str:
+        """When it ends, in UTC, as ISO 8601 with a Z (what the 429 and /admin/keys show)."""
+        return datetime.fromtimestamp(self.end, UTC).isoformat().replace("+00:00", "Z")
 
 
 def period_of(kind: PeriodKind, zone: ZoneInfo, now: float) -> Period:

@@ -1,10 +1,12 @@
-"""What the PostgreSQL-backed actors share: the errors that mean the database is down or
-slow, a pool's connection for a block, and closing a pool within a bound."""
+"""What the PostgreSQL-backed stores share: the errors that mean the database is down or
+slow, a pool's connection for a block, closing a pool within a bound, and one blocking
+connection for the command line."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -37,3 +39,23 @@ async def close_pool(pool: asyncpg.Pool, timeout: float = 5.0) -> None:
             await pool.close()
     except TimeoutError:
         pool.terminate()
+
+
+T = TypeVar("T")
+
+
+class BlockingConnection:
+    """One connection on a private event loop, for the command line's blocking calls."""
+
+    def __init__(self, url: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self.db = self.run(asyncpg.connect(url, timeout=10))
+
+    def run(self, work: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run_until_complete(work)
+
+    def close(self) -> None:
+        try:
+            self.run(self.db.close())
+        finally:
+            self._loop.close()

@@ -11,7 +11,6 @@ POST   /admin/keys/{id}/rotate        a new key with the same scopes; the old on
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -76,7 +75,7 @@ async def _budget_of(state: GatewayState, record: KeyRecord) -> dict[str, object
         **budget.model_dump(),
         "spent": round(spent),
         "remaining": max(0, budget.tokens - round(spent)),
-        "resets_at": datetime.fromtimestamp(period.end, UTC).isoformat().replace("+00:00", "Z"),
+        "resets_at": period.ends_at,
     }
 
 

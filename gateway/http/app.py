@@ -45,6 +45,7 @@ from gateway.http.state import (
     STATE,
     GatewayState,
     OpenStreams,
+    this_process,
 )
 from gateway.process.config import GatewayConfig
 from gateway.tracing.provider import Tracing
@@ -196,9 +197,8 @@ async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
         streams=OpenStreams(),
         layout=layout,
         config_path=app.get(CONFIG_PATH),
+        instance=config.instance or this_process(),
     )
-    if config.instance is not None:
-        state.instance = config.instance
     log.info("actor_tree_started", models=[m.name for m in config.models])
     if state.metrics.sampler is not None:
         state.in_background(_sample_tree(state.metrics.sampler))

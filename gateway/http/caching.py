@@ -153,8 +153,8 @@ async def serve(
         response = await forward(request, exchange)
         # A complete answer only: the try ended OK (a stream reached [DONE], no error event
         # and no cut; the assembly checks the same again, from the bytes), and no output
-        # rule withheld it. It is assembled
-        # and stored after this returns, off the request's path.
+        # rule withheld it. It is assembled and stored after this returns, off the request's
+        # path.
         if exchange.answered and exchange.output_blocked is None:
             payload = response.body if isinstance(response, web.Response) else None
             cache.later(_store_answer(cache, plan, payload, capture, vector, leads=leads))

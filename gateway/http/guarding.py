@@ -1,7 +1,8 @@
 """Guardrails at the edge: the served model's guard (with the key's own policies) over the
 routed request, after routing and before the cache (a redacted request is cached as what the
-model saw); its output rules over the answer, as it is relayed (gateway.upstream.forward and
-relay, through `exchange.guard`). Rule ids are counted and logged, never what they matched."""
+model saw); its output rules are left on the exchange for the answer (gateway.upstream.forward
+and relay apply them; the exchange's exit counts what they found). Rule ids are counted and
+logged, never what they matched."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from gateway.guardrails.engine import Blocked, Findings, Guard, check_input, guard_of
+from gateway.guardrails.engine import Blocked, Guard, check_input, guard_of
 from gateway.guardrails.limits import over_limit
 from gateway.http.errors import InvalidRequest, PermissionDenied
 from gateway.http.state import GatewayState
@@ -104,24 +105,3 @@ def _apply_rules(
     if verdict.body is not None:
         rewritten: UpstreamCall = dataclasses.replace(call, raw=verdict.body)
         exchange.call = rewritten
-
-
-def report_output(exchange: Exchange, findings: Findings) -> None:
-    """The output rules that fired on an answer: counted, logged (ids only) and added to the
-    exchange's, for the access log and the ledger."""
-    if not findings.fired:
-        return
-    if findings.blocked is not None:
-        exchange.output_blocked = findings.blocked.rule.id
-    model = exchange.served_model or "-"
-    hits = exchange.state.metrics.guardrail_hits
-    for compiled in findings.fired.values():
-        hits.labels(compiled.rule.id, "output", compiled.rule.action, model).inc()
-    ids = findings.ids
-    exchange.guardrails = (*exchange.guardrails, *(i for i in ids if i not in exchange.guardrails))
-    log.info(
-        "guardrail_fired",
-        rules=list(ids),
-        direction="output",
-        action="block" if findings.blocked is not None else None,
-    )

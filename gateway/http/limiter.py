@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from actors.auth.actor import Principal
 from actors.kernel import ActorRef
@@ -132,7 +131,7 @@ def _budget_spent(subjects: tuple[Subject, ...], verdict: Verdict, who: str) -> 
     assert subject.spec.budget is not None
     assert subject.period is not None
     budget = subject.spec.budget
-    resets = datetime.fromtimestamp(subject.period.end, UTC).isoformat().replace("+00:00", "Z")
+    resets = subject.period.ends_at
     return BudgetExceeded(
         f"The token budget of {who} for this {budget.period} ({budget.tokens} tokens) is "
         f"spent. It resets at {resets}.",

@@ -52,6 +52,11 @@ class OpenStreams:
         return len(enders)
 
 
+def this_process() -> str:
+    """A gateway process's default name in a fleet's records: host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 @dataclass(slots=True)
 class GatewayState:
     """`config` and what the edge derives from it (`use`) change on a reload
@@ -83,7 +88,7 @@ class GatewayState:
     presidio: PresidioEngines = field(default_factory=PresidioEngines)  # loaded once, kept
     budget_clock: BudgetClock = field(default_factory=BudgetClock)  # periods, in limits' zone
     # This gateway process, in the records it writes to a fleet's shared ledger.
-    instance: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    instance: str = field(default_factory=this_process)
     guards: dict[str, Guard] = field(default_factory=dict)  # model -> its policies' guardrails
     # (model, a key's own policies) -> the model's and the key's together, compiled once
     key_guards: dict[tuple[str, tuple[str, ...]], Guard] = field(default_factory=dict)

@@ -32,19 +32,18 @@ import structlog
 from aiohttp import web
 
 from actors.backend.actor import Lease, Outcome, Release
-from actors.ledger.store import UsageRecord
 from actors.limiter.local import Subject
 from actors.router.actor import AllowRetry, RequestEnded, RetryEnded, RouteDecision
 from gateway.cache.capture import StreamCapture
-from gateway.guardrails.engine import Guard
+from gateway.guardrails.engine import Findings, Guard
 from gateway.http import limiter
 from gateway.http.asks import ask
 from gateway.http.auth import presented_secrets
-from gateway.http.metrics import GatewayMetrics, status_class
 from gateway.http.state import CONFIG, STATE, GatewayState
 from gateway.tracing.request import RequestTrace
 from gateway.upstream.attempt import Attempt, UpstreamCall
 from gateway.upstream.blame import Blame
+from gateway.upstream.records import record_metrics, report_output, usage_record
 from gateway.upstream.transcript import Transcript
 
 access_log = structlog.get_logger("gateway.access")
@@ -103,7 +102,7 @@ class Exchange:
         "guardrails",
         "key_id",
         "model",
-        "output_blocked",
+        "output_findings",
         "rate_headers",
         "relayed_events",
         "request_id",
@@ -169,10 +168,11 @@ class Exchange:
         self.charge_cached = False
         self.capture: StreamCapture | None = None
         # Guardrails (gateway.http.guarding): the guard whose output rules the answer passes,
-        # the ids of the rules that fired, and the block rule that stopped the answer.
+        # the ids of the rules that fired, and what the output rules found in the answer
+        # (counted and logged at the exit).
         self.guard: Guard | None = None
         self.guardrails: tuple[str, ...] = ()
-        self.output_blocked: str | None = None
+        self.output_findings: Findings | None = None
 
     @property
     def state(self) -> GatewayState:
@@ -258,6 +258,12 @@ class Exchange:
             self.state.router.notify(RetryEnded(decision.model))
 
     @property
+    def output_blocked(self) -> str | None:
+        """The id of the output rule that stopped the answer, if one did."""
+        findings = self.output_findings
+        return None if findings is None or findings.blocked is None else findings.blocked.rule.id
+
+    @property
     def answered(self) -> bool:
         """Whether the last try ended with a complete answer."""
         return self._answered
@@ -294,6 +300,8 @@ class Exchange:
         elapsed = time.perf_counter() - self.started
         logging = (state.config if state is not None else self._app[CONFIG]).logging
         if state is not None:
+            if self.output_findings is not None and self.output_findings.fired:
+                report_output(state.metrics, self, self.output_findings)
             if self.admitted is not None:
                 charged = self.cached_tokens if self.charge_cached else self.usage
                 limiter.settle(
@@ -306,13 +314,13 @@ class Exchange:
                 )
             if self.decision is not None:
                 state.router.notify(RequestEnded(self.decision.model))
-            _record(state.metrics, self._endpoint, self, elapsed)
+            record_metrics(state.metrics, self._endpoint, self, elapsed)
             if self.cached_tokens is not None and state.cache is not None:
                 saved = state.cache.metrics.saved_tokens
                 saved.labels(self.served_model or "-", "prompt").inc(self.cached_tokens[0])
                 saved.labels(self.served_model or "-", "completion").inc(self.cached_tokens[1])
             if state.ledger is not None and self.served_model is not None:
-                record = _usage_record(self._endpoint, self, elapsed, state.instance)
+                record = usage_record(self._endpoint, self, elapsed, state.instance)
                 state.ledger.notify(record)
         if self.transcript is not None and self.served_model is not None:
             self.transcript.log(self.request_id, self.served_model, logging.prompt_log_chars)
@@ -341,56 +349,3 @@ class Exchange:
 
 
 EXCHANGE = web.RequestKey("citadel_exchange", Exchange)
-
-
-def _record(metrics: GatewayMetrics, endpoint: str, exchange: Exchange, elapsed: float) -> None:
-    """One request's metrics (`endpoint`: the route template). Labels come from
-    configuration and routes, never the client."""
-    status = exchange.status
-    if status == 401:
-        metrics.auth_failures.inc()
-    model = exchange.served_model
-    if model is None:
-        if endpoint.startswith("/v1/") and endpoint != "/v1/models":
-            metrics.requests.labels("-", "-", endpoint, status_class(status)).inc()
-        return
-    metrics.requests.labels(model, exchange.backend or "-", endpoint, status_class(status)).inc()
-    metrics.duration.labels(model, endpoint).observe(elapsed)
-    metrics.overhead.labels(endpoint).observe(max(0.0, elapsed - exchange.upstream_seconds))
-    if exchange.first_byte_at is not None:
-        metrics.ttft.labels(model).observe(exchange.first_byte_at - exchange.started)
-    if exchange.attempts > 1:
-        metrics.retries.labels(model).inc(exchange.attempts - 1)
-    if exchange.usage is not None and exchange.cached_tokens is None:
-        key = exchange.key_id or "-"
-        source = "estimated" if exchange.usage_estimated else "reported"
-        metrics.tokens.labels(model, key, "prompt", source).inc(exchange.usage[0])
-        metrics.tokens.labels(model, key, "completion", source).inc(exchange.usage[1])
-    if exchange.route_reason is not None:
-        kind = exchange.route_reason.split(":", 1)[0]
-        kind = kind if kind in ("context", "fallback") else "virtual"
-        metrics.routed.labels(exchange.model or "-", model, kind).inc()
-
-
-def _usage_record(endpoint: str, exchange: Exchange, elapsed: float, instance: str) -> UsageRecord:
-    prompt, completion = exchange.usage or (0, 0)
-    first = exchange.first_byte_at
-    return UsageRecord(
-        ts=time.time(),
-        request_id=exchange.request_id,
-        key_id=exchange.key_id,
-        model=exchange.served_model or "-",
-        backend=exchange.backend,
-        endpoint=endpoint,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        status=exchange.status,
-        latency_ms=round(elapsed * 1000, 3),
-        ttft_ms=None if first is None else round((first - exchange.started) * 1000, 3),
-        usage_estimated=exchange.usage_estimated,
-        cached=exchange.cached_tokens is not None,
-        saved_tokens=sum(exchange.cached_tokens) if exchange.cached_tokens else 0,
-        guardrails=",".join(exchange.guardrails) or None,
-        record_id=exchange.upstream_id,
-        instance=instance,
-    )

@@ -31,7 +31,6 @@ from gateway.http.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from gateway.http.guarding import report_output
 from gateway.upstream import failures
 from gateway.upstream.attempt import (
     FREE_RETRY,
@@ -226,7 +225,7 @@ async def _relay_unary(
     attempt.usage = usage_of(payload)
     if exchange.guard is not None:
         verdict = check_answer(payload, exchange.guard.output)
-        report_output(exchange, verdict.findings)
+        exchange.output_findings = verdict.findings  # reported at the exit
         payload = verdict.body if verdict.body is not None else payload
     if exchange.transcript is not None:
         exchange.transcript.keep(payload)

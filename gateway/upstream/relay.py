@@ -26,7 +26,6 @@ from gateway.http.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from gateway.http.guarding import report_output
 from gateway.http.state import STATE
 from gateway.upstream import failures, sse
 from gateway.upstream.attempt import Attempt, Outgoing, connection_failure, open_upstream
@@ -172,7 +171,10 @@ async def _pump(
         ),
     )
     touch = watchdog.touch
-    guard = StreamGuard(exchange.guard.output) if exchange.guard is not None else None
+    guard = None
+    if exchange.guard is not None:
+        guard = StreamGuard(exchange.guard.output)
+        exchange.output_findings = guard.findings  # reported at the exit
     token = state.streams.add(
         lambda: stopper.stop(
             ServiceUnavailable("The gateway is shutting down. Retry the request."),
@@ -233,8 +235,6 @@ async def _pump(
     finally:
         watchdog.cancel()
         state.streams.discard(token)
-        if guard is not None:
-            report_output(exchange, guard.findings)
     if attempt.error_status is not None:
         return False  # an incomplete stream: ended with an error event (_finish)
     attempt.outcome = Outcome.OK
