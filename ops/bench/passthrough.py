@@ -15,6 +15,7 @@ import uvloop
 from aiohttp import web
 
 UPSTREAM = web.AppKey("upstream", str)
+POOL = web.AppKey("pool", int)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 
 
@@ -39,7 +40,7 @@ async def relay(request: web.Request) -> web.StreamResponse:
 
 
 async def session_ctx(app: web.Application):  # type: ignore[no-untyped-def]
-    connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=60)
+    connector = aiohttp.TCPConnector(limit=app[POOL], limit_per_host=0, keepalive_timeout=60)
     app[SESSION] = aiohttp.ClientSession(connector=connector, auto_decompress=False)
     yield
     await app[SESSION].close()
@@ -49,9 +50,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
+    parser.add_argument("--max-connections", type=int, default=1024, help="the pool's size")
     args = parser.parse_args()
     app = web.Application()
     app[UPSTREAM] = args.upstream
+    app[POOL] = args.max_connections
     app.cleanup_ctx.append(session_ctx)
     app.router.add_post("/{tail:.*}", relay)
     web.run_app(

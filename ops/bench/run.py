@@ -6,7 +6,12 @@ gateway, measured in one run on this machine, with ratios.
 Non-streaming load comes from wrk (Debian package `wrk`) at concurrency 1 and 100;
 streaming load from ops/bench/streamload.py with 100 concurrent streams. Each target runs
 in its own process; they are measured one after the other, never at the same time, in
-interleaved rounds, and each figure is the median over the rounds.
+interleaved rounds, and each figure is the median over the rounds. Besides requests a
+second, the CPU time the process under test spent per request (ops/bench/procstat.py) is
+reported: on a shared machine it moves far less than the wall clock.
+
+The gateway runs with production settings: a key with limits (kept in the process, or in
+Redis with --redis), metrics, the JSON access log at info level.
 
 On a machine with two or more cores, the process under test (passthrough or gateway) is
 pinned to its own core and the load generators and the upstream to another, so that the
@@ -30,7 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import uvloop
+import yaml
 
+from actors.auth.keys import hash_secret
+from ops.bench.procstat import cpu_seconds
 from ops.bench.streamload import run_streams
 
 API_KEY = "sk-bench-0123456789abcdef"
@@ -54,6 +62,17 @@ done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(99), latency.mean))
 end
 """
+# The benchmark's key: a configured key with limits far above the load, so every request is
+# admitted and charged (production's path), never refused.
+KEY_ID = "be0c4b0e4c40"
+KEY_SECRET = "b" * 43
+LIMITED_KEY = f"sk-citadel-{KEY_ID}-{KEY_SECRET}"
+LIMITS: dict[str, object] = {
+    "rpm": 100_000_000,
+    "tpm": 1_000_000_000_000,
+    "max_concurrent": 100_000,
+}
+# A plain key with no limits, for the benchmarks that measure other things (ops.bench.workers).
 GATEWAY_CONFIG = """
 listen: "127.0.0.1:%(port)d"
 auth:
@@ -70,12 +89,44 @@ models:
 """
 
 
+def production_config(
+    port: int,
+    upstream: int,
+    *,
+    access_log: bool = True,
+    redis: str | None = None,
+    concurrency: int | None = None,
+) -> str:
+    """The gateway as production runs it: a key with limits, metrics, the access log.
+    `concurrency`: the open streams to hold, from one client address to one replica (the
+    per-client connection limit, the replica's max_in_flight and pool raised to it)."""
+    key = {"id": KEY_ID, "secret_sha256": hash_secret(KEY_SECRET), "scopes": LIMITS}
+    backend: dict[str, object] = {
+        "url": f"http://127.0.0.1:{upstream}",
+        "model": "bench/upstream-model",
+    }
+    config: dict[str, object] = {
+        "listen": f"127.0.0.1:{port}",
+        "auth": {"keys": [key]},
+        "limits": {"redis_url": redis} if redis else {},
+        "logging": {"level": "info", "format": "json", "access_log": access_log},
+        "models": [{"name": "bench-model", "backends": [backend]}],
+    }
+    if concurrency is not None:
+        room = concurrency + 1000
+        config["connections"] = {"max_connections": room, "max_connections_per_client": room}
+        backend["max_in_flight"] = room
+        backend["pool"] = {"max_connections": room}
+    return yaml.safe_dump(config)
+
+
 @dataclass
 class Load:
     rps: float
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_us: float = float("nan")  # CPU time of the process under test per request
 
 
 @dataclass
@@ -111,18 +162,30 @@ def pinned(command: list[str], cpu: int | None) -> list[str]:
     return ["taskset", "-c", str(cpu), *command]
 
 
-def wrk(port: int, connections: int, duration: float, script: Path, cpu: int | None) -> Load:
+def wrk(
+    port: int,
+    connections: int,
+    duration: float,
+    script: Path,
+    cpu: int | None,
+    target_pid: int | None = None,
+) -> Load:
+    """One wrk run; with `target_pid`, the CPU that process (and its children) spent on it,
+    per request."""
     command = [
         "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
         "-s", str(script), f"http://127.0.0.1:{port}{PATH}",
     ]  # fmt: skip
+    before = cpu_seconds(target_pid) if target_pid is not None else 0.0
     output = subprocess.run(pinned(command, cpu), check=True, capture_output=True, text=True).stdout
+    spent = cpu_seconds(target_pid) - before if target_pid is not None else float("nan")
     data = json.loads(output.strip().splitlines()[-1])
     return Load(
         rps=data["requests"] / (data["duration_us"] / 1e6),
         p50_ms=data["p50_us"] / 1000,
         p99_ms=data["p99_us"] / 1000,
         errors=data["errors"],
+        cpu_us=spent / max(1, data["requests"]) * 1e6,
     )
 
 
@@ -131,7 +194,7 @@ def streams(port: int, concurrency: int, per_connection: int) -> StreamLoad:
     results = uvloop.run(
         run_streams(
             "127.0.0.1", port, PATH, body,
-            concurrency=concurrency, per_connection=per_connection, api_key=API_KEY,
+            concurrency=concurrency, per_connection=per_connection, api_key=LIMITED_KEY,
         )
     )  # fmt: skip
     ttfts = sorted(results.ttfts) or [float("nan")]
@@ -151,10 +214,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--token-interval-ms", type=float, default=25.0, help="upstream gap between stream events"
+        "--token-interval-ms", type=float, default=20.0, help="upstream gap between stream events"
     )
-    parser.add_argument("--chunks", type=int, default=20, help="events per upstream stream")
+    parser.add_argument("--chunks", type=int, default=16, help="events per upstream stream")
     parser.add_argument("--no-access-log", action="store_true", help="gateway without access log")
+    parser.add_argument("--redis", help="keep the key's limits in this Redis (redis://...)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: `make bench` installs it (apt-get install wrk)")
@@ -164,16 +228,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         work = Path(tmp)
         script = work / "chat.lua"
-        script.write_text(WRK_SCRIPT % {"body": json.dumps(CHAT), "key": API_KEY})
+        script.write_text(WRK_SCRIPT % {"body": json.dumps(CHAT), "key": LIMITED_KEY})
         config = work / "gateway.yaml"
         config.write_text(
-            GATEWAY_CONFIG
-            % {
-                "port": ports["gateway"],
-                "upstream": ports["upstream"],
-                "key": API_KEY,
-                "access_log": "false" if args.no_access_log else "true",
-            }
+            production_config(
+                ports["gateway"],
+                ports["upstream"],
+                access_log=not args.no_access_log,
+                redis=args.redis,
+            )
         )
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         commands = {
@@ -191,6 +254,7 @@ def main() -> None:
         load_cpu, target_cpu = (0, 1) if cores >= 2 else (None, None)
         if load_cpu is not None:
             os.sched_setaffinity(0, {load_cpu})  # this process runs the stream client
+        pids: dict[str, int] = {}
         for name, command in commands.items():
             cpu = load_cpu if name == "upstream" else target_cpu
             process = subprocess.Popen(
@@ -199,14 +263,15 @@ def main() -> None:
             stack.callback(process.wait)
             stack.callback(process.terminate)
             wait_listening(ports[name], process)
+            pids[name] = process.pid  # taskset execs: the same process
 
         rounds: dict[str, list[tuple[Load, Load, StreamLoad]]] = {name: [] for name in ports}
         for round_number in range(args.rounds):
             for name in ("upstream", "passthrough", "gateway"):
                 port = ports[name]
                 wrk(port, 10, 2, script, load_cpu)  # warm-up: connections, lazy imports
-                single = wrk(port, 1, args.duration, script, load_cpu)
-                hundred = wrk(port, args.concurrency, args.duration, script, load_cpu)
+                single = wrk(port, 1, args.duration, script, load_cpu, pids[name])
+                hundred = wrk(port, args.concurrency, args.duration, script, load_cpu, pids[name])
                 stream = streams(port, args.concurrency, args.streams_per_connection)
                 rounds[name].append((single, hundred, stream))
                 print(f"round {round_number + 1}: measured {name}", file=sys.stderr, flush=True)
@@ -225,6 +290,7 @@ def median_of(
             p50_ms=statistics.median(r.p50_ms for r in runs),  # type: ignore[union-attr]
             p99_ms=statistics.median(r.p99_ms for r in runs),  # type: ignore[union-attr]
             errors=sum(r.errors for r in runs),
+            cpu_us=statistics.median(r.cpu_us for r in runs),  # type: ignore[union-attr]
         )
 
     streams_ = [m[2] for m in measured]
@@ -249,32 +315,36 @@ def report(results: dict[str, tuple[Load, Load, StreamLoad]], args: argparse.Nam
     )
     print(
         f"\n| target | c=1 rps | c=1 p50 | c=1 p99 | c={c} rps | c={c} p50 | c={c} p99 "
-        f"| {c} streams: TTFT p50 | TTFT p99 | stream p50 | errors |"
+        f"| CPU/request c=1 | c={c} | {c} streams: TTFT p50 | TTFT p99 | stream p50 | errors |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, (single, hundred, stream) in results.items():
         errors = single.errors + hundred.errors + stream.errors
         print(
             f"| {name} | {single.rps:,.0f} | {single.p50_ms:.3f} ms | {single.p99_ms:.3f} ms "
             f"| {hundred.rps:,.0f} | {hundred.p50_ms:.2f} ms | {hundred.p99_ms:.2f} ms "
+            f"| {single.cpu_us:.0f} µs | {hundred.cpu_us:.0f} µs "
             f"| {stream.ttft_p50_ms:.2f} ms | {stream.ttft_p99_ms:.2f} ms "
             f"| {stream.stream_p50_ms:.1f} ms | {errors} |"
         )
     up, passthrough, gateway = results["upstream"], results["passthrough"], results["gateway"]
     throughput = gateway[1].rps / passthrough[1].rps
+    cpu_ratio = gateway[1].cpu_us / passthrough[1].cpu_us
     added = gateway[0].p50_ms - up[0].p50_ms
     added_passthrough = passthrough[0].p50_ms - up[0].p50_ms
     ttft_ratio = gateway[2].ttft_p50_ms / passthrough[2].ttft_p50_ms
+    ttft_p99_ratio = gateway[2].ttft_p99_ms / passthrough[2].ttft_p99_ms
     ttft_added = gateway[2].ttft_p50_ms - up[2].ttft_p50_ms
     print()
-    print(f"- throughput at c={c}, gateway / passthrough: {throughput:.0%}")
+    print(f"- throughput at c={c}, gateway / passthrough: {throughput:.2f}x")
+    print(f"- CPU per request at c={c}, gateway / passthrough: {cpu_ratio:.2f}x")
     print(
         f"- added latency at c=1, p50: gateway {added:.3f} ms, "
         f"passthrough {added_passthrough:.3f} ms (over the upstream alone)"
     )
     print(
         f"- TTFT p50 at {c} streams, gateway / passthrough: {ttft_ratio:.2f}x "
-        f"(gateway adds {ttft_added:.2f} ms over the upstream)"
+        f"(gateway adds {ttft_added:.2f} ms over the upstream); p99 {ttft_p99_ratio:.2f}x"
     )
 
 

@@ -20,6 +20,7 @@ class StreamResults:
     totals: list[float] = field(default_factory=list)
     errors: int = 0
     elapsed: float = 0.0
+    failures: list[str] = field(default_factory=list)  # a few distinct errors, to show
 
 
 def _request(host: str, port: int, path: str, body: bytes, api_key: str | None) -> bytes:
@@ -90,4 +91,65 @@ async def run_streams(
     )
     results.elapsed = time.perf_counter() - started
     results.errors += sum(1 for outcome in outcomes if isinstance(outcome, BaseException))
+    return results
+
+
+async def _one_stream(
+    host: str, port: int, request: bytes, results: StreamResults, timeout: float
+) -> None:
+    """One client: connect, send one streaming request, read the stream to its end."""
+    started = time.perf_counter()
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    try:
+        writer.write(request)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise ConnectionError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
+        buffer = b""
+        while b"data:" not in buffer:
+            chunk = await asyncio.wait_for(reader.read(65536), timeout)
+            if not chunk:
+                raise ConnectionError("closed before the first event")
+            buffer += chunk
+        first = time.perf_counter()
+        while not buffer.endswith(_END):
+            chunk = await asyncio.wait_for(reader.read(65536), timeout)
+            if not chunk:
+                raise ConnectionError("closed mid-stream")
+            buffer = buffer[-16:] + chunk
+        results.ttfts.append(first - started)
+        results.totals.append(time.perf_counter() - started)
+    finally:
+        writer.close()
+
+
+async def open_streams(
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    *,
+    total: int,
+    rate: float,
+    api_key: str | None = None,
+    timeout: float = 30.0,
+) -> StreamResults:
+    """`total` clients, each on its own connection, opened at `rate` a second and held for
+    their stream's length: at the peak, every stream still open at once. `timeout` bounds
+    each read (a stream that stalls that long counts as an error)."""
+    results = StreamResults()
+    request = _request(host, port, path, body, api_key)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    tasks = []
+    for index in range(total):
+        delay = started + index / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(_one_stream(host, port, request, results, timeout)))
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    results.elapsed = loop.time() - started
+    failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    results.errors += len(failures)
+    results.failures = sorted({type(f).__name__ + ": " + str(f)[:80] for f in failures})[:5]
     return results
