@@ -16,6 +16,7 @@ from gateway.http.protocol import ConnectionCaps, GatewayRunner
 from gateway.http.state import STATE, GatewayState
 from gateway.process import systemd
 from gateway.process.config import ConnectionSettings, GatewayConfig
+from gateway.process.heap import settle_heap
 from gateway.process.reload import ReloadRejected, reload_from_file
 
 log = structlog.get_logger("gateway")
@@ -134,6 +135,7 @@ async def serve_until_stopped(server: RunningServer, config: GatewayConfig) -> i
     the exit code is 0 after SIGTERM/SIGINT, 1 when the root supervisor gave up."""
     state = server.runner.app[STATE]
     log.info("gateway_listening", url=server.url)
+    settle_heap()
     # MAINPID: the parent of `workers: N` tells its workers apart by it.
     systemd.notify(f"READY=1\nSTATUS=serving on {server.url}\nMAINPID={os.getpid()}")
     interval = systemd.watchdog_interval()
