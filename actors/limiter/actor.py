@@ -15,13 +15,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-import redis.asyncio as redis
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from actors.kernel import Ask, SyncActor, ask_settled, settle_reply
 from actors.limiter.local import LocalLimits, Subject, Verdict
 from actors.limiter.redis import RedisLimits
+from actors.limiter.resp import RespClient, RespError, address_of
 
 log = structlog.get_logger("actors.limiter.actor")
 
@@ -32,7 +32,9 @@ UNAVAILABLE = "unavailable"
 class LimiterSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    redis_url: str | None = None
+    redis_url: str | None = Field(
+        None, description="redis://[user:password@]host[:port][/db], rediss:// or unix://"
+    )
     redis_failure: Literal["open", "closed"] = Field(
         "open", description="Redis down: admit on local limits (open) or refuse (closed)"
     )
@@ -40,6 +42,13 @@ class LimiterSettings(BaseModel):
     lease_ttl: float = Field(
         3600.0, gt=0, description="seconds a concurrency slot lives if its holder dies"
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _speakable(cls, url: str | None) -> str | None:
+        if url is not None:
+            address_of(url)  # raises ValueError, shown with the field's name
+        return url
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +120,7 @@ class RateLimiterActor(SyncActor):
         self._settings = settings
         self._local = local if local is not None else LocalLimits()
         self._spend_of = spend_of
-        self._client: redis.Redis | None = None
+        self._client: RespClient | None = None
         self._redis: RedisLimits | None = None
         self._down_since: float | None = None
         self._retry_at = 0.0
@@ -128,10 +137,7 @@ class RateLimiterActor(SyncActor):
     async def on_start(self) -> None:
         url = self._settings.redis_url
         if url is not None:
-            timeout = self._settings.redis_timeout
-            self._client = redis.Redis.from_url(
-                url, socket_timeout=timeout, socket_connect_timeout=timeout
-            )
+            self._client = RespClient(url, timeout=self._settings.redis_timeout)
             self._redis = RedisLimits(self._client, lease_ttl=self._settings.lease_ttl)
 
     async def on_stop(self) -> None:
@@ -146,7 +152,7 @@ class RateLimiterActor(SyncActor):
 
     async def _close(self) -> None:
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
 
     def handle(self, message: Any) -> Any:
         match message:
@@ -272,7 +278,7 @@ class RateLimiterActor(SyncActor):
                     )
                     if verdict.kind == "seed":  # a period Redis does not have (yet, or now)
                         verdict = await self._admit_seeded(redis_limits, admit)
-                except (redis.RedisError, OSError, TimeoutError) as exc:
+                except (RespError, OSError, TimeoutError) as exc:
                     result: Admission | None = await ask_settled(
                         me, _RedisFailed(admit, exc), timeout=30
                     )
@@ -295,7 +301,7 @@ class RateLimiterActor(SyncActor):
                 await redis_limits.settle(
                     settle.subjects, settle.charged, settle.used, settle.request_id
                 )
-            except (redis.RedisError, OSError, TimeoutError) as exc:
+            except (RespError, OSError, TimeoutError) as exc:
                 # The slot expires after lease_ttl; the token debt is lost. Both are logged.
                 me.notify(_RedisFailed(None, exc))
 

@@ -13,11 +13,10 @@ first admission, or one after Redis lost its state, is told to bring the spend s
 from __future__ import annotations
 
 import time
-from typing import Any
-
-import redis.asyncio as redis
+from typing import Any, cast
 
 from actors.limiter.local import Subject, Verdict, quota_of
+from actors.limiter.resp import RespClient, Script
 
 _ADMIT = """
 local t = redis.call('TIME')
@@ -141,13 +140,13 @@ return 1
 
 class RedisLimits:
     def __init__(
-        self, client: redis.Redis, *, prefix: str = "citadel:rl:", lease_ttl: float = 3600
+        self, client: RespClient, *, prefix: str = "citadel:rl:", lease_ttl: float = 3600
     ) -> None:
         self._client = client
         self._prefix = prefix
         self._lease_ttl = lease_ttl
-        self._admit = client.register_script(_ADMIT)
-        self._settle = client.register_script(_SETTLE)
+        self._admit = Script(_ADMIT)
+        self._settle = Script(_SETTLE)
 
     def _keys(self, subject: Subject) -> tuple[str, str, str, str]:
         base = f"{self._prefix}{subject.name}"
@@ -175,7 +174,7 @@ class RedisLimits:
                 budget, left = spec.budget.tokens, max(0.0, subject.period.end - clock)
             seed = (seeds or {}).get(subject.name, -1)
             args += [spec.rpm or 0, spec.tpm or 0, spec.max_concurrent or 0, budget, seed, left]
-        reply = await self._admit(keys=keys, args=args)
+        reply = cast(list[Any], await self._client.run(self._admit, keys, args))
         if int(reply[0]) == 0:
             kind, index, wait = (_text(value) for value in reply[1:4])
             return Verdict(False, kind, subjects[int(index) - 1].name, float(wait))
@@ -197,11 +196,11 @@ class RedisLimits:
             tpm = subject.spec.tpm or 0
             budget = 1 if subject.spec.budget is not None and subject.period is not None else 0
             args += [tpm, min(charged, tpm) if tpm else 0, budget, charged]
-        await self._settle(keys=keys, args=args)
+        await self._client.run(self._settle, keys, args)
 
     async def spent(self, subject: Subject) -> float | None:
         """A budget's spend in its current period, if Redis has it."""
-        value = await self._client.get(self._keys(subject)[3])
+        value = await self._client.call(b"GET", self._keys(subject)[3])
         return None if value is None else float(_text(value))
 
 
