@@ -36,6 +36,22 @@ def test_secrets_are_redacted_wherever_they_appear() -> None:
     assert redacted["path"] == "/v1/chat-completions"  # ordinary text is left alone
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Authorization: BEARER abcdefgh12345678",  # no dash: the old shortcut skipped it
+        "authorization: Bearer abcdefgh12345678",
+        "API-KEY: abcdefgh12345678",
+        "SK-abcdefgh12345678",
+        "s\u212a-abcdefgh12345678",  # the Kelvin sign, which (?i) matches as k
+    ],
+)
+def test_secrets_are_redacted_in_any_case(text: str) -> None:
+    redacted = redact_secrets(None, "info", {"detail": text})
+    assert "abcdefgh12345678" not in redacted["detail"]
+    assert REDACTED in redacted["detail"]
+
+
 def test_a_key_logged_through_the_real_pipeline_never_reaches_the_output() -> None:
     # The session's logging is the production pipeline; the autouse check after this test
     # scans what was written and fails if the key is there.
