@@ -43,6 +43,8 @@ async def read_body(request: web.Request) -> bytes:
             headers={"Accept-Encoding": "identity, gzip, deflate"},
         )
     try:
+        if request.content.is_eof():  # all of it arrived with the headers: nothing to wait for
+            return await request.read()
         async with asyncio.timeout(request.app[STATE].config.connections.body_timeout):
             return await request.read()
     except TimeoutError:
