@@ -96,6 +96,7 @@ def production_config(
     access_log: bool = True,
     redis: str | None = None,
     concurrency: int | None = None,
+    workers: int = 1,
 ) -> str:
     """The gateway as production runs it: a key with limits, metrics, the access log.
     `concurrency`: the open streams to hold, from one client address to one replica (the
@@ -111,6 +112,7 @@ def production_config(
         "limits": {"redis_url": redis} if redis else {},
         "logging": {"level": "info", "format": "json", "access_log": access_log},
         "models": [{"name": "bench-model", "backends": [backend]}],
+        "workers": workers,
     }
     if concurrency is not None:
         room = concurrency + 1000

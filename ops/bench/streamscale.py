@@ -57,10 +57,12 @@ class ScaleRun:
 
 
 def _raise_fd_limit(streams: int) -> None:
+    """Room for two sockets a stream, up to the hard limit (raising that needs
+    CAP_SYS_RESOURCE, which a container may not grant: then `--workers` spreads them)."""
     wanted = 2 * streams + 4096
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < wanted:
-        hard = wanted  # root may raise its hard limit, up to fs.nr_open
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
@@ -116,6 +118,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--read-timeout", type=float, default=30.0)
     parser.add_argument("--no-passthrough", action="store_true")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes (limits then in --redis): each holds its share of the streams",
+    )
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
     _raise_fd_limit(args.streams)
     cores = os.cpu_count() or 1
@@ -128,7 +137,15 @@ def main() -> None:
     targets: dict[str, tuple[list[str], int]] = {}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         config = Path(tmp) / "gateway.yaml"
-        config.write_text(production_config(gateway, upstream, concurrency=args.streams))
+        config.write_text(
+            production_config(
+                gateway,
+                upstream,
+                concurrency=args.streams,
+                workers=args.workers,
+                redis=args.redis if args.workers > 1 else None,
+            )
+        )
         upstream_command = [
             python, "-m", "ops.bench.upstream", "--port", str(upstream),
             "--chunks", str(args.events), "--interval-ms", str(args.interval_ms),
