@@ -23,7 +23,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from gateway.cache.vectors import Match
+from gateway.cache.vectorstore import Match
 
 log = structlog.get_logger("gateway.cache.pgvectors")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -22,7 +23,10 @@ from gateway.cache.metrics import CacheMetrics
 from gateway.cache.pgvectors import PgVectors, Unreachable
 from gateway.cache.question import same_question
 from gateway.cache.settings import SemanticPolicy, VectorStoreSettings
-from gateway.cache.vectors import Match, MemoryVectors, VectorStore
+from gateway.cache.vectorstore import Match, VectorStore
+
+if TYPE_CHECKING:
+    from gateway.cache.vectors import MemoryVectors
 
 log = structlog.get_logger("gateway.cache.semantic")
 
@@ -93,6 +97,9 @@ class SemanticIndex:
             return self.shared
         index = self._indexes.get(model)
         if index is None and create:
+            # numpy's, imported with the first index (most gateways never make one).
+            from gateway.cache.vectors import MemoryVectors
+
             index = self._indexes[model] = MemoryVectors(policy.max_entries)
         if index is not None:
             index.max_entries = policy.max_entries  # a reload may have changed it

@@ -7,6 +7,9 @@ vectors in 0.4 ms, 8-20x faster than sqlite-vec). A row that expires or is evict
 mostly dead is rebuilt into new arrays; a search working on a snapshot in a thread meanwhile
 finds at worst a row whose key is gone, which is a miss, never another question's answer.
 Large partitions are searched in a worker thread, off the event loop.
+
+Imported only when a semantic policy makes an index (gateway.cache.semantic): numpy is
+10.8 MB of every gateway process's memory, and most run no semantic cache.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from gateway.cache.vectorstore import Match
 
 Vector = npt.NDArray[np.float32]
 THREAD_ABOVE = 4096  # rows: a larger partition's scan (> ~0.2 ms) leaves the event loop
@@ -36,23 +40,6 @@ class _Partition:
     @property
     def size(self) -> int:
         return len(self.keys)
-
-
-class VectorStore(Protocol):
-    """What the semantic cache needs of a vector store: this module's, per process, or
-    PostgreSQL's (gateway.cache.pgvectors), shared."""
-
-    async def nearest(self, partition: str, vector: list[float]) -> Match | None: ...
-
-    def add(self, partition: str, vector: list[float], key: str, text: str, ttl: float) -> None:
-        """Index `vector` (a question's, `text`) for the answer stored under `key`."""
-
-
-@dataclass(frozen=True, slots=True)
-class Match:
-    key: str  # the exact cache's key of the answer
-    similarity: float
-    text: str  # the cached question
 
 
 class MemoryVectors:

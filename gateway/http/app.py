@@ -10,6 +10,7 @@ import asyncio
 import ipaddress
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -48,8 +49,10 @@ from gateway.http.state import (
     this_process,
 )
 from gateway.process.config import GatewayConfig
-from gateway.tracing.provider import Tracing
 from gateway.upstream.exchange import EXCHANGE, Exchange
+
+if TYPE_CHECKING:
+    from gateway.tracing.provider import Tracing
 
 log = structlog.get_logger("gateway")
 
@@ -192,7 +195,7 @@ async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
         ledger=system.lookup(LEDGER) if config.usage is not None else None,
         metrics=metrics,
         cache=ResponseCache(config.cache, CacheMetrics(metrics.registry)),
-        tracing=Tracing(config.tracing, metrics.registry) if config.tracing.enabled else None,
+        tracing=_tracing(config, metrics),
         started=int(time.time()),
         streams=OpenStreams(),
         layout=layout,
@@ -213,6 +216,16 @@ async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
             await asyncio.to_thread(state.tracing.close)  # exports what is queued
         await system.shutdown()
         log.info("actor_tree_stopped")
+
+
+def _tracing(config: GatewayConfig, metrics: GatewayMetrics) -> Tracing | None:
+    """The OpenTelemetry SDK and its exporter, imported only when tracing is on: they are
+    9 MB of every gateway process's memory (docs/benchmarks.md)."""
+    if not config.tracing.enabled:
+        return None
+    from gateway.tracing.provider import Tracing
+
+    return Tracing(config.tracing, metrics.registry)
 
 
 async def _sample_tree(sampler: TreeSampler) -> None:

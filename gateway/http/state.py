@@ -7,7 +7,7 @@ import os
 import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -21,7 +21,9 @@ from gateway.guardrails.engine import Guard, guard_of
 from gateway.guardrails.presidio import PresidioEngines
 from gateway.http.metrics import GatewayMetrics
 from gateway.process.config import GatewayConfig
-from gateway.tracing.provider import Tracing
+
+if TYPE_CHECKING:  # the SDK (9 MB of memory) is imported only when tracing is on
+    from gateway.tracing.provider import Tracing
 
 
 class OpenStreams:
