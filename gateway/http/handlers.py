@@ -109,6 +109,7 @@ async def _forward(
     state = request.app[STATE]
     decision = await _route(state, exchange, traits, call)
     require_model(call.sent_model, decision.model, traits.allowed, state)
+    del traits  # routing's, not kept for the answer's time (the prompt's text is in it)
     refuse_unservable(decision, call)
     model_limits = state.model_limits.get(decision.model, NO_LIMITS)
     subjects = subjects_of(principal, decision.model, model_limits, state.budget_clock)
@@ -117,6 +118,7 @@ async def _forward(
     if key_policies or decision.model in state.guards:
         body = guard_request(state, exchange, decision.model, key_policies)
     cache_plan = caching.plan(state, request, exchange, decision, body)
+    del body
     if cache_plan is not None:
         return await caching.serve(request, exchange, cache_plan, subjects, tokens)
     await exchange.admit(subjects, *tokens)
@@ -177,6 +179,9 @@ async def _generate(
         exchange.transcript = Transcript(traits.text)
     budget = traits.max_tokens or state.config.limits.default_max_tokens
     tokens = (traits.prompt_tokens, budget)
+    # Not held for the answer's time (a stream's lasts minutes, thousands at once): the
+    # request lives on as `raw`, in the call.
+    del body
     return await _forward(request, exchange, traits, call, principal, tokens)
 
 
