@@ -190,6 +190,10 @@ class BackendActor(SyncActor):
             timeout=aiohttp.ClientTimeout(total=timeouts.total, sock_connect=timeouts.connect),
             auto_decompress=False,  # relay bytes as they come
             skip_auto_headers=("User-Agent",),
+            # Every client's requests share this session: a cookie an upstream (or the load
+            # balancer before it) sets must not go back with other clients' requests. And
+            # the jar's filtering of every request and response is CPU on the hot path.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
         health = self._settings.health

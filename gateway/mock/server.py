@@ -46,6 +46,11 @@ class MockSettings(BaseModel):
     linger: float = Field(
         0.0, ge=0, description="seconds between a stream's [DONE] and the end of its body"
     )
+    set_cookie: str | None = Field(
+        None,
+        description="a Set-Cookie on every answer, as a load balancer in front of a model "
+        "server sends one (an AWS ALB's AWSALB sticky cookie)",
+    )
     echo: bool = Field(
         False,
         description="answer with the last message's text (a completion's prompt), one event "
@@ -367,4 +372,12 @@ def create_mock_app(settings: MockSettings) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/mock/fault", set_fault)
     app.router.add_get("/mock/stats", get_stats)
+    if settings.set_cookie is not None:
+        app.on_response_prepare.append(_set_cookie)
     return app
+
+
+async def _set_cookie(request: web.Request, response: web.StreamResponse) -> None:
+    cookie = request.app[MOCK_STATE].settings.set_cookie
+    if cookie is not None:
+        response.headers["Set-Cookie"] = cookie

@@ -11,9 +11,20 @@ from collections.abc import AsyncIterator
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
+from yarl import URL
 
 from actors.backend.actor import GetStats
-from tests.gateway.harness import API_KEY, READ_TIMEOUT_S, Deployment, ModelPlan, deployment
+from actors.backend.settings import BackendSettings
+from gateway.process.config import AuthSettings, GatewayConfig, GatewayModel, LoggingSettings
+from gateway.process.server import start_gateway
+from tests.gateway.harness import (
+    API_KEY,
+    READ_TIMEOUT_S,
+    Deployment,
+    ModelPlan,
+    deployment,
+    mock_service,
+)
 
 PLANS = (
     ModelPlan(
@@ -191,3 +202,35 @@ async def test_request_id_is_echoed_and_the_upstream_gets_the_gateways_uuid(
     assert uuid.UUID(sent_up).version == 4
     generated = await client.chat.completions.with_raw_response.create(model="phi", messages=HELLO)
     assert uuid.UUID(generated.headers["x-request-id"]).version == 4
+
+
+async def test_a_cookie_an_upstream_sets_never_goes_back_with_the_next_request() -> None:
+    """A load balancer before a model server sets a sticky cookie; one session carries every
+    client's requests, so a stored cookie would go upstream with everyone's (nor does the
+    client get it: the gateway's answer is its own). The replica is named by a host name:
+    aiohttp's jar keeps no cookie of an IP address."""
+    async with mock_service(model="m", set_cookie="AWSALB=tenant-a; Path=/") as upstream:
+        port = URL(upstream.url).port
+        config = GatewayConfig(
+            listen="127.0.0.1:0",
+            auth=AuthSettings(api_keys=(API_KEY,)),
+            logging=LoggingSettings(access_log=False),
+            models=(
+                GatewayModel(name="m", backends=(BackendSettings(url=f"http://localhost:{port}"),)),
+            ),
+        )
+        gateway = await start_gateway(config)
+        try:
+            client = openai.AsyncOpenAI(
+                base_url=f"{gateway.url}/v1", api_key=API_KEY, timeout=READ_TIMEOUT_S, max_retries=0
+            )
+            async with client:
+                first = await client.chat.completions.with_raw_response.create(
+                    model="m", messages=HELLO
+                )
+                assert "set-cookie" not in first.headers
+                await client.chat.completions.create(model="m", messages=HELLO)
+        finally:
+            await gateway.close()
+        assert upstream.state.stats.requests == 2
+        assert "cookie" not in upstream.state.stats.last_headers
