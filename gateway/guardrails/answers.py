@@ -18,6 +18,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from gateway.guardrails.engine import CompiledRule, Findings, scan
 from gateway.guardrails.window import SlidingWindow
 
@@ -26,8 +28,25 @@ CONTENT_FILTER = "content_filter"
 _DONE = (b"data: [DONE]", b"data:[DONE]")
 
 
-def _dumps(value: Any) -> bytes:
+def _dumps(value: Any, *, python_json: bool = False) -> bytes:
+    """Compact JSON, by orjson (every event of a guarded stream is re-encoded); by json for
+    what orjson refuses (an integer over 64 bits), and for what only json read
+    (`python_json`: its NaN and Infinity are written back as they came, not as null)."""
+    if not python_json:
+        try:
+            return orjson.dumps(value)
+        except TypeError:
+            pass
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _loads(data: bytes) -> tuple[Any, bool]:
+    """(the value, whether orjson read it); json reads what only it can (NaN, Infinity:
+    Python servers write them in logprobs), and raises ValueError on what neither can."""
+    try:
+        return orjson.loads(data), True
+    except orjson.JSONDecodeError:
+        return json.loads(data), False
 
 
 def stopped_error(rule_id: str) -> dict[str, Any]:
@@ -51,7 +70,7 @@ def check_answer(payload: bytes, rules: tuple[CompiledRule, ...]) -> AnswerVerdi
     """Run `rules` over a JSON answer's choices."""
     findings = Findings()
     try:
-        answer = json.loads(payload)
+        answer, plain = _loads(payload)
     except ValueError:
         return AnswerVerdict(None, findings)
     choices = answer.get("choices") if isinstance(answer, dict) else None
@@ -76,7 +95,7 @@ def check_answer(payload: bytes, rules: tuple[CompiledRule, ...]) -> AnswerVerdi
             if scanned is not text:
                 holder[field] = scanned
                 changed = True
-    return AnswerVerdict(_dumps(answer) if changed else None, findings)
+    return AnswerVerdict(_dumps(answer, python_json=not plain) if changed else None, findings)
 
 
 def _withhold(choice: dict[str, Any], holder: dict[str, Any]) -> None:
@@ -130,7 +149,7 @@ class StreamGuard:
         if len(data) == 1 and (b"data:" + data[0] in _DONE or b"data: " + data[0] in _DONE):
             return self._release_all() + event + b"\n\n"
         try:
-            chunk = json.loads(b"\n".join(data))
+            chunk, plain = _loads(b"\n".join(data))
         except ValueError:
             # Unreadable, so unchecked: not relayed (a client's SDK could not read it either).
             return b""
@@ -144,7 +163,7 @@ class StreamGuard:
                 if self.blocked is not None:
                     return self._stopped(choice.get("index", 0))
         others = b"".join(line + b"\n" for line in lines if not line.startswith(b"data:"))
-        return others + b"data: " + _dumps(chunk) + b"\n\n"
+        return others + b"data: " + _dumps(chunk, python_json=not plain) + b"\n\n"
 
     def _choice(self, choice: dict[str, Any]) -> None:
         index = choice.get("index", 0)

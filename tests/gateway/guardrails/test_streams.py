@@ -234,3 +234,15 @@ def test_a_whole_answer_is_redacted_or_withheld_per_choice() -> None:
     assert rewritten["usage"] == answer["usage"]
     assert set(verdict.findings.fired) == {"e", "k"}
     assert check_answer(b'{"choices": [{"message": {"content": "fine"}}]}', rules).body is None
+
+
+def test_events_only_pythons_json_reads_are_checked_and_relayed() -> None:
+    """Python servers write -Infinity in logprobs (json.dumps allows it; orjson reads no such
+    JSON): such an event is checked and relayed, not dropped as unreadable."""
+    guard = StreamGuard(EVERY_DETECTOR)
+    event = chunk("mail ada@example.com now", finish="stop").replace(
+        b'"finish_reason"', b'"logprobs": {"content": [{"logprob": -Infinity}]}, "finish_reason"'
+    )
+    out = guard.feed(event + b"data: [DONE]\n\n")
+    assert content_of(out) == {0: "mail [EMAIL] now"}
+    assert b"-Infinity" in out
