@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from actors.kernel.errors import ActorDead
 from actors.tree import ROUTER
 from gateway.http.state import STATE
 from gateway.process.config import load_config
+from gateway.process.heap import YOUNG_THRESHOLD
 from gateway.process.server import serve_until_stopped, start_gateway
 from tests.gateway.harness import API_KEY, bounded_client, mock_service, serving_process, until
 
@@ -220,6 +222,9 @@ def test_a_store_that_cannot_be_opened_stops_the_start_with_its_path(
     assert "gateway_listening" not in done.stdout
 
 
+DEFAULT_THRESHOLDS = gc.get_threshold()
+
+
 async def test_the_process_exits_1_when_the_root_supervisor_gives_up(tmp_path: Path) -> None:
     """The router crashing more often than the root allows (3 in 10 s) ends the tree: the
     gateway stops listening and `serve` returns 1 (systemd's Restart=on-failure then
@@ -237,6 +242,11 @@ async def test_the_process_exits_1_when_the_root_supervisor_gives_up(tmp_path: P
         async with bounded_client() as http:
             async with http.get(f"{server.url}/health/live") as response:
                 assert response.status == 200
+            # Serving, the collector is set for a server (gateway.process.heap).
+            assert gc.get_threshold()[0] == YOUNG_THRESHOLD
+            assert gc.get_freeze_count() > 0
+            gc.unfreeze()
+            gc.set_threshold(*DEFAULT_THRESHOLDS)  # the rest of the session as it was
             async with asyncio.timeout(10):
                 while not serving.done():
                     with contextlib.suppress(ActorDead):
