@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: test test-deps test-real real-servers lint demo bench bench-workers bench-actors \
-	bench-real bench-cache bench-vectors bench-deps mutation clean
+	bench-real bench-cache bench-vectors bench-scale bench-deps mutation clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,11 @@ bench: $(STAMP) bench-deps
 
 bench-workers: $(STAMP) bench-deps
 	$(BIN)/python -m ops.bench.workers
+
+# Streams at scale: 6,000 held at once through the passthrough and the gateway (peak memory,
+# first-token times, every stream completed).
+bench-scale: $(STAMP)
+	$(BIN)/python -m ops.bench.streamscale
 
 # The response cache: a hit against a miss and the upstream; the lookup's own cost.
 bench-cache: $(STAMP) bench-deps
