@@ -27,14 +27,21 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
+def _files(pid: int, name: str) -> list[str]:
+    """/proc/<member>/<name> of every member of the tree still there."""
+    texts = []
+    for member in _tree(pid):
+        try:
+            texts.append(Path(f"/proc/{member}/{name}").read_text())
+        except OSError:
+            continue  # it exited meanwhile
+    return texts
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of the process tree so far."""
     total = 0
-    for member in _tree(pid):
-        try:
-            stat = Path(f"/proc/{member}/stat").read_text()
-        except OSError:
-            continue
+    for stat in _files(pid, "stat"):
         # The fields after the command (which may hold spaces) in parentheses.
         fields = stat.rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime
@@ -44,11 +51,7 @@ def cpu_seconds(pid: int) -> float:
 def peak_rss_mb(pid: int) -> float:
     """The tree's peak resident set (VmHWM, summed), in MiB."""
     total_kb = 0
-    for member in _tree(pid):
-        try:
-            status = Path(f"/proc/{member}/status").read_text()
-        except OSError:
-            continue
+    for status in _files(pid, "status"):
         for line in status.splitlines():
             if line.startswith("VmHWM:"):
                 total_kb += int(line.split()[1])

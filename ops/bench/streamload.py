@@ -54,22 +54,35 @@ async def _connection(
                         length = int(line.split(b":", 1)[1])
                 await reader.readexactly(length)
                 continue
-            buffer = b""
-            while b"data:" not in buffer:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    raise ConnectionError("closed before the first event")
-                buffer += chunk
-            first = time.perf_counter()
-            while not buffer.endswith(_END):
-                chunk = await reader.read(65536)
-                if not chunk:
-                    raise ConnectionError("closed mid-stream")
-                buffer = buffer[-16:] + chunk
-            results.ttfts.append(first - started)
-            results.totals.append(time.perf_counter() - started)
+            await _read_stream(reader, started, results, None)
     finally:
         writer.close()
+
+
+async def _read(reader: asyncio.StreamReader, timeout: float | None) -> bytes:
+    if timeout is None:
+        return await reader.read(65536)
+    return await asyncio.wait_for(reader.read(65536), timeout)
+
+
+async def _read_stream(
+    reader: asyncio.StreamReader, started: float, results: StreamResults, timeout: float | None
+) -> None:
+    """A stream's body, after its head: the time to its first event and to its end."""
+    buffer = b""
+    while b"data:" not in buffer:
+        chunk = await _read(reader, timeout)
+        if not chunk:
+            raise ConnectionError("closed before the first event")
+        buffer += chunk
+    first = time.perf_counter()
+    while not buffer.endswith(_END):
+        chunk = await _read(reader, timeout)
+        if not chunk:
+            raise ConnectionError("closed mid-stream")
+        buffer = buffer[-16:] + chunk
+    results.ttfts.append(first - started)
+    results.totals.append(time.perf_counter() - started)
 
 
 async def run_streams(
@@ -105,20 +118,7 @@ async def _one_stream(
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
         if not head.startswith(b"HTTP/1.1 200"):
             raise ConnectionError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
-        buffer = b""
-        while b"data:" not in buffer:
-            chunk = await asyncio.wait_for(reader.read(65536), timeout)
-            if not chunk:
-                raise ConnectionError("closed before the first event")
-            buffer += chunk
-        first = time.perf_counter()
-        while not buffer.endswith(_END):
-            chunk = await asyncio.wait_for(reader.read(65536), timeout)
-            if not chunk:
-                raise ConnectionError("closed mid-stream")
-            buffer = buffer[-16:] + chunk
-        results.ttfts.append(first - started)
-        results.totals.append(time.perf_counter() - started)
+        await _read_stream(reader, started, results, timeout)
     finally:
         writer.close()
 
