@@ -18,6 +18,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -118,11 +119,32 @@ def _record(row: tuple[Any, ...]) -> KeyRecord:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _QueryFailed:
+    """Self-notice: a query's task met a database that is down."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Heard:
+    """Self-notice: the listener heard that a key changed (None: anything may have)."""
+
+    key_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Listening:
+    """Self-notice: the listening connection is up, or down (and will be tried again)."""
+
+    up: bool
+
+
 class PgKeyStoreActor(SyncActor):
     """Owns the pool of connections to the key store, and the connection that listens.
 
     `changed(key_id)` is called for each notification (None: anything may have changed, on
-    each (re)connection of the listener): the tree points it at AuthActor's cache."""
+    each (re)connection of the listener): the tree points it at AuthActor's cache. What the
+    tasks learn (a failure, a notification, the listener's state) comes back as self-notices,
+    so the actor's state is only ever changed by `handle`."""
 
     def __init__(self, url: str, changed: Callable[[str | None], None]) -> None:
         self._url = url
@@ -163,6 +185,19 @@ class PgKeyStoreActor(SyncActor):
                 return self._deferred(lambda keys: keys.revoke(key_id))
             case RotateKey(key_id=key_id):
                 return self._deferred(lambda keys: keys.rotate(key_id))
+            case _QueryFailed():
+                self.failures += 1
+                return None
+            case _Heard(key_id=changed):
+                if changed is not None:
+                    self.notifications += 1
+                self._changed(changed)
+                return None
+            case _Listening(up=up):
+                if not up:
+                    self.reconnections += 1  # the listener tries again after its backoff
+                self.listening = up
+                return None
         return super().handle(message)
 
     def _deferred(self, work: Callable[[PgKeys], Awaitable[Any]]) -> asyncio.Future[Any]:
@@ -171,6 +206,7 @@ class PgKeyStoreActor(SyncActor):
         pool = self._pool
         assert pool is not None, "used before on_start"
         self.queries += 1
+        me = self.context.self_ref
 
         async def run() -> None:
             try:
@@ -178,7 +214,7 @@ class PgKeyStoreActor(SyncActor):
             except KeyNotFound as missing:
                 settle_reply(reply, error=missing)
             except DOWN as exc:
-                self.failures += 1
+                me.notify(_QueryFailed())
                 log.warning("key_store_query_failed", error=repr(exc)[:300])
                 settle_reply(reply, error=exc)
             else:
@@ -190,30 +226,30 @@ class PgKeyStoreActor(SyncActor):
     async def _listen(self) -> None:
         """LISTEN for key changes for the actor's life, reconnecting with a backoff."""
         wait = RECONNECT[0]
+        me = self.context.self_ref
         while True:
             try:
                 await self._listen_once()
                 wait = RECONNECT[0]
             except DOWN as exc:
                 log.warning("key_notifications_down", error=repr(exc)[:300], retry_in=wait)
-            self.listening = False
+            me.notify(_Listening(up=False))
             await asyncio.sleep(wait)
             wait = min(wait * 2, RECONNECT[1])
-            self.reconnections += 1
 
     async def _listen_once(self) -> None:
         db = await asyncpg.connect(self._url, timeout=5)
         lost = asyncio.Event()
         db.add_termination_listener(lambda _: lost.set())
         try:
+            me = self.context.self_ref
 
             def heard(_db: object, _pid: int, _channel: str, key_id: str) -> None:
-                self.notifications += 1
-                self._changed(key_id)
+                me.notify(_Heard(key_id))
 
             await db.add_listener(KEYS_CHANNEL, heard)
-            self.listening = True
-            self._changed(None)  # what changed while nobody listened is unknown
+            me.notify(_Listening(up=True))
+            me.notify(_Heard(None))  # what changed while nobody listened is unknown
             log.info("key_notifications_listening")
             while not lost.is_set():
                 try:

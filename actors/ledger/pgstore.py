@@ -19,7 +19,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import astuple
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -95,6 +95,33 @@ async def summary(
     return [summary_row(by, tuple(row)) for row in rows]
 
 
+@dataclass(frozen=True, slots=True)
+class _Wrote:
+    """Self-notice: records written to PostgreSQL (`replayed`: from the spill)."""
+
+    records: int
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Spilled:
+    """Self-notice: records appended to the spill (while the database is down)."""
+
+    records: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Down:
+    """Self-notice: the database refused a write."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class _SpillEmpty:
+    """Self-notice: the replay found the spill empty."""
+
+
 class PgLedgerWriterActor(SyncActor):
     """Writes batches to PostgreSQL or, when it is down or slow, to the spill file; replays
     the spill when it is back. The spill's SQLite connection lives on one thread of its own."""
@@ -145,7 +172,32 @@ class PgLedgerWriterActor(SyncActor):
                 pool = self._pool
                 assert pool is not None
                 return self._deferred(lambda: summary(pool, by, since, until))
-        return super().handle(message)
+            case _Wrote(records=count, replayed=False):
+                self.written += count
+            case _Wrote(records=count, replayed=True):
+                self.replayed += count
+                self.spilled = max(0, self.spilled - count)
+                self._back_if_empty()
+            case _Spilled(records=count):
+                self.spilled += count
+            case _SpillEmpty():
+                self.spilled = 0
+            case _Down(error=error):
+                if self.down_since is None:
+                    self.down_since = time.time()
+                    log.warning("usage_database_down", error=error)
+            case _:
+                return super().handle(message)
+        return None
+
+    def _back_if_empty(self) -> None:
+        if not self.spilled and self.down_since is not None:
+            log.info(
+                "usage_database_back",
+                replayed=self.replayed,
+                down_for=time.time() - self.down_since,
+            )
+            self.down_since = None
 
     def _deferred(self, work: Callable[[], Awaitable[Any]]) -> asyncio.Future[Any]:
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -162,22 +214,20 @@ class PgLedgerWriterActor(SyncActor):
     async def _write(self, records: list[UsageRecord]) -> int:
         """To PostgreSQL if it takes the batch in time and nothing waits in the spill;
         otherwise to the spill. Raises only if neither takes it."""
-        pool = self._pool
+        pool, me = self._pool, self.context.self_ref
         if pool is not None and not self.spilled:
             try:
                 async with asyncio.timeout(WRITE_TIMEOUT):
                     await append(pool, records)
             except DOWN as exc:
-                if self.down_since is None:
-                    self.down_since = time.time()
-                    log.warning("usage_database_down", error=repr(exc)[:300])
+                me.notify(_Down(repr(exc)[:300]))
             else:
-                self.written += len(records)
+                me.notify(_Wrote(len(records)))
                 return len(records)
         spill = self._spill
         assert spill is not None
         await self._on_thread(lambda: spill.append(records))
-        self.spilled += len(records)
+        me.notify(_Spilled(len(records)))  # before the reply: the next batch sees it
         return len(records)
 
     async def _replay(self) -> None:
@@ -198,23 +248,16 @@ class PgLedgerWriterActor(SyncActor):
         spill, pool = self._spill, self._pool
         assert spill is not None
         assert pool is not None
+        me = self.context.self_ref
         oldest = await self._on_thread(lambda: spill.oldest(REPLAY_BATCH))
         if not oldest:
-            self.spilled = 0
+            me.notify(_SpillEmpty())
             return
         async with asyncio.timeout(WRITE_TIMEOUT * 5):
             await append(pool, [record for _, record in oldest])
         last = oldest[-1][0]
         await self._on_thread(lambda: spill.forget(last))
-        self.replayed += len(oldest)
-        self.spilled = max(0, self.spilled - len(oldest))
-        if not self.spilled and self.down_since is not None:
-            log.info(
-                "usage_database_back",
-                replayed=self.replayed,
-                down_for=time.time() - self.down_since,
-            )
-            self.down_since = None
+        me.notify(_Wrote(len(oldest), replayed=True))
 
     def introspect(self) -> dict[str, Any]:
         return {
