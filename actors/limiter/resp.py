@@ -183,6 +183,8 @@ class RespClient:
         return await self.call(b"EVAL", script.source, len(keys), *keys, *args)
 
     async def close(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()  # a connection on its way is not left open
         if self._connection is not None:
             self._connection.close(RespConnectionError("the client was closed"))
             self._connection = None
