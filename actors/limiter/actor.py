@@ -209,7 +209,7 @@ class RateLimiterActor(SyncActor):
             except Exception as exc:  # noqa: BLE001 - to the asker, never a crash
                 log.error("budget_seed_failed", error=repr(exc)[:300])
                 result = Admission(Verdict(False, UNAVAILABLE, "", RETRY_REDIS_AFTER), False)
-            settle_reply(reply, result=result)
+            self._deliver(reply, admit, result)
 
         self.context.spawn_task(seed(), name="budget-seed")
         return reply
@@ -262,6 +262,16 @@ class RateLimiterActor(SyncActor):
             self.refused[kind] = self.refused.get(kind, 0) + 1
         return admission
 
+    def _deliver(self, reply: asyncio.Future[Any], admit: Admit, result: Admission | None) -> None:
+        """A deferred admission to its asker; or, if the asker gave up meanwhile (its client
+        left, its ask timed out), given straight back: nobody else would settle it, and its
+        slot and tokens would stay taken (in Redis until lease_ttl, an hour by default)."""
+        if not reply.done():
+            reply.set_result(result)
+        elif result is not None and result.verdict.allowed:
+            given_back = Settle(admit.subjects, admit.tokens, 0, admit.request_id, result.shared)
+            self.context.self_ref.notify(given_back)
+
     def _admit_remotely(self, admit: Admit) -> asyncio.Future[Any]:
         """A deferred reply: Redis answers in a task of its own, so admissions of different
         requests overlap (Redis makes each one atomic); what the task learns comes back to
@@ -287,7 +297,7 @@ class RateLimiterActor(SyncActor):
             except Exception as exc:  # noqa: BLE001 - to the asker, never a crash of the limiter
                 settle_reply(reply, error=exc)
             else:
-                settle_reply(reply, result=result)
+                self._deliver(reply, admit, result)
 
         self.context.spawn_task(admit_in_redis(), name="admit-in-redis")
         return reply

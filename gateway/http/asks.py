@@ -10,6 +10,7 @@ admission, a key-store lookup, a wait for room) are awaited the same way (`ask_s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, TypeVar
 
 from actors.kernel import ActorDead, ActorRef, Ask, AskTimeout, MailboxFull, ask_settled
@@ -36,13 +37,18 @@ ASK_TIMEOUTS: dict[Service, float] = {
 
 
 async def ask(
-    ref: ActorRef, message: Ask[Answer], service: Service, *, timeout: float | None = None
+    ref: ActorRef,
+    message: Ask[Answer],
+    service: Service,
+    *,
+    timeout: float | None = None,
+    abandoned: Callable[[Answer], None] | None = None,
 ) -> Answer:
     """`ref`'s answer to `message` (within `timeout`, by default the service's), or a 503
-    saying which service is restarting."""
+    saying which service is restarting. `abandoned`: as in ask_settled."""
     try:
         limit = ASK_TIMEOUTS[service] if timeout is None else timeout
-        return await ask_settled(ref, message, timeout=limit)
+        return await ask_settled(ref, message, timeout=limit, abandoned=abandoned)
     except (ActorDead, AskTimeout, MailboxFull):
         raise ServiceUnavailable(
             f"The gateway's {service} is restarting or busy. Retry shortly.",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from actors.auth.actor import Principal
 from actors.kernel import ActorRef
-from actors.limiter.actor import UNAVAILABLE, Admit, Settle
+from actors.limiter.actor import UNAVAILABLE, Admission, Admit, Settle
 from actors.limiter.budget import BudgetClock
 from actors.limiter.local import LimitSpec, Quota, Subject, Verdict
 from gateway.http.asks import ask
@@ -73,8 +73,16 @@ async def admit(
     if not subjects:
         return None
     tokens = prompt_tokens + completion_budget
+    limiter = state.limiter
+
+    def give_back(admission: Admission) -> None:
+        """Admitted as the request was cancelled (its client left): settled at once."""
+        if admission.verdict.allowed:
+            limiter.notify(Settle(subjects, tokens, 0, request_id, admission.shared))
+
     # Decided in Redis, the reply is deferred: answered when Redis has.
-    admission = await ask(state.limiter, Admit(subjects, tokens, request_id), "rate limiter")
+    admit = Admit(subjects, tokens, request_id)
+    admission = await ask(limiter, admit, "rate limiter", abandoned=give_back)
     verdict = admission.verdict
     if not verdict.allowed:
         state.metrics.rate_limited.labels(verdict.kind).inc()

@@ -9,10 +9,12 @@ import asyncio
 import signal
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
+import aiohttp
 import redis.asyncio as redis
+from yarl import URL
 
 from gateway.http.state import STATE
 from gateway.process.config import load_config
@@ -162,3 +164,69 @@ async def test_slots_of_a_gateway_that_died_expire_after_lease_ttl(
         finally:
             await client.aclose()
             await server.close()
+
+
+@asynccontextmanager
+async def slow_proxy(target: str, delay: float) -> AsyncIterator[str]:
+    """A TCP proxy to the Redis at `target` that holds what clients send for `delay` seconds
+    (a slow network): every admission then takes that long."""
+    url = URL(target)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wait: float) -> None:
+        with suppress(OSError):
+            async with asyncio.timeout(30):
+                while data := await reader.read(65536):
+                    await asyncio.sleep(wait)  # a slow network: nothing to wait on
+                    writer.write(data)
+        writer.close()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(url.host, url.port)
+        for task in (
+            asyncio.ensure_future(pipe(reader, upstream_writer, delay)),
+            asyncio.ensure_future(pipe(upstream_reader, writer, 0.0)),
+        ):
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    try:
+        yield f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}{url.path}"
+    finally:
+        server.close()
+        for task in list(tasks):
+            task.cancel()
+        await server.wait_closed()
+
+
+async def test_an_admission_whose_client_left_while_redis_decided_is_given_back(
+    tmp_path: Path, shared_redis: str
+) -> None:
+    """Clients that hang up while their admission is on its way to Redis: Redis still admits
+    them (a slot, tokens), and nobody was left to settle it; their slots stayed taken until
+    lease_ttl (an hour by default), and a key with max_concurrent ran out of them."""
+    key_id, key = fresh_key()
+    client = redis.Redis.from_url(shared_redis)
+    flight = f"citadel:rl:key:{key_id}:flight"
+    async with (
+        slow_proxy(shared_redis, 0.5) as url,
+        gateway_on(
+            tmp_path, url, key_id, {"rpm": 1000, "max_concurrent": 10}, redis_timeout=3
+        ) as server,
+    ):
+        impatient = aiohttp.ClientTimeout(total=0.2)
+        async with aiohttp.ClientSession(timeout=impatient) as http:
+            for _ in range(5):
+                with suppress(TimeoutError):
+                    await chat(http, server.url, key)
+        try:
+            async with asyncio.timeout(10):
+                while not await client.exists(f"citadel:rl:key:{key_id}:tat"):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # the admissions reach Redis: nothing to wait on
+                while await client.zcard(flight):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # each given back once it lands
+            details = limiter_details(server.runner.app[STATE])
+            assert details["admitted"] == details["settled"] == 5  # each settled once
+        finally:
+            await client.aclose()

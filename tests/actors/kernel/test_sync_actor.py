@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from actors.kernel import ActorDead, ActorSystem, ChildSpec, Supervisor, SyncActor
+from actors.kernel import ActorDead, ActorSystem, ChildSpec, Supervisor, SyncActor, ask_settled
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,3 +114,50 @@ async def test_direct_notice_failure_crashes_the_actor_for_its_supervisor(
     assert snapshot.restarts == 1
     assert snapshot.last_failure is not None
     assert snapshot.last_failure.type == "ValueError"
+
+
+@dataclass(frozen=True)
+class Later:
+    """Ask: answered with a future the test settles."""
+
+
+class Deferring(SyncActor):
+    def __init__(self) -> None:
+        self.replies: list[asyncio.Future[Any]] = []
+
+    def handle(self, message: Any) -> Any:
+        if isinstance(message, Later):
+            reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self.replies.append(reply)
+            return reply
+        return super().handle(message)
+
+
+async def test_a_reply_settled_as_its_asker_is_cancelled_is_handed_to_abandoned(
+    system: ActorSystem,
+) -> None:
+    """The reply is settled, and the asker cancelled before it resumes: the answer never
+    reaches it. `abandoned` gets it (an admission would hold a slot no one settles); a reply
+    the asker reads, or gives up on before it is settled, is not handed over."""
+    actor = Deferring()
+    ref = await system.spawn(ChildSpec("deferring", lambda: actor))
+    lost: list[Any] = []
+    asker = asyncio.ensure_future(ask_settled(ref, Later(), timeout=5, abandoned=lost.append))
+    await asyncio.sleep(0)  # the ask is made: the asker waits on the reply
+    actor.replies[0].set_result("slot 1")
+    asker.cancel()  # in the same turn: it has not resumed
+    with pytest.raises(asyncio.CancelledError):
+        await asker
+    assert lost == ["slot 1"]
+
+    read = asyncio.ensure_future(ask_settled(ref, Later(), timeout=5, abandoned=lost.append))
+    await asyncio.sleep(0)
+    actor.replies[1].set_result("slot 2")
+    assert await read == "slot 2"
+    early = asyncio.ensure_future(ask_settled(ref, Later(), timeout=5, abandoned=lost.append))
+    await asyncio.sleep(0)
+    early.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await early
+    assert actor.replies[2].cancelled()  # what the actor sees: its reply was given up on
+    assert lost == ["slot 1"]
