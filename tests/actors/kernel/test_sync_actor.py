@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from actors.kernel import ActorDead, ActorSystem, ChildSpec, Supervisor, SyncActor, ask_settled
+from actors.kernel import (
+    ActorDead,
+    ActorSystem,
+    Ask,
+    ChildSpec,
+    Supervisor,
+    SyncActor,
+    ask_settled,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,17 +125,17 @@ async def test_direct_notice_failure_crashes_the_actor_for_its_supervisor(
 
 
 @dataclass(frozen=True)
-class Later:
+class Later(Ask[str]):
     """Ask: answered with a future the test settles."""
 
 
 class Deferring(SyncActor):
     def __init__(self) -> None:
-        self.replies: list[asyncio.Future[Any]] = []
+        self.replies: list[asyncio.Future[str]] = []
 
     def handle(self, message: Any) -> Any:
         if isinstance(message, Later):
-            reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            reply: asyncio.Future[str] = asyncio.get_running_loop().create_future()
             self.replies.append(reply)
             return reply
         return super().handle(message)
@@ -141,7 +149,7 @@ async def test_a_reply_settled_as_its_asker_is_cancelled_is_handed_to_abandoned(
     the asker reads, or gives up on before it is settled, is not handed over."""
     actor = Deferring()
     ref = await system.spawn(ChildSpec("deferring", lambda: actor))
-    lost: list[Any] = []
+    lost: list[str] = []
     asker = asyncio.ensure_future(ask_settled(ref, Later(), timeout=5, abandoned=lost.append))
     await asyncio.sleep(0)  # the ask is made: the asker waits on the reply
     actor.replies[0].set_result("slot 1")
