@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from actors.auth.actor import Principal
@@ -67,22 +68,24 @@ async def admit(
     subjects: tuple[Subject, ...],
     prompt_tokens: int,
     completion_budget: int,
+    abandoned: Callable[[Admitted], None],
 ) -> Admitted | None:
     """Charge the request (its prompt estimate and completion budget), or raise 429 (503
-    when the limiter cannot decide)."""
+    when the limiter cannot decide). `abandoned` gets an admission that came as the request
+    was cancelled, which it never returns: the caller settles it like any other."""
     if not subjects:
         return None
     tokens = prompt_tokens + completion_budget
-    limiter = state.limiter
 
-    def give_back(admission: Admission) -> None:
-        """Admitted as the request was cancelled (its client left): settled at once."""
+    def admitted_late(admission: Admission) -> None:
+        # Admitted just as the request was cancelled (its client left): the caller records
+        # it, and the request's exit, which follows, settles it.
         if admission.verdict.allowed:
-            limiter.notify(Settle(subjects, tokens, 0, request_id, admission.shared))
+            abandoned(Admitted(subjects, tokens, prompt_tokens, admission.shared, None))
 
     # Decided in Redis, the reply is deferred: answered when Redis has.
     admit = Admit(subjects, tokens, request_id)
-    admission = await ask(limiter, admit, "rate limiter", abandoned=give_back)
+    admission = await ask(state.limiter, admit, "rate limiter", abandoned=admitted_late)
     verdict = admission.verdict
     if not verdict.allowed:
         state.metrics.rate_limited.labels(verdict.kind).inc()

@@ -204,10 +204,17 @@ class Exchange:
     async def admit(self, subjects: tuple[Subject, ...], prompt: int, budget: int) -> None:
         """Charge the request's estimate under its limits, or raise 429 (503)."""
         with self.step("admit"):
-            admitted = await limiter.admit(self.state, self.request_id, subjects, prompt, budget)
+            admitted = await limiter.admit(
+                self.state, self.request_id, subjects, prompt, budget, self._admitted_late
+            )
         if admitted is not None:
             self.admitted = admitted
             self.rate_headers = admitted.headers
+
+    def _admitted_late(self, admitted: limiter.Admitted) -> None:
+        """Admitted as the request was cancelled: held like any admission, so the exit (which
+        the cancellation is on its way to) settles it."""
+        self.admitted = admitted
 
     def begin_try(self, lease: Lease) -> Attempt:
         """A replica granted a lease: the next try, until `end_try` or the exit."""
