@@ -1,7 +1,8 @@
 """BackendActor: one per replica of a model service.
 
-It owns the replica's aiohttp connection pool and decides admission: a request task asks for
-a `Lease`, does its network I/O itself on the leased session (never inside this actor), then
+It owns the replica's connection pool (actors.backend.pool) and decides admission: a request
+task asks for a `Lease`, does its network I/O itself on the leased pool (never inside this
+actor), then
 `notify`s a `Release` with the outcome. The actor keeps the in-flight count exact (a lease is
 released once; releases of leases it never granted, such as those of an instance that crashed
 before a restart, are ignored) and learns latency and error statistics from the outcomes.
@@ -22,6 +23,7 @@ import structlog
 
 from actors.backend.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from actors.backend.kinds import BackendProfile
+from actors.backend.pool import PoolSettings, UpstreamPool
 from actors.backend.probe import ProbeResult, ProbeTarget, probe_loop
 from actors.backend.settings import BackendSettings, BackendTimeouts
 from actors.kernel import ActorRef, Ask, SyncActor, settle_reply
@@ -55,10 +57,10 @@ class Lease:
     backend: str
     base_url: str
     upstream_model: str
-    session: aiohttp.ClientSession
+    pool: UpstreamPool
     timeouts: BackendTimeouts
-    unary_timeout: aiohttp.ClientTimeout  # reads bounded by first_byte: the whole answer
-    stream_timeout: aiohttp.ClientTimeout  # total and connect only: idle is watched per stream
+    unary_timeout: float  # seconds for the whole answer: first_byte (a unary one comes at once)
+    stream_timeout: float  # seconds for the whole stream: its idle gaps are watched per stream
     headers: dict[str, str]
     ref: ActorRef
     profile: BackendProfile
@@ -148,7 +150,8 @@ class BackendActor(SyncActor):
         self._breaker_settings = breaker
         self._breaker = CircuitBreaker(breaker)
         self._default_latency = default_latency
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: UpstreamPool | None = None
+        self._probe_session: aiohttp.ClientSession | None = None
         self._leases: dict[int, float] = {}  # lease id -> monotonic start
         self._drained: list[asyncio.Future[None]] = []  # AwaitDrained, until no lease is left
         self._suspects: dict[int, float] = {}  # SUSPECT lease id -> monotonic release time
@@ -162,38 +165,23 @@ class BackendActor(SyncActor):
         self._headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
         timeouts = settings.timeouts
         # A non-streaming answer arrives all at once when generation ends: "first byte" and
-        # "whole answer" are the same deadline. Timers are per request, not per read: each
-        # timer aiohttp arms costs on the hot path (sock_read would re-arm on every read).
-        self._unary_timeout = aiohttp.ClientTimeout(
-            total=min(timeouts.first_byte, timeouts.total), sock_connect=timeouts.connect
-        )
-        # No sock_read for streams: aiohttp would re-arm a timer on every chunk. The request
-        # task watches the idle gap itself (gateway.upstream.relay.IdleWatchdog) at a
-        # fraction of that.
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=timeouts.total, sock_connect=timeouts.connect
-        )
+        # "whole answer" are the same deadline. One timer per request, never one per read:
+        # a stream's idle gaps are watched by its request task
+        # (gateway.upstream.watchdog.IdleWatchdog) at a fraction of a timer per chunk.
+        self._unary_timeout = min(timeouts.first_byte, timeouts.total)
+        self._stream_timeout = timeouts.total
 
     async def on_start(self) -> None:
         self._load.reset(self._default_latency)
         timeouts = self._settings.timeouts
-        connector = aiohttp.TCPConnector(
-            limit=self._settings.pool.max_connections,
-            limit_per_host=0,
-            keepalive_timeout=self._settings.pool.keepalive,
-            ttl_dns_cache=60,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            # sock_connect bounds a new connection only; `connect` would also arm a timer
-            # around every pooled-connection checkout.
-            timeout=aiohttp.ClientTimeout(total=timeouts.total, sock_connect=timeouts.connect),
-            auto_decompress=False,  # relay bytes as they come
-            skip_auto_headers=("User-Agent",),
-            # Every client's requests share this session: a cookie an upstream (or the load
-            # balancer before it) sets must not go back with other clients' requests. And
-            # the jar's filtering of every request and response is CPU on the hot path.
-            cookie_jar=aiohttp.DummyCookieJar(),
+        pool = self._settings.pool
+        self._pool = UpstreamPool(
+            self._settings.url,
+            PoolSettings(
+                max_connections=pool.max_connections,
+                keepalive=pool.keepalive,
+                connect_timeout=timeouts.connect,
+            ),
         )
 
         health = self._settings.health
@@ -205,9 +193,15 @@ class BackendActor(SyncActor):
                 queue=profile.queue_pattern(),
                 waiting_metric=profile.waiting_metric,
             )
+            # The probes' own session: aiohttp, off the hot path. Every probe shares it, so
+            # it keeps no cookies (an upstream's, or its load balancer's).
+            self._probe_session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=timeouts.total, sock_connect=timeouts.connect),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
             self.context.spawn_task(
                 probe_loop(
-                    self._session,
+                    self._probe_session,
                     target,
                     health,
                     self.context.self_ref.notify,
@@ -223,9 +217,12 @@ class BackendActor(SyncActor):
         await self._close()
 
     async def _close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        if self._probe_session is not None:
+            await self._probe_session.close()
+            self._probe_session = None
 
     def handle(self, message: Any) -> Any:
         match message:
@@ -251,8 +248,8 @@ class BackendActor(SyncActor):
         return None
 
     def _acquire(self, panic: bool) -> Lease | None:
-        session = self._session
-        if session is None or len(self._leases) >= self._profile.max_in_flight:
+        pool = self._pool
+        if pool is None or len(self._leases) >= self._profile.max_in_flight:
             return None
         now = time.monotonic()
         if not (self._load.healthy or panic) or not self._breaker.allow(now):
@@ -265,7 +262,7 @@ class BackendActor(SyncActor):
             backend=self._name,
             base_url=self._settings.url,
             upstream_model=self._settings.model or self._public_model,
-            session=session,
+            pool=pool,
             timeouts=self._settings.timeouts,
             unary_timeout=self._unary_timeout,
             stream_timeout=self._stream_timeout,
@@ -380,4 +377,6 @@ class BackendActor(SyncActor):
             "healthy": stats.healthy,
             "queued": stats.queued,
             "stray_releases": stats.stray_releases,
+            "connections": self._pool.open_connections if self._pool is not None else 0,
+            "idle_connections": self._pool.idle_connections if self._pool is not None else 0,
         }

@@ -14,9 +14,8 @@ import json
 import math
 import time
 
-import aiohttp
-
 from actors.backend.actor import AcquireLease, Lease, Outcome, Release
+from actors.backend.pool import ConnectFailed, UpstreamClientError
 from actors.kernel import ActorDead, ActorRef, AskTimeout, MailboxFull
 from actors.router.actor import RequestEnded, Route, UnknownModel
 
@@ -61,17 +60,17 @@ async def _post(lease: Lease, text: str, remaining: float) -> tuple[list[float] 
     body = json.dumps({"model": lease.upstream_model, "input": text}).encode()
     headers = {**lease.headers, "Content-Type": "application/json"}
     try:
-        async with lease.session.post(
-            lease.base_url + "/v1/embeddings",
-            data=body,
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=remaining),
-        ) as response:
+        response = await lease.pool.post("/v1/embeddings", headers, body, remaining)
+        try:
             payload = await response.read()
-            status = response.status
+        finally:
+            response.release()
+        status = response.status
     except TimeoutError:
         return None, Outcome.TIMEOUT
-    except aiohttp.ClientError:
+    except ConnectFailed:
+        return None, Outcome.CONNECT_ERROR
+    except UpstreamClientError:
         return None, Outcome.CONNECTION_LOST
     if status != 200:
         return None, Outcome.REJECTED if 400 <= status < 500 else Outcome.UPSTREAM_ERROR

@@ -11,11 +11,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import aiohttp
 import structlog
 
 from actors.backend.actor import Lease, Outcome
 from actors.backend.kinds import RequestIdMode
+from actors.backend.pool import (
+    ConnectFailed,
+    ConnectionLost,
+    UpstreamClientError,
+    UpstreamResponse,
+)
 from gateway.http.errors import GatewayError, UpstreamFailed, UpstreamTimeout
 from gateway.upstream import failures
 
@@ -139,20 +144,18 @@ async def open_upstream(
     attempt: Attempt,
     call: UpstreamCall,
     out: Outgoing,
-    timeout: aiohttp.ClientTimeout,
+    timeout: float,
     rename: tuple[str, str],
     *,
     stream: bool,
-) -> aiohttp.ClientResponse:
+) -> UpstreamResponse:
     """POST the try to its replica: a 200 response, whose body the caller reads and then
     releases or closes; anything else is recorded on the attempt and raised."""
     lease = attempt.lease
     headers = {**out.headers, "Accept": "text/event-stream"} if stream else out.headers
     waiting_since = time.perf_counter()
     try:
-        upstream = await lease.session.post(
-            lease.base_url + call.path, data=out.body, headers=headers, timeout=timeout
-        )
+        upstream = await lease.pool.post(call.path, headers, out.body, timeout)
         attempt.upstream_status = upstream.status
         if upstream.status == 200:
             return upstream
@@ -161,20 +164,20 @@ async def open_upstream(
         finally:
             upstream.release()
         raise attempt.rejected(upstream.status, payload, rename)
-    except (TimeoutError, aiohttp.ClientError) as exc:
+    except (TimeoutError, UpstreamClientError) as exc:
         raise attempt.lost(exc) from None
     finally:
         attempt.upstream_seconds += time.perf_counter() - waiting_since
 
 
 def connection_failure(exc: BaseException) -> tuple[GatewayError, Outcome]:
-    """What a client-library exception from talking to the upstream means, to the client
-    and for the replica."""
+    """What a failure talking to the upstream (actors.backend.pool's errors, a deadline)
+    means, to the client and for the replica."""
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout("The model service did not answer in time."), Outcome.TIMEOUT
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectFailed):
         return UpstreamFailed("The model service could not be reached."), Outcome.CONNECT_ERROR
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+    if isinstance(exc, ConnectionLost):
         lost = UpstreamFailed("The connection to the model service failed.")
         return lost, Outcome.CONNECTION_LOST
     return UpstreamFailed("The connection to the model service failed."), Outcome.UPSTREAM_ERROR

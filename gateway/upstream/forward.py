@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import time
 
-import aiohttp
 import structlog
 from aiohttp import web
 
 from actors.backend.actor import AcquireLease, Lease, Outcome
+from actors.backend.pool import UpstreamClientError
 from actors.router.actor import AwaitRoom, QueueFull, RouteDecision
 from gateway.guardrails.answers import check_answer
 from gateway.http.asks import ask
@@ -190,14 +190,12 @@ async def _send(
     if call.stream:
         first_byte = min(lease.timeouts.first_byte, remaining)
         return await relay_stream(request, exchange, attempt, out, first_byte)
-    timeout = lease.unary_timeout
-    if timeout.total is not None and remaining < timeout.total:
-        timeout = aiohttp.ClientTimeout(total=remaining, sock_connect=lease.timeouts.connect)
+    timeout = min(lease.unary_timeout, remaining)
     return await _relay_unary(exchange, attempt, out, timeout)
 
 
 async def _relay_unary(
-    exchange: Exchange, attempt: Attempt, out: Outgoing, timeout: aiohttp.ClientTimeout
+    exchange: Exchange, attempt: Attempt, out: Outgoing, timeout: float
 ) -> web.Response:
     decision, call = exchange.route
     lease = attempt.lease
@@ -206,7 +204,7 @@ async def _relay_unary(
     waiting_since = time.perf_counter()
     try:
         payload = await upstream.read()
-    except (TimeoutError, aiohttp.ClientError) as exc:
+    except (TimeoutError, UpstreamClientError) as exc:
         raise attempt.lost(exc) from None
     finally:
         attempt.upstream_seconds += time.perf_counter() - waiting_since

@@ -13,11 +13,11 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
-import aiohttp
 import structlog
 from aiohttp import web
 
 from actors.backend.actor import Outcome
+from actors.backend.pool import ConnectionLost, UpstreamClientError, UpstreamResponse
 from gateway.guardrails.answers import StreamGuard
 from gateway.http.errors import (
     GatewayError,
@@ -59,7 +59,7 @@ async def relay_stream(
     lease = attempt.lease
     rename = (lease.upstream_model, decision.model)
     framer = sse.EventFramer()
-    upstream: aiohttp.ClientResponse | None = None
+    upstream: UpstreamResponse | None = None
     clean_end = False
     try:
         # Before the first byte reaches the client, a failure is an ordinary HTTP error.
@@ -72,13 +72,13 @@ async def relay_stream(
                 try:
                     first = b""
                     while not first:
-                        chunk = await upstream.content.readany()
+                        chunk = await upstream.readany()
                         if not chunk:
                             raise _empty_stream(exchange, attempt)
                         first = framer.feed(chunk)
                 finally:
                     attempt.upstream_seconds += time.perf_counter() - waiting_since
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, UpstreamClientError) as exc:
             raise attempt.lost(exc) from None
         first_error = sse.find_error(first)
         if first_error is not None:
@@ -138,7 +138,7 @@ async def _pump(
     exchange: Exchange,
     attempt: Attempt,
     response: web.StreamResponse,
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamResponse,
     framer: sse.EventFramer,
     first: bytes,
 ) -> bool:
@@ -151,7 +151,7 @@ async def _pump(
     decision, call = exchange.route
     rewrite = _rewriter(attempt.lease.upstream_model, decision.model, hide_usage=call.hide_usage)
     tally = StreamTally(call, decision.model)
-    read = upstream.content.readany
+    read = upstream.readany
     write = response.write
     perf_counter = time.perf_counter
     feed = framer.feed
@@ -214,18 +214,18 @@ async def _pump(
             touch()
             if not chunk:
                 if stopper.reason is not None:
-                    raise aiohttp.ClientPayloadError("stopped")  # reported as stopper.reason
+                    raise ConnectionLost("stopped")  # reported as stopper.reason
                 log.warning("upstream_stream_cut", backend=attempt.lease.backend)
                 cut = UpstreamFailed("The model service ended the stream before it was complete.")
                 await _fail(response, attempt, cut, Outcome.UPSTREAM_ERROR)
                 return False
             events = feed(chunk)
-    except (TimeoutError, aiohttp.ClientError) as caught:
+    except (TimeoutError, UpstreamClientError) as caught:
         if stopper.reason is not None:
             failure, outcome = stopper.reason
         else:
             failure, outcome = connection_failure(caught)
-            if isinstance(caught, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+            if isinstance(caught, ConnectionLost):
                 failure = UpstreamFailed(
                     "The model service ended the stream before it was complete."
                 )
@@ -265,7 +265,7 @@ async def _drain(read: Callable[[], Awaitable[bytes]]) -> bool:
         async with asyncio.timeout(DRAIN_TIMEOUT):
             while await read():
                 pass
-    except (TimeoutError, aiohttp.ClientError):
+    except (TimeoutError, UpstreamClientError):
         return False
     return True
 

@@ -1,6 +1,7 @@
-"""What the upstream's HTTP client costs: aiohttp's ClientSession (what the gateway and the
-bare passthrough use) against the least a keep-alive HTTP/1.1 client can do (a raw asyncio
-protocol: one write, a Content-Length read), the same requests to the same upstream.
+"""What the upstream's HTTP client costs: aiohttp's ClientSession (what the bare passthrough
+uses, and the gateway did), the gateway's own pool (actors.backend.pool) and the least a
+keep-alive HTTP/1.1 client can do (a raw asyncio protocol: one write, a Content-Length
+read), the same requests to the same upstream.
 
     python -m ops.bench.clients [--requests 20000] [--concurrency 100]
 
@@ -26,6 +27,7 @@ from typing import cast
 import aiohttp
 import uvloop
 
+from actors.backend.pool import PoolSettings, UpstreamPool
 from ops.bench.run import CHAT, free_port, pinned, wait_listening
 
 BODY = json.dumps({**CHAT, "model": "bench/upstream-model"}).encode()
@@ -109,6 +111,26 @@ async def with_raw(host: str, port: int, path: str, requests: int, concurrency: 
                 protocol.transport.close()
 
 
+async def with_pool(url: str, requests: int, concurrency: int) -> float:
+    """The gateway's client, as a try uses it (gateway.upstream.attempt.open_upstream)."""
+    settings = PoolSettings(max_connections=1024, keepalive=60, connect_timeout=5)
+    base, path = url.rsplit("/v1/", 1)
+    pool = UpstreamPool(base, settings)
+    headers = {"Content-Type": "application/json", "X-Request-ID": "bench"}
+
+    async def one() -> None:
+        response = await pool.post("/v1/" + path, headers, BODY, 60.0)
+        try:
+            await response.read()
+        finally:
+            response.release()
+
+    try:
+        return await _measure(one, requests, concurrency)
+    finally:
+        await pool.close()
+
+
 async def _measure(one: Callable[[], Awaitable[None]], requests: int, concurrency: int) -> float:
     """CPU µs of this process per request, `concurrency` requests at a time."""
     left = requests
@@ -145,10 +167,17 @@ def main() -> None:
         wait_listening(port, process)
         path = "/v1/chat/completions"
         url = f"http://127.0.0.1:{port}{path}"
-        results: dict[str, list[float]] = {"aiohttp ClientSession": [], "raw protocol": []}
+        results: dict[str, list[float]] = {
+            "aiohttp ClientSession": [],
+            "actors.backend.pool": [],
+            "raw protocol": [],
+        }
         for _ in range(args.rounds):
             results["aiohttp ClientSession"].append(
                 uvloop.run(with_aiohttp(url, args.requests, args.concurrency))
+            )
+            results["actors.backend.pool"].append(
+                uvloop.run(with_pool(url, args.requests, args.concurrency))
             )
             results["raw protocol"].append(
                 uvloop.run(with_raw("127.0.0.1", port, path, args.requests, args.concurrency))
