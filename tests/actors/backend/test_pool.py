@@ -94,6 +94,24 @@ async def scripted(
                 await listener.wait_closed()
 
 
+async def never_answering(server: Server, reader: Reader, w: Writer) -> None:
+    """Reads the request, then says nothing until the gateway's side closes."""
+    await read_request(reader, server)
+    await until_closed(reader)
+
+
+def answering_after(delay: float) -> Callable[..., Awaitable[None]]:
+    """Each request answered OK, `delay` seconds after it came."""
+
+    async def answer(server: Server, reader: Reader, w: Writer) -> None:
+        while await read_request(reader, server) is not None:
+            await asyncio.sleep(delay)
+            w.write(OK)
+            await w.drain()
+
+    return answer
+
+
 def answering(*responses: bytes) -> Callable[..., Awaitable[None]]:
     """Each request on a connection gets the next of `responses` (the last one repeats)."""
 
@@ -248,11 +266,7 @@ async def test_a_second_answer_to_one_request_spoils_the_connection() -> None:
 
 
 async def test_a_silent_replica_times_out_at_the_deadline_and_loses_its_connection() -> None:
-    async def silent(server: Server, reader: Reader, w: Writer) -> None:
-        await read_request(reader, server)
-        await until_closed(reader)
-
-    async with scripted(silent) as server, pool_for(server.port) as pool:
+    async with scripted(never_answering) as server, pool_for(server.port) as pool:
         began = time.monotonic()
         with pytest.raises(TimeoutError):
             await post(pool, timeout=0.3)
@@ -305,14 +319,8 @@ async def test_a_tls_handshake_that_never_ends_times_out_by_the_connect_timeout(
 
 
 async def test_requests_beyond_max_connections_wait_for_a_connection() -> None:
-    async def slow(server: Server, reader: Reader, w: Writer) -> None:
-        while await read_request(reader, server) is not None:
-            await asyncio.sleep(0.05)
-            w.write(OK)
-            await w.drain()
-
     settings = PoolSettings(max_connections=2, keepalive=30.0, connect_timeout=2.0)
-    async with scripted(slow) as server, pool_for(server.port, settings) as pool:
+    async with scripted(answering_after(0.05)) as server, pool_for(server.port, settings) as pool:
         results = await asyncio.gather(*(post(pool) for _ in range(8)))
         assert results == [(200, b'{"ok":true}')] * 8
         assert server.peak_open == 2
@@ -320,14 +328,8 @@ async def test_requests_beyond_max_connections_wait_for_a_connection() -> None:
 
 
 async def test_a_request_that_gives_up_waiting_leaves_the_queue_to_the_others() -> None:
-    async def slow(server: Server, reader: Reader, w: Writer) -> None:
-        while await read_request(reader, server) is not None:
-            await asyncio.sleep(0.3)
-            w.write(OK)
-            await w.drain()
-
     settings = PoolSettings(max_connections=1, keepalive=30.0, connect_timeout=2.0)
-    async with scripted(slow) as server, pool_for(server.port, settings) as pool:
+    async with scripted(answering_after(0.3)) as server, pool_for(server.port, settings) as pool:
         first = asyncio.create_task(post(pool))
         await asyncio.sleep(0.05)
         with pytest.raises(TimeoutError):
@@ -394,11 +396,7 @@ async def test_closing_a_response_wakes_its_pending_read() -> None:
 
 
 async def test_a_cancelled_request_closes_its_connection() -> None:
-    async def hold(server: Server, reader: Reader, w: Writer) -> None:
-        await read_request(reader, server)
-        await until_closed(reader)
-
-    async with scripted(hold) as server, pool_for(server.port) as pool:
+    async with scripted(never_answering) as server, pool_for(server.port) as pool:
         task = asyncio.create_task(post(pool))
         await asyncio.sleep(0.1)
         task.cancel()
@@ -419,11 +417,7 @@ async def test_a_header_with_a_line_break_is_never_sent(value: str) -> None:
 
 
 async def test_closing_the_pool_fails_its_requests_and_refuses_new_ones() -> None:
-    async def hold(server: Server, reader: Reader, w: Writer) -> None:
-        await read_request(reader, server)
-        await until_closed(reader)
-
-    async with scripted(hold) as server:
+    async with scripted(never_answering) as server:
         pool = UpstreamPool(f"http://127.0.0.1:{server.port}", SETTINGS)
         task = asyncio.create_task(post(pool))
         await asyncio.sleep(0.1)
