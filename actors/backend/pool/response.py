@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from actors.backend.pool.connection import UpstreamConnection
@@ -40,19 +41,18 @@ class UpstreamResponse:
     def release(self) -> None:
         """Done: the connection goes back to the pool if the whole answer was read and the
         replica keeps it open, else it is closed. Idempotent, like `close`."""
-        connection = self._connection
-        if connection is not None:
-            self._connection = None
-            self._timer.cancel()
-            self._pool.put_back(connection)
+        self._end(self._pool.put_back)
 
     def close(self) -> None:
         """Close the connection now; a read waiting on it raises ConnectionLost."""
+        self._end(self._pool.drop)
+
+    def _end(self, hand_to: Callable[[UpstreamConnection], None]) -> None:
         connection = self._connection
         if connection is not None:
             self._connection = None
             self._timer.cancel()
-            self._pool.drop(connection)
+            hand_to(connection)
 
     def _open(self) -> UpstreamConnection:
         if self._connection is None:
