@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import datetime
 import json
 import logging
 import re
@@ -76,6 +77,77 @@ class BufferedLineLogger:
     warning = warn = error = err = critical = fatal = exception = _now
 
 
+class LeanBoundLogger(structlog.BoundLoggerBase):
+    """structlog's filtering bound logger, without its dispatch: an event goes through the
+    configured processors and out as there, but its fields are packed once, not three times
+    (a sixth of an access line's cost). `lean_logger(level)` gives the class for a level."""
+
+    min_level = logging.DEBUG
+
+    def _emit(self, method: str, event: str, args: tuple[Any, ...], fields: dict[str, Any]) -> Any:
+        if args:  # the standard library's interpolation, as structlog's loggers do it
+            one_mapping = len(args) == 1 and isinstance(args[0], dict) and args[0]
+            event = event % (args[0] if one_mapping else args)
+        context = self._context
+        event_dict: Any = {**context, **fields} if context else fields
+        event_dict["event"] = event
+        logger = self._logger
+        try:
+            for processor in self._processors:
+                event_dict = processor(logger, method, event_dict)
+        except structlog.DropEvent:
+            return None
+        write = getattr(logger, method)
+        if isinstance(event_dict, str | bytes | bytearray):
+            return write(event_dict)
+        if isinstance(event_dict, tuple):
+            return write(*event_dict[0], **event_dict[1])
+        return write(**event_dict)
+
+    def log(self, level: int, event: str, *args: Any, **fields: Any) -> Any:
+        if level < self.min_level:
+            return None
+        return self._emit(_METHODS.get(level, "info"), event, args, fields)
+
+    def debug(self, event: str, *args: Any, **fields: Any) -> Any:
+        return self.log(logging.DEBUG, event, *args, **fields)
+
+    def info(self, event: str, *args: Any, **fields: Any) -> Any:
+        if self.min_level > logging.INFO:
+            return None
+        return self._emit("info", event, args, fields)
+
+    def warning(self, event: str, *args: Any, **fields: Any) -> Any:
+        return self.log(logging.WARNING, event, *args, **fields)
+
+    def error(self, event: str, *args: Any, **fields: Any) -> Any:
+        return self.log(logging.ERROR, event, *args, **fields)
+
+    def critical(self, event: str, *args: Any, **fields: Any) -> Any:
+        return self.log(logging.CRITICAL, event, *args, **fields)
+
+    def exception(self, event: str, *args: Any, **fields: Any) -> Any:
+        fields.setdefault("exc_info", True)
+        return self.log(logging.ERROR, event, *args, **fields)
+
+    msg = info
+    warn = warning
+    fatal = critical
+
+
+_METHODS = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+    logging.CRITICAL: "critical",
+}
+
+
+def lean_logger(level: int) -> type[LeanBoundLogger]:
+    return type(f"LeanBoundLogger{level}", (LeanBoundLogger,), {"min_level": level})
+
+
 # Key material that must never reach a log line: API keys of the usual shapes and bearer
 # tokens, wherever they appear in a value; and whole values under names that hold secrets.
 _SECRET_IN_TEXT = re.compile(
@@ -97,12 +169,20 @@ def _may_hold_secret(value: str) -> bool:
     return "k-" in low or "bearer " in low or "-key: " in low
 
 
+def _secret_name(name: str) -> bool:
+    # Event keys are code's identifiers, nearly always lower case already: lower-casing
+    # (an allocation) only the others.
+    return name in _SECRET_NAMES or (not name.islower() and name.lower() in _SECRET_NAMES)
+
+
 def redact_secrets(
     logger: object, method: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """A structlog processor: the one place secrets are taken out of every log event."""
     for name, value in event.items():
-        if name.lower() in _SECRET_NAMES and value is not None:
+        if value is None:
+            continue
+        if _secret_name(name):
             event[name] = REDACTED
         elif isinstance(value, str):
             if _may_hold_secret(value):
@@ -110,6 +190,34 @@ def redact_secrets(
         elif isinstance(value, bytes):
             event[name] = _SECRET_IN_TEXT.sub(REDACTED, value.decode("utf-8", "replace"))
     return event
+
+
+class IsoTimestamp:
+    """A structlog processor: `timestamp` in ISO 8601, UTC, to the microsecond, as
+    `datetime.now(timezone.utc).isoformat()` spells it with a `Z`. The date and time up to the
+    second are formatted once a second, not once a line (a datetime and its isoformat were
+    a sixth of an access line's cost)."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(
+        self, logger: object, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        now = time.time()
+        second = int(now)
+        micro = round((now - second) * 1_000_000)
+        if micro == 1_000_000:
+            second, micro = second + 1, 0
+        if second != self._second:
+            self._second = second
+            stamp = datetime.datetime.fromtimestamp(second, datetime.UTC)
+            self._prefix = stamp.strftime("%Y-%m-%dT%H:%M:%S")
+        event["timestamp"] = f"{self._prefix}.{micro:06d}Z" if micro else f"{self._prefix}Z"
+        return event
 
 
 def json_line(event: Any, **_: Any) -> str:
@@ -136,7 +244,7 @@ def configure_logging(
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        IsoTimestamp(),
     ]
     if use_json:
         processors.append(structlog.processors.format_exc_info)
@@ -145,7 +253,7 @@ def configure_logging(
     atexit.register(output.flush)
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        wrapper_class=lean_logger(_LEVELS[level]),
         logger_factory=lambda *args: output,
         cache_logger_on_first_use=True,
     )

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import io
 import json
+import logging
+import time
+from typing import Any
 
 import pytest
 import structlog
 
 from gateway.process.config import LoggingSettings
-from gateway.process.observability import REDACTED, BufferedLineLogger, redact_secrets
+from gateway.process.observability import (
+    REDACTED,
+    BufferedLineLogger,
+    IsoTimestamp,
+    json_line,
+    lean_logger,
+    redact_secrets,
+)
 from tests.gateway.harness import API_KEY, ModelPlan, bounded_client, deployment
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -104,3 +115,68 @@ async def test_prompts_and_completions_are_logged_only_when_asked_truncated(
         await r.read()
     production_logging.flush()
     assert '"transcript"' not in capfd.readouterr().out  # off by default
+
+
+@pytest.mark.parametrize(
+    "now",
+    [
+        1_733_318_400.123456,  # an ordinary instant
+        1_733_318_400.0,  # a whole second: isoformat leaves the fraction out
+        1_733_318_400.9999996,  # rounds up into the next second
+        1_733_318_459.000001,
+    ],
+)
+def test_timestamps_are_spelled_as_isoformat_spells_them(
+    now: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stamp = IsoTimestamp()
+    monkeypatch.setattr(time, "time", lambda: now - 61.5)  # a line in another second first
+    stamp(None, "info", {})
+    monkeypatch.setattr(time, "time", lambda: now)
+    expected = datetime.datetime.fromtimestamp(round(now, 6), datetime.UTC).isoformat()
+    assert stamp(None, "info", {})["timestamp"] == expected.replace("+00:00", "Z")
+
+
+def test_the_lean_logger_writes_what_structlogs_own_logger_writes() -> None:
+    # The gateway's wrapper class skips structlog's dispatch; every line must come out as
+    # structlog's filtering logger writes it, whatever the method, level and context.
+    processors: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.format_exc_info,
+        redact_secrets,
+        structlog.processors.JSONRenderer(serializer=json_line),
+    ]
+
+    def lines(wrapper: type[Any]) -> list[str]:
+        written: list[str] = []
+
+        class Collect:
+            def __getattr__(self, method: str) -> Any:
+                return lambda line: written.append(f"{method} {line}")
+
+        log = structlog.wrap_logger(
+            Collect(), processors=processors, wrapper_class=wrapper, context_class=dict
+        )
+        log.debug("filtered_out", n=1)
+        log.info("request", status=200, model=None, key=f"{API_KEY}")
+        log.msg("plain")
+        log.warning("formatted %s of %d", "one", 2, extra=True)
+        log.warn("old_name")
+        log.error("failed", reason=f"Bearer {API_KEY}")
+        log.critical("down")
+        log.fatal("fatal")
+        log.log(logging.WARNING, "by_level", via="log")
+        log.log(logging.DEBUG, "filtered_too")
+        bound = log.bind(worker=2, event_id="x")
+        bound.info("bound", worker=3)
+        bound.unbind("worker").info("unbound")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("crashed", step="parse")
+        return written
+
+    ours = lines(lean_logger(logging.INFO))
+    assert ours == lines(structlog.make_filtering_bound_logger(logging.INFO))
+    assert len(ours) == 11 and not any("filtered" in line for line in ours)
+    assert API_KEY not in "".join(ours)
