@@ -39,12 +39,21 @@ def _model_key(sent_model: str) -> re.Pattern[bytes]:
     return re.compile(rb'"model"\s*:\s*' + re.escape(json.dumps(sent_model).encode()))
 
 
+@lru_cache(maxsize=1024)
+def _model_member(upstream_model: str) -> bytes:
+    # json.dumps with an argument builds a JSONEncoder per call: once per name, not per request.
+    return b'"model":' + json.dumps(upstream_model, ensure_ascii=False).encode()
+
+
 def _splice_model(raw: bytes, sent_model: str, upstream_model: str) -> bytes | None:
     found: re.Match[bytes] | None = None
     for match in _model_key(sent_model).finditer(raw):
-        # Bare quotes in valid JSON always delimit strings, so after blanking the strings the
-        # brackets left in front of the match give its depth; the top level is depth 1.
-        prefix = _JSON_STRING.sub(b'""', raw[: match.start()])
+        prefix = raw[: match.start()]
+        if b'"' in prefix:
+            # Bare quotes in valid JSON always delimit strings, so after blanking the strings
+            # the brackets left in front of the match give its depth.
+            prefix = _JSON_STRING.sub(b'""', prefix)
+        # The top level is depth 1.
         depth = prefix.count(b"{") + prefix.count(b"[") - prefix.count(b"}") - prefix.count(b"]")
         if depth == 1:
             if found is not None:
@@ -52,8 +61,7 @@ def _splice_model(raw: bytes, sent_model: str, upstream_model: str) -> bytes | N
             found = match
     if found is None:
         return None
-    value = json.dumps(upstream_model, ensure_ascii=False).encode()
-    return raw[: found.start()] + b'"model":' + value + raw[found.end() :]
+    return raw[: found.start()] + _model_member(upstream_model) + raw[found.end() :]
 
 
 @lru_cache(maxsize=1024)
