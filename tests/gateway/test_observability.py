@@ -178,5 +178,6 @@ def test_the_lean_logger_writes_what_structlogs_own_logger_writes() -> None:
 
     ours = lines(lean_logger(logging.INFO))
     assert ours == lines(structlog.make_filtering_bound_logger(logging.INFO))
-    assert len(ours) == 11 and not any("filtered" in line for line in ours)
+    assert len(ours) == 11
+    assert not any("filtered" in line for line in ours)
     assert API_KEY not in "".join(ours)
