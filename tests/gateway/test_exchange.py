@@ -11,6 +11,7 @@ status class).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from actors.router.balancer import Policy
 from actors.tree import LIMITER, ROUTER
 from gateway.mock.faults import Fault
 from gateway.process.config import AuthSettings, ConfiguredKey
+from gateway.upstream.exchange import _uuid4
 from tests.gateway.harness import (
     ADMIN_KEY,
     Deployment,
@@ -236,3 +238,15 @@ async def test_every_effect_of_a_request_s_end_happens_once(case: Case, tmp_path
             assert used > 0  # the prompt's estimate and what was relayed before the end
         else:
             assert used == 0  # no completion, no charge
+
+
+def test_the_gateways_own_ids_are_uuid4s_spelled_as_uuid_spells_them() -> None:
+    seen = set()
+    for _ in range(2000):
+        own = _uuid4()
+        parsed = uuid.UUID(own)
+        assert str(parsed) == own  # lower-case hex, dashes where uuid puts them
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        seen.add(own)
+    assert len(seen) == 2000
