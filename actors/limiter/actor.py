@@ -188,9 +188,8 @@ class RateLimiterActor(SyncActor):
                 return self._counted(
                     Admission(Verdict(False, UNAVAILABLE, "", RETRY_REDIS_AFTER), False)
                 )
-        verdict = self._local.admit(
-            admit.subjects, admit.tokens, time.monotonic(), dict(admit.seeds)
-        )
+        seeds = dict(admit.seeds) if admit.seeds else None
+        verdict = self._local.admit(admit.subjects, admit.tokens, time.monotonic(), seeds)
         if verdict.kind == "seed":
             return self._seeded_then(admit)
         return self._counted(Admission(verdict, shared=False))

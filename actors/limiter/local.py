@@ -68,6 +68,9 @@ class Verdict:
     quota: Quota | None = None  # of the first subject (the key), where known
 
 
+_ALLOWED = Verdict(True)
+
+
 class _State:
     __slots__ = ("in_flight", "level", "spent", "stamp", "tat")
 
@@ -138,25 +141,23 @@ class LocalLimits:
         """`seeds`: a budget's spend so far in its period (from the ledger), by subject, for
         periods this process has not seen yet; without one, the verdict asks for it
         (kind "seed")."""
-        verdict = self._admit(subjects, tokens, now, seeds or {})
-        if subjects:  # allowed or not, the client is told what is left (x-ratelimit-*)
-            first = subjects[0]
-            state = self._state(first.name)
-            level = (
-                None
-                if first.spec.tpm is None
-                else refill(state.level, state.stamp, now, first.spec.tpm)
-            )
-            quota = quota_of(first.spec, state.tat, level, now)
-            # Built, not dataclasses.replace()d: that is twice the time, on every admission.
-            verdict = Verdict(
-                verdict.allowed, verdict.kind, verdict.subject, verdict.retry_after, quota
-            )
-        return verdict
+        refusal = self._admit(subjects, tokens, now, seeds or {})
+        if not subjects:
+            return _ALLOWED
+        # Allowed or not, the client is told what is left (x-ratelimit-*).
+        first = subjects[0]
+        state = self._state(first.name)
+        tpm = first.spec.tpm
+        level = None if tpm is None else refill(state.level, state.stamp, now, tpm)
+        quota = quota_of(first.spec, state.tat, level, now)
+        if refusal is None:
+            return Verdict(True, quota=quota)
+        return Verdict(False, refusal.kind, refusal.subject, refusal.retry_after, quota)
 
     def _admit(
         self, subjects: tuple[Subject, ...], tokens: int, now: float, seeds: dict[str, float]
-    ) -> Verdict:
+    ) -> Verdict | None:
+        """None when every subject admits the request (and it is charged), else the refusal."""
         plans: list[tuple[_State, float, float | None, float | None]] = []
         for subject in subjects:
             spec, state = subject.spec, self._state(subject.name)
@@ -202,7 +203,7 @@ class LocalLimits:
                 state.spent[subject.period.id] = spent
             if subject.spec.max_concurrent is not None:
                 state.in_flight += 1
-        return Verdict(True)
+        return None
 
     def settle(self, subjects: tuple[Subject, ...], charged: int, used: int, now: float) -> None:
         """The request has ended: free its slot, and charge or refund the difference
