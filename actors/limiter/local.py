@@ -141,9 +141,9 @@ class LocalLimits:
         """`seeds`: a budget's spend so far in its period (from the ledger), by subject, for
         periods this process has not seen yet; without one, the verdict asks for it
         (kind "seed")."""
-        refusal = self._admit(subjects, tokens, now, seeds or {})
         if not subjects:
             return _ALLOWED
+        refusal = self._admit(subjects, tokens, now, seeds or {})
         # Allowed or not, the client is told what is left (x-ratelimit-*).
         first = subjects[0]
         state = self._state(first.name)
