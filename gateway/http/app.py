@@ -49,7 +49,7 @@ from gateway.http.state import (
     this_process,
 )
 from gateway.process.config import GatewayConfig
-from gateway.upstream.exchange import EXCHANGE, Exchange
+from gateway.upstream.exchange import CLIENT_GONE, EXCHANGE, Exchange
 
 if TYPE_CHECKING:
     from gateway.tracing.provider import Tracing
@@ -125,7 +125,21 @@ async def _exchange(
                 response.force_close()
         # A stream that failed after its 200 went out is recorded as what it was.
         exchange.status = exchange.error_status or response.status
+        if not response.prepared:
+            await _answer(request, response, exchange)
         return response
+
+
+async def _answer(request: web.Request, response: web.StreamResponse, exchange: Exchange) -> None:
+    """Send a whole answer now, inside the exchange, rather than after the handler returns:
+    the exchange's exit (settlement, metrics, the access log) then runs once the client has
+    its bytes, not while it waits for them. aiohttp, finding the response sent, sends nothing
+    more."""
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionResetError:
+        exchange.status = CLIENT_GONE  # the client left before its answer went out
 
 
 TRACE_ASKED = "x-citadel-trace"  # a client's "true": the response names its trace

@@ -11,6 +11,9 @@ status class).
 
 from __future__ import annotations
 
+import asyncio
+import json
+import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,10 +34,12 @@ from actors.router.actor import RoutingSettings
 from actors.router.balancer import Policy
 from actors.tree import LIMITER, ROUTER
 from gateway.mock.faults import Fault
-from gateway.process.config import AuthSettings, ConfiguredKey
+from gateway.process.config import AuthSettings, ConfiguredKey, LoggingSettings
+from gateway.upstream import exchange as exchange_module
 from gateway.upstream.exchange import _uuid4
 from tests.gateway.harness import (
     ADMIN_KEY,
+    API_KEY,
     Deployment,
     ModelPlan,
     bounded_client,
@@ -250,3 +255,75 @@ def test_the_gateways_own_ids_are_uuid4s_spelled_as_uuid_spells_them() -> None:
         assert parsed.variant == uuid.RFC_4122
         seen.add(own)
     assert len(seen) == 2000
+
+
+class _PeekingAccessLog:
+    """Stands in for the access logger: when the exchange writes its line, it looks (without
+    reading) at what the client's socket already holds."""
+
+    def __init__(self, client: socket.socket) -> None:
+        self.client = client
+        self.held: list[bytes] = []
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.client.setblocking(False)  # a look never waits
+        try:
+            self.held.append(self.client.recv(1 << 16, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except BlockingIOError:
+            self.held.append(b"")
+
+
+async def test_the_answer_reaches_the_client_before_the_exchange_s_bookkeeping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Settlement, metrics and the access log follow the answer onto the wire: at low load
+    their time is time the client would otherwise wait."""
+    body = json.dumps({"model": "m", "messages": HELLO}).encode()
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json"
+        b"\r\nAuthorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: "
+        + str(len(body)).encode() + b"\r\n\r\n" + body
+    )  # fmt: skip
+    async with deployment([ModelPlan("m")], logging=LoggingSettings(access_log=True)) as gw:
+        host, port = gw.url.removeprefix("http://").split(":")
+        loop = asyncio.get_running_loop()
+        with socket.create_connection((host, int(port)), timeout=10) as client:
+            client.setblocking(False)
+            recorder = _PeekingAccessLog(client)
+            monkeypatch.setattr(exchange_module, "access_log", recorder)
+            await loop.sock_sendall(client, request)
+            answer = b""
+            async with asyncio.timeout(10):
+                while b'"finish_reason"' not in answer or not answer.endswith(b"}"):
+                    chunk = await loop.sock_recv(client, 1 << 16)
+                    assert chunk, answer
+                    answer += chunk
+                await until(lambda: bool(recorder.held))
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert recorder.held == [answer]  # all of it, before the line was written
+
+
+async def test_a_client_gone_before_its_whole_answer_is_recorded_as_499(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client hangs up while the replica thinks: its answer has nowhere to go, and the
+    exchange says so (499), rather than a 200 nobody received."""
+    body = json.dumps({"model": "m", "messages": HELLO}).encode()
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json"
+        b"\r\nAuthorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: "
+        + str(len(body)).encode() + b"\r\n\r\n" + body
+    )  # fmt: skip
+    plan = ModelPlan("m", mock={"ttft": 0.3})
+    async with deployment([plan], logging=LoggingSettings(access_log=True)) as gw:
+        host, port = gw.url.removeprefix("http://").split(":")
+        lines: list[dict[str, Any]] = []
+        monkeypatch.setattr(exchange_module.access_log, "info", lambda _, **kw: lines.append(kw))
+        async with asyncio.timeout(10):
+            _, writer = await asyncio.open_connection(host, int(port))
+            writer.write(request)
+            await writer.drain()
+            await until(lambda: gw.mocks["m"][0].state.arrivals > 0, passes=5_000_000)
+            writer.transport.abort()  # gone, with the replica still thinking
+            await until(lambda: bool(lines), passes=50_000_000)
+    assert [line["status"] for line in lines] == [499]
