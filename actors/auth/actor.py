@@ -43,12 +43,14 @@ from actors.kernel import (
     ask_settled,
     settle_reply,
 )
+from actors.kernel.frozen import quick_init
 
 log = structlog.get_logger("actors.auth.actor")
 
 STORE_ASK_TIMEOUT = 2.0
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Principal:
     """An authenticated caller."""
@@ -76,6 +78,7 @@ class AuthRefused(Exception):
         self.retry_after = retry_after
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Authenticate(Ask["Principal"]):
     """Ask: the Principal for a presented key (None: none presented), from `address`."""

@@ -27,6 +27,7 @@ from actors.backend.pool import PoolSettings, UpstreamPool
 from actors.backend.probe import ProbeResult, ProbeTarget, probe_loop
 from actors.backend.settings import BackendSettings, BackendTimeouts
 from actors.kernel import ActorRef, Ask, SyncActor, settle_reply
+from actors.kernel.frozen import quick_init
 from actors.router.balancer import ReplicaLoad
 
 
@@ -49,6 +50,7 @@ class Outcome(StrEnum):
     INCOMPLETE = "incomplete"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Lease:
     """Permission to send one request to this replica, with what the request task needs."""
@@ -66,6 +68,7 @@ class Lease:
     profile: BackendProfile
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class AcquireLease(Ask["Lease | None"]):
     """Ask: a Lease, or None when the replica refuses (full, circuit open, unhealthy). In
@@ -74,6 +77,7 @@ class AcquireLease(Ask["Lease | None"]):
     panic: bool = False
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Release:
     """Notify: a leased request ended. Times are seconds; ttft is None for non-streams."""

@@ -19,6 +19,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from actors.kernel import Ask, SyncActor, ask_settled, settle_reply
+from actors.kernel.frozen import quick_init
 from actors.limiter.local import LocalLimits, Subject, Verdict
 from actors.limiter.redis import RedisLimits
 from actors.limiter.resp import RespClient, RespError, address_of
@@ -51,6 +52,7 @@ class LimiterSettings(BaseModel):
         return url
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Admit(Ask["Admission"]):
     """Ask: admit one request (charge `tokens` now) or say what refused it."""
@@ -93,6 +95,7 @@ class _RedisFailed(Ask["Admission | None"]):
     error: BaseException
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Settle:
     """Tell: the request ended; free its slot and reconcile the tokens it really used."""

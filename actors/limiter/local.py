@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors.kernel.frozen import quick_init
 from actors.limiter.budget import Budget, Period
 
 WINDOW = 60.0  # seconds: limits are per minute
@@ -40,6 +41,7 @@ class LimitSpec(BaseModel):
         )
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Subject:
     name: str  # "key:<id>" or "model:<name>"
@@ -47,6 +49,7 @@ class Subject:
     period: Period | None = None  # the budget's current period, when the spec has a budget
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Quota:
     """What is left of one subject's limits after an admission, for the response headers."""
@@ -59,6 +62,7 @@ class Quota:
     reset_tokens: float
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Verdict:
     allowed: bool

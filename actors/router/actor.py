@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from actors.kernel import ActorRef, Ask, SyncActor
+from actors.kernel.frozen import quick_init
 from actors.router.balancer import Balancer, LoadView, affinity_pick, name_hash
 from actors.router.groups import ModelGroup, QueueFull, RetryBudget
 from actors.router.rules import ModelChoice, RequestTraits, VirtualModelSettings, preference
@@ -61,6 +62,7 @@ class UnknownModel(LookupError):
         self.model = model
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Route(Ask["RouteDecision"]):
     """Ask: the model and replicas for a request to this id, alias or virtual model, in the
@@ -70,6 +72,7 @@ class Route(Ask["RouteDecision"]):
     traits: RequestTraits = NO_TRAITS
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
     model: str  # the canonical public id
@@ -118,6 +121,7 @@ class RetryEnded:
     model: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RequestEnded:
     """Notify: a request that Route counted as in flight has ended, however."""

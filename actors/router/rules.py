@@ -14,10 +14,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from actors.kernel.frozen import quick_init
+
 # Only this much of a prompt is searched by content rules: bounded work per request.
 CONTENT_SCAN_LIMIT = 64 * 1024
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RequestTraits:
     """What routing may look at in a request, extracted once by the HTTP edge."""

@@ -21,6 +21,7 @@ from actors.backend.pool import (
     UpstreamClientError,
     UpstreamResponse,
 )
+from actors.kernel.frozen import quick_init
 from gateway.http.errors import GatewayError, UpstreamFailed, UpstreamTimeout
 from gateway.upstream import failures
 
@@ -42,6 +43,7 @@ RETRYABLE = frozenset(
 FREE_RETRY = frozenset({Outcome.CONNECT_ERROR, Outcome.CONNECTION_LOST})
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class UpstreamCall:
     """What the handler parsed, for one forwarded request."""
@@ -71,6 +73,7 @@ class UpstreamCall:
         return {}
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """What one try sends up and what its answer carries down."""
