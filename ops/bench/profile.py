@@ -74,6 +74,11 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=15, help="seconds sampled")
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples a second")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument(
+        "--nonblocking",
+        action="store_true",
+        help="sample without pausing the gateway (less overhead; stacks may come out torn)",
+    )
     parser.add_argument("--out", type=Path, help="keep the collapsed stacks here")
     args = parser.parse_args()
     for tool in ("wrk", "py-spy"):
@@ -112,8 +117,8 @@ def main() -> None:
         sampler = subprocess.Popen(
             [
                 py_spy, "record", "--pid", str(gateway_pid), "--rate", str(args.rate),
-                "--duration", str(args.duration), "--format", "raw", "--nonblocking",
-                "--output", str(collapsed),
+                "--duration", str(args.duration), "--format", "raw", "--output", str(collapsed),
+                *(["--nonblocking"] if args.nonblocking else []),
             ],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
