@@ -224,9 +224,10 @@ class AuthActor(SyncActor):
 
     def _authenticate(self, key: str | None, address: str) -> Principal | asyncio.Future[Any]:
         now = time.monotonic()
-        plain = self._plain.get(_digest(key)) if key is not None else None
-        if plain is not None:
-            return plain
+        if key is not None and self._plain:  # plain keys are few, or none: no hash for none
+            plain = self._plain.get(_digest(key))
+            if plain is not None:
+                return plain
         if not self._sources.enabled:
             return ANONYMOUS  # no model keys at all: the model endpoints are open
         if key is None:
