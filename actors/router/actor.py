@@ -322,12 +322,16 @@ class RouterActor(SyncActor):
     ) -> RouteDecision:
         model = group.model
         loads = group.loads
-        usable = sum(1 for load in loads if load.has_room(now))
+        usable, full = 0, False  # replicas with room; a healthy one without (just busy)
+        for load in loads:  # one pass, no generators: this runs for every request
+            if load.has_room(now):
+                usable += 1
+            elif (
+                load.healthy and now >= load.blocked_until and load.in_flight >= load.max_in_flight
+            ):
+                full = True
         panic = usable < model.routing.panic_threshold * len(loads)
-        saturated = usable == 0 and any(
-            load.healthy and now >= load.blocked_until and load.in_flight >= load.max_in_flight
-            for load in loads
-        )
+        saturated = usable == 0 and full
         order = group.balancer.order(loads, now=now, panic=panic)
         if routing_key is not None and model.routing.prefix_affinity and not panic:
             sticky = affinity_pick(
@@ -348,7 +352,7 @@ class RouterActor(SyncActor):
         return RouteDecision(
             model=model.name,
             context_window=model.context_window,
-            candidates=tuple(group.refs[i] for i in order),
+            candidates=tuple([group.refs[i] for i in order]),
             max_attempts=routing.max_attempts,
             deadline=routing.deadline,
             panic=panic,
