@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: test test-deps test-real real-servers lint demo bench bench-workers bench-actors \
-	bench-real bench-cache bench-vectors bench-scale bench-deps mutation clean
+	bench-real bench-cache bench-vectors bench-scale bench-profile bench-deps mutation clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,11 @@ bench-vectors: $(STAMP)
 
 bench-actors: $(STAMP)
 	$(BIN)/python -m ops.bench.actors
+
+# Where the gateway's CPU goes at c=100: py-spy samples it under wrk, summed by function.
+bench-profile: $(STAMP) bench-deps
+	@test -x $(BIN)/py-spy || $(BIN)/pip install -q py-spy
+	$(BIN)/python -m ops.bench.profile
 
 bench-real: $(STAMP) real-servers
 	CITADEL_REAL_SERVERS="$(REAL_SERVERS)" $(BIN)/python -m ops.bench.real

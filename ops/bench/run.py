@@ -282,6 +282,7 @@ def main() -> None:
                 print(f"round {round_number + 1}: measured {name}", file=sys.stderr, flush=True)
     results = {name: median_of(measured) for name, measured in rounds.items()}
     report(results, args)
+    print(spread(rounds))
 
 
 def median_of(
@@ -309,6 +310,18 @@ def median_of(
             streams_per_s=statistics.median(s.streams_per_s for s in streams_),
             errors=sum(s.errors for s in streams_),
         ),
+    )
+
+
+def spread(rounds: dict[str, list[tuple[Load, Load, StreamLoad]]]) -> str:
+    """How far the c=100 ratios moved from round to round: a machine shared with others
+    moves the medians by as much, and a target met by less than this is not yet met."""
+    pairs = list(zip(rounds["gateway"], rounds["passthrough"], strict=True))
+    cpu = sorted(g[1].cpu_us / p[1].cpu_us for g, p in pairs)
+    throughput = sorted(g[1].rps / p[1].rps for g, p in pairs)
+    return (
+        f"- per round at c=100, gateway / passthrough: CPU {cpu[0]:.2f}x to {cpu[-1]:.2f}x, "
+        f"throughput {throughput[0]:.2f}x to {throughput[-1]:.2f}x ({len(pairs)} rounds)"
     )
 
 
