@@ -257,6 +257,16 @@ def test_the_gateways_own_ids_are_uuid4s_spelled_as_uuid_spells_them() -> None:
     assert len(seen) == 2000
 
 
+def raw_chat_request() -> bytes:
+    """A unary chat completion with the harness's key, as bytes for a raw socket."""
+    body = json.dumps({"model": "m", "messages": HELLO}).encode()
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json"
+        b"\r\nAuthorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: "
+        + str(len(body)).encode() + b"\r\n\r\n" + body
+    )  # fmt: skip
+
+
 class _PeekingAccessLog:
     """Stands in for the access logger: when the exchange writes its line, it looks (without
     reading) at what the client's socket already holds."""
@@ -278,12 +288,7 @@ async def test_the_answer_reaches_the_client_before_the_exchange_s_bookkeeping(
 ) -> None:
     """Settlement, metrics and the access log follow the answer onto the wire: at low load
     their time is time the client would otherwise wait."""
-    body = json.dumps({"model": "m", "messages": HELLO}).encode()
-    request = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json"
-        b"\r\nAuthorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: "
-        + str(len(body)).encode() + b"\r\n\r\n" + body
-    )  # fmt: skip
+    request = raw_chat_request()
     async with deployment([ModelPlan("m")], logging=LoggingSettings(access_log=True)) as gw:
         host, port = gw.url.removeprefix("http://").split(":")
         loop = asyncio.get_running_loop()
@@ -308,12 +313,7 @@ async def test_a_client_gone_before_its_whole_answer_is_recorded_as_499(
 ) -> None:
     """The client hangs up while the replica thinks: its answer has nowhere to go, and the
     exchange says so (499), rather than a 200 nobody received."""
-    body = json.dumps({"model": "m", "messages": HELLO}).encode()
-    request = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json"
-        b"\r\nAuthorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: "
-        + str(len(body)).encode() + b"\r\n\r\n" + body
-    )  # fmt: skip
+    request = raw_chat_request()
     plan = ModelPlan("m", mock={"ttft": 0.3})
     async with deployment([plan], logging=LoggingSettings(access_log=True)) as gw:
         host, port = gw.url.removeprefix("http://").split(":")
