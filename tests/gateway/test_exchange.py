@@ -22,8 +22,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+from structlog.testing import capture_logs
 
 from actors.auth.keys import KeyScopes, new_key
 from actors.backend.actor import BackendStats, GetStats
@@ -327,3 +329,40 @@ async def test_a_client_gone_before_its_whole_answer_is_recorded_as_499(
             writer.transport.abort()  # gone, with the replica still thinking
             await until(lambda: bool(lines), passes=50_000_000)
     assert [line["status"] for line in lines] == [499]
+
+
+async def test_an_answer_that_cannot_be_sent_is_recorded_as_499_not_as_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client's socket breaks as its whole answer is written (the write raises, as
+    aiohttp's does on a connection reset): recorded as a client gone (499), with no server
+    error logged and no 500 attempted on the broken connection."""
+    write_eof = web.StreamResponse.write_eof
+    broken: list[web.StreamResponse] = []
+
+    async def breaking_write_eof(response: web.StreamResponse, data: bytes = b"") -> None:
+        if "x-citadel-model" in response.headers and not broken:  # the gateway's answer
+            broken.append(response)
+            request = response._req
+            assert request is not None
+            assert request.transport is not None
+            request.transport.abort()  # as the peer's reset leaves it
+            raise ConnectionResetError("Connection reset by peer")
+        await write_eof(response, data)
+
+    monkeypatch.setattr(web.StreamResponse, "write_eof", breaking_write_eof)
+    async with deployment([ModelPlan("m")], logging=LoggingSettings(access_log=True)) as gw:
+        host, port = gw.url.removeprefix("http://").split(":")
+        lines: list[dict[str, Any]] = []
+        monkeypatch.setattr(exchange_module.access_log, "info", lambda _, **kw: lines.append(kw))
+        with capture_logs() as logged:
+            async with asyncio.timeout(10):
+                reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(raw_chat_request())
+                await writer.drain()
+                await reader.read()  # to EOF: the gateway closed the broken connection
+                writer.close()
+                await until(lambda: bool(lines), passes=5_000_000)
+    assert broken
+    assert [line["status"] for line in lines] == [499]
+    assert not [entry for entry in logged if entry["log_level"] in ("error", "warning")]
