@@ -224,7 +224,7 @@ class AuthActor(SyncActor):
 
     def _authenticate(self, key: str | None, address: str) -> Principal | asyncio.Future[Any]:
         now = time.monotonic()
-        if key is not None and self._plain:  # plain keys are few, or none: no hash for none
+        if key is not None and self._plain:  # no plain keys (the usual case): no hash
             plain = self._plain.get(_digest(key))
             if plain is not None:
                 return plain

@@ -10,7 +10,8 @@ message: 0.63 -> 0.33 µs; the lease, 11 fields, more). The messages of one requ
 `quick_init` replaces only `__init__`, and only where that is all `__init__` does: a class
 with a `__post_init__`, an `InitVar`, a keyword-only field or a field outside `__init__`
 keeps the one dataclasses wrote. Equality, hashing, repr, pickling and the frozen refusal of
-assignment are still dataclasses' own. tests/actors/test_frozen.py holds the two side by side.
+assignment are still dataclasses' own. tests/actors/kernel/test_frozen.py holds the two side
+by side.
 """
 
 from __future__ import annotations

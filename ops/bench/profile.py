@@ -81,10 +81,9 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, help="keep the collapsed stacks here")
     args = parser.parse_args()
-    for tool in ("wrk", "py-spy"):
-        if shutil.which(tool) is None and not (Path(sys.executable).parent / tool).exists():
-            sys.exit(f"{tool} is not installed (wrk: `make bench-deps`; py-spy: pip install)")
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if shutil.which("wrk") is None or not Path(py_spy).exists():
+        sys.exit("needs wrk (`make bench-deps`) and py-spy (`pip install py-spy`)")
     upstream_port, gateway_port = free_port(), free_port()
     cores = os.cpu_count() or 1
     load_cpu, target_cpu = (0, 1) if cores >= 2 else (None, None)
@@ -96,22 +95,22 @@ def main() -> None:
         script.write_text(WRK_SCRIPT % {"body": json.dumps(CHAT), "key": LIMITED_KEY})
         config = work / "gateway.yaml"
         config.write_text(production_config(gateway_port, upstream_port))
-        python = sys.executable
-        commands = [
-            (upstream_port, [python, "-m", "ops.bench.upstream", "--port", str(upstream_port)],
-             load_cpu),
-            (gateway_port, [python, "-m", "gateway", "serve", "--config", str(config)],
-             target_cpu),
-        ]  # fmt: skip
-        gateway_pid = 0
-        for port, command, cpu in commands:
+
+        def start(port: int, command: list[str], cpu: int | None) -> int:
             process = subprocess.Popen(
                 pinned(command, cpu), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
             stack.callback(process.wait)
             stack.callback(process.terminate)
             wait_listening(port, process)
-            gateway_pid = process.pid
+            return process.pid  # taskset execs: the same process
+
+        python = sys.executable
+        start(upstream_port, [python, "-m", "ops.bench.upstream", "--port", str(upstream_port)],
+              load_cpu)  # fmt: skip
+        gateway_pid = start(
+            gateway_port, [python, "-m", "gateway", "serve", "--config", str(config)], target_cpu
+        )
         wrk(gateway_port, 10, 2, script, load_cpu)  # warm-up: connections, lazy imports
         collapsed = out / "gateway.collapsed"
         sampler = subprocess.Popen(
