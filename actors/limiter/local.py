@@ -19,6 +19,8 @@ from actors.kernel.frozen import quick_init
 from actors.limiter.budget import Budget, Period
 
 WINDOW = 60.0  # seconds: limits are per minute
+# Seconds: above a float's rounding of clock readings, below any interval between requests.
+_CLOCK_SLACK = 1e-6
 
 
 class LimitSpec(BaseModel):
@@ -106,7 +108,10 @@ def quota_of(spec: LimitSpec, tat: float, level: float | None, now: float) -> Qu
     remaining_requests = reset_requests = 0.0
     if spec.rpm is not None:
         interval = WINDOW / spec.rpm
-        remaining_requests = max(0.0, math.floor((now + WINDOW - max(tat, now)) / interval))
+        # The slack: `now + 60 - (now + 30)` is 29.99... at some clock readings, and a
+        # first request under rpm 2 would be told that none is left.
+        room = now + WINDOW - max(tat, now) + _CLOCK_SLACK
+        remaining_requests = max(0.0, math.floor(room / interval))
         reset_requests = max(0.0, tat - now)
     remaining_tokens = reset_tokens = 0.0
     if spec.tpm is not None:

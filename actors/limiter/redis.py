@@ -19,6 +19,8 @@ from actors.limiter.local import Subject, Verdict, quota_of
 from actors.limiter.resp import RespClient, Script
 
 _ADMIT = """
+-- tostring keeps 14 digits, an epoch reading to 0.1 ms: times and levels keep all 17.
+local function exact(x) return string.format('%.17g', x) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local tokens = tonumber(ARGV[1])
@@ -55,7 +57,7 @@ for i = 1, n do
     local tat = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
     local new_tat = math.max(tat, now) + interval
     if new_tat - now > 60 + 1e-9 then
-      return {0, 'requests', tostring(i), tostring(new_tat - 60 - now)}
+      return {0, 'requests', tostring(i), exact(new_tat - 60 - now)}
     end
     plan.tat = new_tat
   end
@@ -67,7 +69,7 @@ for i = 1, n do
     end
     local need = math.min(tokens, tpm)
     if level < need then
-      return {0, 'tokens', tostring(i), tostring((need - level) * 60 / tpm)}
+      return {0, 'tokens', tostring(i), exact((need - level) * 60 / tpm)}
     end
     plan.level = level - need
   end
@@ -86,10 +88,10 @@ for i = 1, n do
   local plan = plans[i]
   if plan.tat then
     local ttl = math.ceil((plan.tat - now) * 1000) + 1000
-    redis.call('SET', KEYS[k + 1], tostring(plan.tat), 'PX', ttl)
+    redis.call('SET', KEYS[k + 1], exact(plan.tat), 'PX', ttl)
   end
   if plan.level then
-    redis.call('HSET', KEYS[k + 2], 'level', tostring(plan.level), 'stamp', tostring(now))
+    redis.call('HSET', KEYS[k + 2], 'level', exact(plan.level), 'stamp', exact(now))
     redis.call('PEXPIRE', KEYS[k + 2], 120000)
   end
   if plan.conc then
@@ -97,16 +99,18 @@ for i = 1, n do
     redis.call('PEXPIRE', KEYS[k + 3], math.ceil(lease_ttl * 1000))
   end
   if plan.spent then
-    redis.call('SET', KEYS[k + 4], tostring(plan.spent), 'PX', plan.budget_ttl)
+    redis.call('SET', KEYS[k + 4], exact(plan.spent), 'PX', plan.budget_ttl)
   end
-  table.insert(out, tostring(plan.tat or 0))
-  table.insert(out, tostring(plan.level or -1))
+  table.insert(out, exact(plan.tat or 0))
+  table.insert(out, exact(plan.level or -1))
 end
-table.insert(out, tostring(now))
+table.insert(out, exact(now))
 return out
 """
 
 _SETTLE = """
+-- tostring keeps 14 digits, an epoch reading to 0.1 ms: times and levels keep all 17.
+local function exact(x) return string.format('%.17g', x) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local used = tonumber(ARGV[1])
@@ -121,7 +125,7 @@ for i = 1, n do
   if budget > 0 and redis.call('EXISTS', KEYS[k + 3]) == 1 then
     -- The period the request was admitted in (gone: a Redis restart re-seeds it)
     local spent = tonumber(redis.call('GET', KEYS[k + 3])) + used - reserved
-    redis.call('SET', KEYS[k + 3], tostring(math.max(0, spent)), 'KEEPTTL')
+    redis.call('SET', KEYS[k + 3], exact(math.max(0, spent)), 'KEEPTTL')
   end
   if tpm > 0 then
     local state = redis.call('HMGET', KEYS[k + 1], 'level', 'stamp')
@@ -130,7 +134,7 @@ for i = 1, n do
       level = math.min(tpm, tonumber(state[1]) + (now - tonumber(state[2])) * tpm / 60)
     end
     level = math.min(tpm, level + charged - used)
-    redis.call('HSET', KEYS[k + 1], 'level', tostring(level), 'stamp', tostring(now))
+    redis.call('HSET', KEYS[k + 1], 'level', exact(level), 'stamp', exact(now))
     redis.call('PEXPIRE', KEYS[k + 1], 120000)
   end
 end

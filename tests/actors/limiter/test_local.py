@@ -73,6 +73,22 @@ def test_quota_of_requests_and_tokens() -> None:
     assert quota_of(LimitSpec(), NOW + 10, 5.0, NOW) == Quota(None, 0, 0.0, None, 0, 0.0)
 
 
+@pytest.mark.parametrize("now", [196.001, 1e3 + 0.1, 1_733_354_476.123456])
+def test_the_requests_left_survive_the_clock_s_rounding(now: float) -> None:
+    """At some clock readings (196.001 s after boot) `now + 60 - (now + 30)` is 29.99...:
+    a first request under rpm 2 was told 0 left, and the next was admitted anyway. Clock
+    readings of every magnitude, the monotonic one's and the epoch Redis tells."""
+    limits = LocalLimits()
+    subjects = (Subject("key:a", LimitSpec(rpm=2)),)
+    first = limits.admit(subjects, 1, now)
+    assert first.quota is not None
+    assert first.quota.remaining_requests == 1
+    assert quota_of(LimitSpec(rpm=2), now + 30.0, None, now).remaining_requests == 1
+    for step in range(1000):  # and across a spread of readings near it
+        later = now + step * 0.000_123
+        assert quota_of(LimitSpec(rpm=2), later + 30.0, None, later).remaining_requests == 1
+
+
 def test_tokens_are_charged_up_front_and_a_refusal_says_how_long_to_wait() -> None:
     limits = LocalLimits()
     first = limits.admit((key(tpm=120),), 100, NOW)
