@@ -31,7 +31,6 @@ from gateway.http import (
     health,
     openapi,
 )
-from gateway.http.caching import CACHE_HEADER, SIMILARITY_HEADER
 from gateway.http.errors import (
     GatewayError,
     InternalError,
@@ -50,6 +49,7 @@ from gateway.http.state import (
 )
 from gateway.process.config import GatewayConfig
 from gateway.upstream.exchange import CLIENT_GONE, EXCHANGE, Exchange
+from gateway.upstream.headers import put_exchange_headers
 
 if TYPE_CHECKING:
     from gateway.tracing.provider import Tracing
@@ -135,31 +135,12 @@ async def _answer(request: web.Request, response: web.StreamResponse, exchange: 
     the exchange's exit (settlement, metrics, the access log) then runs once the client has
     its bytes, not while it waits for them. aiohttp, finding the response sent, sends nothing
     more."""
+    put_exchange_headers(exchange, request, response)
     try:
         await response.prepare(request)
         await response.write_eof()
     except ConnectionResetError:
         exchange.status = CLIENT_GONE  # the client left before its answer went out
-
-
-TRACE_ASKED = "x-citadel-trace"  # a client's "true": the response names its trace
-TRACE_ID_HEADER = "x-citadel-trace-id"
-
-
-async def add_exchange_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: the admitted request's rate-limit headers and what the response
-    cache did, on any response (a stream's included)."""
-    exchange = request.get(EXCHANGE)
-    if exchange is None:
-        return
-    if exchange.rate_headers:
-        response.headers.update(exchange.rate_headers)
-    if exchange.trace is not None and request.headers.get(TRACE_ASKED, "").lower() == "true":
-        response.headers[TRACE_ID_HEADER] = exchange.trace.trace_id
-    if exchange.cache_status is not None:
-        response.headers[CACHE_HEADER] = exchange.cache_status
-        if exchange.cache_similarity is not None:
-            response.headers[SIMILARITY_HEADER] = f"{exchange.cache_similarity:.4f}"
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
@@ -281,7 +262,6 @@ def create_app(config: GatewayConfig, *, config_path: str | None = None) -> web.
         middlewares=[edge_middleware], client_max_size=config.limits.max_body_bytes
     )
     app[CONFIG] = config
-    app.on_response_prepare.append(add_exchange_headers)
     if config_path is not None:
         app[CONFIG_PATH] = config_path
     app.cleanup_ctx.append(_actor_tree)

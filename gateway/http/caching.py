@@ -32,10 +32,9 @@ from gateway.cache.store import ResponseCache
 from gateway.http.state import STATE, GatewayState
 from gateway.upstream.exchange import Exchange
 from gateway.upstream.forward import forward
+from gateway.upstream.headers import put_exchange_headers
 from gateway.upstream.relay import SSE_HEADERS
 
-CACHE_HEADER = "x-citadel-cache"
-SIMILARITY_HEADER = "x-citadel-cache-similarity"  # a semantic hit's cosine similarity
 HIT, MISS, BYPASS = "hit", "miss", "bypass"
 _KINDS: dict[str, Kind] = {"/v1/chat/completions": "chat", "/v1/completions": "text"}
 
@@ -219,6 +218,7 @@ async def _answer(
             body=answer.json_body(plan.model), content_type="application/json", headers=headers
         )
     response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
+    put_exchange_headers(exchange, request, response)
     await response.prepare(request)
     exchange.first_byte_at = time.perf_counter()
     await response.write(answer.stream_body(plan.model, include_usage=call.add_usage))

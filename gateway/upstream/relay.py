@@ -30,6 +30,7 @@ from gateway.http.state import STATE
 from gateway.upstream import failures, sse
 from gateway.upstream.attempt import Attempt, Outgoing, connection_failure, open_upstream
 from gateway.upstream.exchange import CLIENT_GONE, Exchange
+from gateway.upstream.headers import put_exchange_headers
 from gateway.upstream.rewrite import response_rewriter
 from gateway.upstream.tokens import StreamTally, usage_of
 from gateway.upstream.watchdog import IdleWatchdog, StreamStop
@@ -90,6 +91,7 @@ async def relay_stream(
         attempt.ttft = time.monotonic() - attempt.started
 
         response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **out.response_headers})
+        put_exchange_headers(exchange, request, response)
         await response.prepare(request)
         exchange.first_byte_at = time.perf_counter()
         if exchange.trace is not None:
