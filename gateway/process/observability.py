@@ -157,35 +157,29 @@ _SECRET_NAMES = frozenset(
     {"authorization", "api_key", "api-key", "apikey", "key", "password", "secret", "token"}
 )
 REDACTED = "[redacted]"
-# What every match of _SECRET_IN_TEXT contains, once lower-cased: a test far cheaper than the
-# regex, for the request ids and model names of every access line. Lower-casing folds every
-# character the regex's (?i) matches to these letters but U+017F and U+0131 (long s, dotless i),
-# and no marker holds an s or an i.
-# (Written out: a generator over a tuple of them costs three times as much.)
-
-
-def _may_hold_secret(value: str) -> bool:
-    low = value.lower()
-    return "k-" in low or "bearer " in low or "-key: " in low
-
-
-def _secret_name(name: str) -> bool:
-    # Event keys are code's identifiers, nearly always lower case already: lower-casing
-    # (an allocation) only the others.
-    return name in _SECRET_NAMES or (not name.islower() and name.lower() in _SECRET_NAMES)
 
 
 def redact_secrets(
     logger: object, method: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """A structlog processor: the one place secrets are taken out of every log event."""
+    """A structlog processor: the one place secrets are taken out of every log event.
+
+    Runs on every line (the access line's 18 fields among them), so its tests are written
+    out here rather than called: two function calls a field were half its cost."""
     for name, value in event.items():
         if value is None:
             continue
-        if _secret_name(name):
+        # Event keys are code's identifiers, nearly always lower case already: lower-casing
+        # (an allocation) only the others.
+        if name in _SECRET_NAMES or (not name.islower() and name.lower() in _SECRET_NAMES):
             event[name] = REDACTED
         elif isinstance(value, str):
-            if _may_hold_secret(value):
+            # What every match of _SECRET_IN_TEXT contains, once lower-cased: a test far
+            # cheaper than the regex. Lower-casing folds every character the regex's (?i)
+            # matches to these letters but U+017F and U+0131 (long s, dotless i), and no
+            # marker holds an s or an i.
+            low = value.lower()
+            if "k-" in low or "bearer " in low or "-key: " in low:
                 event[name] = _SECRET_IN_TEXT.sub(REDACTED, value)
         elif isinstance(value, bytes):
             event[name] = _SECRET_IN_TEXT.sub(REDACTED, value.decode("utf-8", "replace"))
