@@ -203,6 +203,7 @@ async def _actor_tree(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        state.exit_records.flush()  # the last requests' records, while the actors still run
         for task in list(state.background):
             task.cancel()
         if state.cache is not None:

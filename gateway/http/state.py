@@ -21,6 +21,7 @@ from gateway.guardrails.engine import Guard, guard_of
 from gateway.guardrails.presidio import PresidioEngines
 from gateway.http.metrics import GatewayMetrics
 from gateway.process.config import GatewayConfig
+from gateway.upstream.exits import ExitRecords
 
 if TYPE_CHECKING:  # the SDK (9 MB of memory) is imported only when tracing is on
     from gateway.tracing.provider import Tracing
@@ -94,6 +95,8 @@ class GatewayState:
     guards: dict[str, Guard] = field(default_factory=dict)  # model -> its policies' guardrails
     # (model, a key's own policies) -> the model's and the key's together, compiled once
     key_guards: dict[tuple[str, tuple[str, ...]], Guard] = field(default_factory=dict)
+    # The exits of this loop turn, their records written on the next (gateway.upstream.exits).
+    exit_records: ExitRecords = field(default_factory=ExitRecords)
 
     def __post_init__(self) -> None:
         self.use(self.config)

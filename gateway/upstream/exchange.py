@@ -15,12 +15,16 @@ recorded on it, and the exit gives each back exactly once, in reverse order:
     usage and timings                             the ledger's record, metrics, access log
 
 Nothing else in the gateway sends these messages or writes these records. The exit awaits
-nothing (every effect is a tell or a counter), so a cancellation cannot interrupt it.
+nothing (every effect is a tell or a counter), so a cancellation cannot interrupt it. The
+lease, the retry grant and the second opinion are given back at the exit itself;
+RequestEnded, Settle and the records on the loop's next turn, with every other exit of
+this one (gateway.upstream.exits: a batch of them runs on warm caches).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import re
 import time
@@ -314,8 +318,20 @@ class Exchange:
         self.blame.close()
         if self.trace is not None:
             self.trace.finish(self.status, self.model, self.served_model, self.usage)
-        state = self._app.get(STATE)
         elapsed = time.perf_counter() - self.started
+        state = self._app.get(STATE)
+        if state is None:  # the actor tree is not up: nothing to settle, only the line
+            self.write_records(elapsed)
+            return
+        # A traced request's log lines carry its trace id (bound in its context).
+        context = None if self.trace is None else contextvars.copy_context()
+        state.exit_records.defer(self, elapsed, context)
+
+    def write_records(self, elapsed: float) -> None:
+        """The exit's records, on the loop's next turn with the other exits' of this one
+        (gateway.upstream.exits): settlement, the router's count, metrics, the ledger's
+        record, the transcript, the access line."""
+        state = self._app.get(STATE)
         logging = (state.config if state is not None else self._app[CONFIG]).logging
         if state is not None:
             if self.output_findings is not None and self.output_findings.fired:

@@ -221,3 +221,43 @@ async def test_probes_and_scrapes_are_not_traced() -> None:
         await asyncio.sleep(0.2)
     assert {span.name for _, span in found.spans} >= {"POST /v1/chat/completions"}
     assert not [s for _, s in found.spans if s.name.startswith("GET ")]
+
+
+async def test_each_access_line_carries_its_own_request_s_trace_id(
+    production_logging: BufferedLineLogger, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The exits' records are written a loop turn later, many at once
+    (gateway.upstream.exits): each line still in its own request's context, and a probe's
+    (untraced) with no trace id, not a neighbour's."""
+    plans = [ModelPlan("m", mock={"ttft": 0.0})]
+    sent = {f"traced-{i}-{secrets.token_hex(4)}": secrets.token_hex(16) for i in range(24)}
+    probes = {f"probe-{i}-{secrets.token_hex(4)}" for i in range(12)}
+    logging = LoggingSettings(access_log=True)
+    async with (
+        receiver() as (_, endpoint),
+        deployment(plans, tracing=traced(endpoint), logging=logging) as gw,
+        openai.AsyncOpenAI(
+            base_url=f"{gw.url}/v1", api_key=API_KEY, max_retries=0, timeout=READ_TIMEOUT_S
+        ) as client,
+        bounded_client() as http,
+    ):
+
+        async def chat(request_id: str, trace_id: str) -> None:
+            traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-01"
+            headers = {"traceparent": traceparent, "x-request-id": request_id}
+            await client.chat.completions.create(model="m", messages=CHAT, extra_headers=headers)
+
+        async def probe(request_id: str) -> None:
+            headers = {"x-request-id": request_id}
+            async with http.get(gw.url + "/health/live", headers=headers) as response:
+                assert response.status == 200
+
+        await asyncio.gather(
+            *(chat(request_id, trace_id) for request_id, trace_id in sent.items()),
+            *(probe(request_id) for request_id in probes),
+        )
+    production_logging.flush()
+    lines = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line[:1] == "{"]
+    access = {line["request_id"]: line for line in lines if line.get("event") == "request"}
+    assert {rid: access[rid].get("trace_id") for rid in sent} == sent
+    assert [access[rid].get("trace_id") for rid in probes] == [None] * len(probes)
