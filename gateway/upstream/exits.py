@@ -4,9 +4,10 @@ router's count, metrics, the ledger's record, the access line. They are written 
 loop's next turn, all the exits of one turn together.
 
 Why: one request's records are a few thousand instructions through a dozen modules, run
-between two requests' parsing, routing and I/O, each time on cold caches. Written a batch
-at a time, the same code runs many times in a row: at c=100 the gateway spent 17% less CPU
-a request (interleaved A/B, docs/benchmarks.md), and at c=1 a batch is one exit.
+between two requests' parsing, routing and I/O, each time on cold caches (the likely
+cause). Written a batch at a time, the same code runs many times in a row: at c=100 the
+gateway spent 9% less CPU a request (interleaved A/B, docs/benchmarks.md); at c=1 a batch
+is one exit.
 
 What it changes: a request's records come one loop turn after its exit, before the loop
 reads anything more from any socket (so before its client's next request). Its limiter
