@@ -164,8 +164,9 @@ def redact_secrets(
 ) -> MutableMapping[str, Any]:
     """A structlog processor: the one place secrets are taken out of every log event.
 
-    Runs on every line (the access line's 18 fields among them), so its tests are written
-    out here rather than called: two function calls a field were half its cost."""
+    Runs on every line (the access line's 18 fields among them), so its checks are written
+    out in the loop rather than called: the two function calls a field were a quarter of its
+    cost."""
     for name, value in event.items():
         if value is None:
             continue
@@ -177,7 +178,8 @@ def redact_secrets(
             # What every match of _SECRET_IN_TEXT contains, once lower-cased: a test far
             # cheaper than the regex. Lower-casing folds every character the regex's (?i)
             # matches to these letters but U+017F and U+0131 (long s, dotless i), and no
-            # marker holds an s or an i.
+            # marker holds an s or an i. (Three `in` tests: a generator over a tuple of the
+            # markers costs three times as much.)
             low = value.lower()
             if "k-" in low or "bearer " in low or "-key: " in low:
                 event[name] = _SECRET_IN_TEXT.sub(REDACTED, value)
